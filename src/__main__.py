@@ -1,0 +1,3 @@
+from ollama_gate.entrypoints.cli import main
+
+raise SystemExit(main())

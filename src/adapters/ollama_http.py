@@ -1,0 +1,130 @@
+"""Ollama over HTTP with aiohttp: one session per process, a keep-alive pool, explicit timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgspec
+from ollama_gate.domain.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ollama_gate.domain.status import ModelInfo
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class _Tags(msgspec.Struct):
+    models: list[dict[str, Any]] = []
+
+
+def _offline(url: str, error: BaseException) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"Ollama is offline: cannot connect to {url} ({error.__class__.__name__})")
+
+
+def _translate(url: str, error: BaseException) -> Exception:
+    """aiohttp's failures as the domain's: silent upstream, unreachable upstream, or a broken exchange."""
+    if isinstance(error, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
+        return _offline(url, error)
+    if isinstance(error, asyncio.TimeoutError):
+        return UpstreamTimeout("Ollama did not answer within the read timeout")
+    return UpstreamError(f"connection to Ollama lost ({error.__class__.__name__})")
+
+
+class AiohttpUpstreamResponse:
+    __slots__ = ("_response", "_url")
+
+    def __init__(self, response: aiohttp.ClientResponse, url: str) -> None:
+        self._response = response
+        self._url = url
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _translate(self._url, error) from error
+        finally:
+            self._response.release()
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        # Split chunks ourselves: aiohttp's line reader caps line length, and a final /api/generate
+        # chunk carrying a long `context` can exceed it.
+        pending = b""
+        try:
+            async for data in self._response.content.iter_any():
+                pending += data
+                if b"\n" not in data:
+                    continue
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    if line:
+                        yield line
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _translate(self._url, error) from error
+        if pending.strip():
+            yield pending
+
+    def close(self) -> None:
+        # close(), not release(): an unfinished body must drop the connection so Ollama stops generating.
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class OllamaHttpBackend:
+    def __init__(self, base_url: str, connect_timeout: float, read_timeout: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            # No connection cap: a thousand concurrent streams need a thousand upstream connections.
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, auto_decompress=False, read_bufsize=2**18
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("OllamaHttpBackend.start() was not awaited")
+        return self._session
+
+    async def post(self, path: str, body: bytes) -> AiohttpUpstreamResponse:
+        url = self.base_url + path
+        try:
+            response = await self.session.post(url, data=body, headers=_JSON_HEADERS)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _translate(url, error) from error
+        return AiohttpUpstreamResponse(response, url)
+
+    async def models(self, timeout: float) -> list[ModelInfo]:
+        url = self.base_url + "/api/tags"
+        limit = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, self._connect_timeout))
+        try:
+            async with self.session.get(url, timeout=limit) as response:
+                if response.status != 200:
+                    raise UpstreamError(f"Ollama answered {response.status} to /api/tags")
+                tags = msgspec.json.decode(await response.read(), type=_Tags)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _translate(url, error) from error
+        except msgspec.DecodeError as error:
+            raise UpstreamError("Ollama sent an unreadable model list") from error
+        return [
+            ModelInfo(str(m.get("name") or m.get("model") or "?"), int(m.get("size") or 0))
+            for m in tags.models
+        ]

@@ -1,0 +1,1 @@
+"""SQLAlchemy (async) stores: SQLite through aiosqlite by default, PostgreSQL through asyncpg."""

@@ -1,0 +1,99 @@
+"""The engine, schema creation, and the one place database failures become StoreUnavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from ollama_gate.adapters.sql.tables import metadata
+from ollama_gate.domain.errors import StoreUnavailable
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, OSError, asyncio.TimeoutError)
+
+
+def _enable_sqlite_concurrency(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the writer; the busy timeout waits out short write locks.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Database:
+    """One engine per process. The schema is created on first use, so a database that is down at
+    start-up does not stop the gateway: anonymous chat works and the stores answer 503 until it is back."""
+
+    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        connect_args: dict[str, Any] = {}
+        if self.is_sqlite:
+            self._ensure_sqlite_directory(parsed.database)
+            connect_args["timeout"] = 5
+        else:
+            connect_args["timeout"] = connect_timeout
+        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _enable_sqlite_concurrency)
+        self._schema_ready = False
+        self._schema_lock = asyncio.Lock()
+
+    @staticmethod
+    def _ensure_sqlite_directory(database: str | None) -> None:
+        if database and database != ":memory:" and not database.startswith("file:"):
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                log.error("cannot create the directory for %s: %s", database, error)
+
+    async def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        async with self._schema_lock:
+            if self._schema_ready:  # another task may have set it meanwhile
+                return  # type: ignore[unreachable]
+            try:
+                async with self.engine.begin() as connection:
+                    await connection.run_sync(metadata.create_all)
+            except _UNAVAILABLE as error:
+                raise StoreUnavailable() from error
+            self._schema_ready = True
+
+    async def try_ensure_schema(self) -> bool:
+        try:
+            await self.ensure_schema()
+        except StoreUnavailable as error:
+            log.error(
+                "database unavailable at start-up (%s): key endpoints answer 503 until it is back",
+                error.__cause__,
+            )
+            return False
+        return True
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        await self.ensure_schema()
+        try:
+            async with self.engine.begin() as connection:
+                yield connection
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable() from error
+
+    async def start(self) -> None:
+        await self.try_ensure_schema()
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,98 @@
+"""Every failure the gateway can answer with, each with the status it is answered with."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from ollama_gate.domain.ratelimit import Decision
+
+
+class GatewayError(Exception):
+    """Base of the errors that become a client-facing answer (never a 500)."""
+
+    status: ClassVar[int] = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidRequest(GatewayError):
+    """The request itself is wrong (400)."""
+
+    status = 400
+
+
+class Unauthorized(GatewayError):
+    """A credential was presented and is not valid (401)."""
+
+    status = 401
+
+
+class Forbidden(GatewayError):
+    """The caller is known but may not do this (403)."""
+
+    status = 403
+
+
+class NotFound(GatewayError):
+    """The thing asked for does not exist (404)."""
+
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    """Ollama does not know the requested model (404)."""
+
+
+class RateLimited(GatewayError):
+    """The caller's quota is used up (429)."""
+
+    status = 429
+
+    def __init__(self, decision: Decision) -> None:
+        rate = decision.rate
+        super().__init__(
+            f"rate limit exceeded: {rate.limit} requests per {rate.window_text}s for {rate.name} clients"
+        )
+        self.decision = decision
+
+
+class UpstreamRejected(GatewayError):
+    """Ollama refused the request as malformed (400 passed through)."""
+
+    status = 400
+
+
+class UpstreamError(GatewayError):
+    """Ollama answered with a server error (502)."""
+
+    status = 502
+
+
+class UpstreamBusy(GatewayError):
+    """Ollama's queue is full (503, retryable)."""
+
+    status = 503
+
+
+class UpstreamUnavailable(GatewayError):
+    """Ollama cannot be reached at all (503)."""
+
+    status = 503
+
+
+class UpstreamTimeout(GatewayError):
+    """Ollama accepted the request but went silent past the read timeout (504)."""
+
+    status = 504
+
+
+class StoreUnavailable(GatewayError):
+    """The database cannot be reached (503)."""
+
+    status = 503
+
+    def __init__(self, detail: str = "database unavailable") -> None:
+        super().__init__(detail)

@@ -1,0 +1,118 @@
+"""API keys: format, generation, hashing and the parsing of the headers that carry them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from ollama_gate.domain.errors import InvalidRequest, Unauthorized
+
+KEY_PREFIX = "oa-"
+# token_urlsafe(32) gives 43 characters (256 bits); the format accepts any 32+ URL-safe characters.
+_KEY_RANDOM_BYTES = 32
+_KEY_MAX_LENGTH = 256
+_DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
+_KEY_PATTERN = re.compile(r"oa-[A-Za-z0-9_-]{32,253}")
+_USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
+KEY_NAME_MAX_LENGTH = 100
+DEFAULT_KEY_NAME = "default"
+
+
+class InvalidCredentials(Unauthorized):
+    """A key header is present but cannot be a valid key, or names no active key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A stored key: everything but the secret, which is only ever kept as a hash."""
+
+    id: int
+    user_id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A key at the one moment its secret is known: right after creation."""
+
+    key: ApiKey
+    secret: str
+
+
+def generate_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(_KEY_RANDOM_BYTES)
+
+
+def hash_secret(secret: str) -> str:
+    # A key carries 256 random bits, so a fast hash is enough: nothing to brute-force.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def display_prefix(secret: str) -> str:
+    return secret[:_DISPLAY_PREFIX_LENGTH]
+
+
+def hashes_match(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def is_key_shaped(value: str) -> bool:
+    return len(value) <= _KEY_MAX_LENGTH and _KEY_PATTERN.fullmatch(value) is not None
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None for another scheme."""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip()
+
+
+def parse_key_headers(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key a request presents, or None when it presents none.
+
+    `X-API-Key` wins over `Authorization` when both are sent. A header that is present but does not hold
+    a well-formed key raises InvalidCredentials: a wrong credential is never a silent downgrade.
+    """
+    if x_api_key is not None:
+        candidate = x_api_key.strip()
+        if not is_key_shaped(candidate):
+            raise InvalidCredentials("invalid API key")
+        return candidate
+    if authorization is None:
+        return None
+    token = bearer_token(authorization)
+    if token is None:
+        raise InvalidCredentials("unsupported Authorization scheme: use 'Bearer oa-...'")
+    if not token:
+        raise InvalidCredentials("empty Bearer token")
+    if not is_key_shaped(token):
+        raise InvalidCredentials("invalid API key")
+    return token
+
+
+def validate_user_id(user_id: str | None) -> str:
+    if user_id is None or _USER_ID_PATTERN.fullmatch(user_id) is None:
+        raise InvalidRequest("user_id must be 1-128 characters: letters, digits, '_', '.', '@', '-'")
+    return user_id
+
+
+def validate_key_name(name: str | None) -> str:
+    if name is None:
+        return DEFAULT_KEY_NAME
+    name = name.strip()
+    if not name or len(name) > KEY_NAME_MAX_LENGTH or not name.isprintable():
+        raise InvalidRequest(f"name must be 1-{KEY_NAME_MAX_LENGTH} printable characters")
+    return name

@@ -1,0 +1,48 @@
+"""Usage records: one per admitted request, written when the request ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from ollama_gate.domain.identity import Tier
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    UPSTREAM_ERROR = "upstream_error"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    prompt: int | None = None
+    completion: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    timestamp: datetime
+    user: str
+    tier: Tier
+    key_id: int | None
+    client_ip: str
+    endpoint: str
+    model: str | None
+    status: int
+    outcome: Outcome
+    latency_ms: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    id: int | None = None
+
+
+def tokens_from_final_chunk(chunk: dict[str, object]) -> TokenCounts:
+    """Ollama's final chunk counts prompt tokens in prompt_eval_count and output tokens in eval_count."""
+    prompt = chunk.get("prompt_eval_count")
+    completion = chunk.get("eval_count")
+    return TokenCounts(
+        prompt if isinstance(prompt, int) else None,
+        completion if isinstance(completion, int) else None,
+    )

@@ -1,0 +1,1 @@
+"""HTTP app, CLI, configuration and the composition root."""

@@ -1,0 +1,65 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from ollama_gate import __version__
+from ollama_gate.entrypoints.config import load_settings
+from ollama_gate.entrypoints.container import Container, build_container
+from ollama_gate.entrypoints.controllers.chat import chat, chat_stream
+from ollama_gate.entrypoints.controllers.keys import create_key, list_keys, revoke_key
+from ollama_gate.entrypoints.controllers.status import status
+from ollama_gate.entrypoints.controllers.usage import list_usage
+from ollama_gate.entrypoints.http_errors import exception_handlers
+
+log = logging.getLogger("ollama_gate")
+
+
+def create_app(container: Container) -> Litestar:
+    """An app wired to `container`; tests pass a container whose providers they have overridden."""
+    settings = container.settings()
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        started: list[Any] = []
+        try:
+            for component in container.lifecycle():
+                await component.start()
+                started.append(component)
+            yield
+        finally:
+            # Reverse order: in-flight requests are already drained by the server, then the usage
+            # writer flushes before the database closes.
+            for component in reversed(started):
+                try:
+                    await component.close()
+                except Exception:
+                    log.exception("error while closing %s", type(component).__name__)
+
+    return Litestar(
+        route_handlers=[chat, chat_stream, create_key, list_keys, revoke_key, list_usage, status],
+        state=State({"container": container}),
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="ollama-gate",
+            version=__version__,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+    )
+
+
+def app_from_environment() -> Litestar:
+    """Factory for `uvicorn --factory` and worker processes: settings from the environment."""
+    return create_app(build_container(load_settings()))

@@ -1,0 +1,172 @@
+"""Configuration from OLLAMA_GATE_* environment variables (and a `.env` file in the working directory)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from ollama_gate.domain.client_address import Network, parse_networks
+from ollama_gate.domain.ratelimit import RateLimit
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+PREFIX = "OLLAMA_GATE_"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """One clear line naming the variable that is wrong."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"invalid configuration: {PREFIX}{variable}: {message}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ollama_urls: tuple[str, ...] = ("http://127.0.0.1:11434",)
+    database_url: str = "sqlite+aiosqlite:///./data/ollama-gate.db"
+    default_model: str = "smollm:latest"
+    max_body_bytes: int = 10 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 300.0
+    log_level: str = "info"
+    admin_token: str | None = field(default=None, repr=False)
+    anon_rate_limit: RateLimit = RateLimit("anonymous", 10, 60)
+    member_rate_limit: RateLimit = RateLimit("member", 30, 60)
+    trusted_proxies: tuple[Network, ...] = ()
+
+    @property
+    def ollama_url(self) -> str:
+        return self.ollama_urls[0]
+
+    def public_view(self) -> dict[str, str]:
+        """The effective configuration for the start-up banner: no secrets, no database password."""
+        return {
+            "OLLAMA_GATE_OLLAMA_URL": ",".join(self.ollama_urls),
+            "OLLAMA_GATE_DATABASE_URL": make_url(self.database_url).render_as_string(hide_password=True),
+            "OLLAMA_GATE_DEFAULT_MODEL": self.default_model,
+            "OLLAMA_GATE_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "OLLAMA_GATE_CONNECT_TIMEOUT": f"{self.connect_timeout:g}",
+            "OLLAMA_GATE_READ_TIMEOUT": f"{self.read_timeout:g}",
+            "OLLAMA_GATE_LOG_LEVEL": self.log_level,
+            "OLLAMA_GATE_ADMIN_TOKEN": "(set)"
+            if self.admin_token
+            else "(not set: loopback callers are admins)",
+            "OLLAMA_GATE_ANON_RATE_LIMIT": f"{self.anon_rate_limit.limit}/{self.anon_rate_limit.window_text}",
+            "OLLAMA_GATE_MEMBER_RATE_LIMIT": f"{self.member_rate_limit.limit}/{self.member_rate_limit.window_text}",
+            "OLLAMA_GATE_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies) or "(none)",
+        }
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:11434, got {text!r}")
+    _ = parts.port  # raises ValueError on a malformed port
+    return text.strip().rstrip("/")
+
+
+def _urls(text: str) -> tuple[str, ...]:
+    urls = tuple(_http_url(part) for part in text.split(",") if part.strip())
+    if not urls:
+        raise ValueError("at least one URL is required")
+    return urls
+
+
+def _database_url(text: str) -> str:
+    try:
+        url = make_url(text)
+    except ArgumentError as error:
+        raise ValueError(f"not a database URL: {text!r}") from error
+    if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise ValueError(f"use sqlite+aiosqlite:///path or postgresql+asyncpg://..., got {url.drivername!r}")
+    return text
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ValueError(f"expected a port between 1 and 65535, got {text!r}")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def read_environment(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> dict[str, str]:
+    """OLLAMA_GATE_* variables: the process environment wins over the `.env` file."""
+    values: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    return {k[len(PREFIX) :]: v for k, v in values.items() if k.startswith(PREFIX)}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
+    """Settings from the environment; raises ConfigError naming the first invalid variable."""
+    values = read_environment(environ, env_file)
+    defaults = Settings()
+
+    def get(name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = values.get(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError as error:
+            raise ConfigError(name, str(error)) from None
+
+    return Settings(
+        host=get("HOST", _non_empty, defaults.host),
+        port=get("PORT", _port, defaults.port),
+        ollama_urls=get("OLLAMA_URL", _urls, defaults.ollama_urls),
+        database_url=get("DATABASE_URL", _database_url, defaults.database_url),
+        default_model=get("DEFAULT_MODEL", _non_empty, defaults.default_model),
+        max_body_bytes=get("MAX_BODY_BYTES", _positive_int, defaults.max_body_bytes),
+        connect_timeout=get("CONNECT_TIMEOUT", _positive_seconds, defaults.connect_timeout),
+        read_timeout=get("READ_TIMEOUT", _positive_seconds, defaults.read_timeout),
+        log_level=get("LOG_LEVEL", _log_level, defaults.log_level),
+        admin_token=get("ADMIN_TOKEN", lambda t: t.strip() or None, defaults.admin_token),
+        anon_rate_limit=get(
+            "ANON_RATE_LIMIT", lambda t: RateLimit.parse("anonymous", t), defaults.anon_rate_limit
+        ),
+        member_rate_limit=get(
+            "MEMBER_RATE_LIMIT", lambda t: RateLimit.parse("member", t), defaults.member_rate_limit
+        ),
+        trusted_proxies=get("TRUSTED_PROXIES", parse_networks, defaults.trusted_proxies),
+    )

@@ -1,0 +1,20 @@
+"""RateLimit headers (IETF draft) and their legacy X-RateLimit-* equivalents."""
+
+from __future__ import annotations
+
+import math
+
+from ollama_gate.domain.ratelimit import Decision
+
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    rate = decision.rate
+    reset = str(math.ceil(decision.reset_after))
+    remaining = str(decision.remaining)
+    return {
+        "RateLimit-Policy": f'"{rate.name}";q={rate.limit};w={rate.window_text}',
+        "RateLimit": f'"{rate.name}";r={remaining};t={reset}',
+        "X-RateLimit-Limit": str(rate.limit),
+        "X-RateLimit-Remaining": remaining,
+        "X-RateLimit-Reset": reset,
+    }

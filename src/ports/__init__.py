@@ -1,0 +1,1 @@
+"""The interfaces the services need from the outside world; adapters implement them."""

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from ollama_gate.domain.keys import ApiKey
+from ollama_gate.domain.usage import UsageRecord
+
+
+class KeyStore(Protocol):
+    """Persistent API keys, stored by hash. Every method raises StoreUnavailable when the store is down."""
+
+    async def add(
+        self, user_id: str, name: str, key_hash: str, prefix: str, created_at: datetime
+    ) -> ApiKey: ...
+
+    async def find_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash, revoked or not."""
+        ...
+
+    async def get(self, key_id: int) -> ApiKey | None: ...
+
+    async def list(self, user_id: str | None) -> list[ApiKey]:
+        """Newest first; every user's keys when `user_id` is None."""
+        ...
+
+    async def revoke(self, key_id: int, at: datetime) -> ApiKey | None:
+        """Mark revoked (keeping the first revocation time); None if no such key."""
+        ...
+
+    async def touch(self, last_used: dict[int, datetime]) -> None:
+        """Record `last_used_at` for many keys in one go."""
+        ...
+
+
+class UsageStore(Protocol):
+    """Persistent usage rows. Raises StoreUnavailable when the store is down."""
+
+    async def add_many(self, records: Sequence[UsageRecord]) -> None:
+        """Write a batch in one round trip."""
+        ...
+
+    async def recent(self, limit: int, user_id: str | None) -> list[UsageRecord]:
+        """Newest first, optionally for one user."""
+        ...
+
+    async def count(self) -> int: ...

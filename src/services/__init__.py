@@ -1,0 +1,1 @@
+"""Use cases: authentication, quotas, chat, keys, usage, status. They talk to ports, never to adapters."""

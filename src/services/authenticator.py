@@ -1,0 +1,117 @@
+"""Resolve API keys to members without a database round trip per request."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from ollama_gate.domain.errors import StoreUnavailable
+from ollama_gate.domain.keys import ApiKey, InvalidCredentials, hash_secret
+from ollama_gate.ports.clock import Clock
+from ollama_gate.ports.stores import KeyStore
+
+log = logging.getLogger(__name__)
+
+
+class Authenticator:
+    """A cache in front of the KeyStore.
+
+    - A known key is served from memory and re-read from the store at most every `revalidate_after`
+      seconds, which bounds how long a revocation made elsewhere (the CLI, another instance) takes.
+      A revocation made through this process's KeyService takes effect at once.
+    - If the store is down when a key is due for re-reading, the cached entry keeps serving.
+    - Unknown hashes are remembered for `unknown_ttl` seconds, so a flood of made-up keys is not a flood
+      of queries.
+    - `last_used_at` is collected in memory and written in batches by `flush_last_used`.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        clock: Clock,
+        revalidate_after: float = 5.0,
+        unknown_ttl: float = 5.0,
+        max_cached: int = 100_000,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._revalidate_after = revalidate_after
+        self._unknown_ttl = unknown_ttl
+        self._max_cached = max_cached
+        self._known: dict[str, tuple[ApiKey, float]] = {}
+        self._hash_by_id: dict[int, str] = {}
+        self._unknown: dict[str, float] = {}
+        self._last_used: dict[int, datetime] = {}
+
+    async def member_key(self, secret: str) -> ApiKey:
+        """The active key for `secret`; raises InvalidCredentials, or StoreUnavailable on a cache miss
+        while the store is down."""
+        key_hash = hash_secret(secret)
+        now = self._clock.monotonic()
+        cached = self._known.get(key_hash)
+        if cached is not None and cached[1] > now:
+            key = cached[0]
+        else:
+            key = await self._load(key_hash, now, cached[0] if cached else None)
+        if key.revoked_at is not None:
+            raise InvalidCredentials("API key revoked")
+        self._last_used[key.id] = self._clock.now()
+        return key
+
+    async def _load(self, key_hash: str, now: float, stale: ApiKey | None) -> ApiKey:
+        expires = self._unknown.get(key_hash)
+        if expires is not None and expires > now:
+            raise InvalidCredentials("unknown API key")
+        try:
+            key = await self._store.find_by_hash(key_hash)
+        except StoreUnavailable:
+            if stale is None:
+                raise
+            return stale
+        if key is None:
+            self._forget_hash(key_hash)
+            if len(self._unknown) >= self._max_cached:
+                self._unknown.clear()
+            self._unknown[key_hash] = now + self._unknown_ttl
+            raise InvalidCredentials("unknown API key")
+        self._remember(key_hash, key, now)
+        return key
+
+    def _remember(self, key_hash: str, key: ApiKey, now: float) -> None:
+        if key_hash not in self._known and len(self._known) >= self._max_cached:
+            # Drop the oldest entry; it is reloaded from the store on its next use.
+            self._forget_hash(next(iter(self._known)))
+        self._known[key_hash] = (key, now + self._revalidate_after)
+        self._hash_by_id[key.id] = key_hash
+
+    def _forget_hash(self, key_hash: str) -> None:
+        entry = self._known.pop(key_hash, None)
+        if entry is not None:
+            self._hash_by_id.pop(entry[0].id, None)
+
+    def key_created(self, key_hash: str) -> None:
+        self._unknown.pop(key_hash, None)
+
+    def key_revoked(self, key: ApiKey) -> None:
+        """A revocation made here: the cached entry turns revoked at once, no store round trip needed."""
+        key_hash = self._hash_by_id.get(key.id)
+        if key_hash is not None:
+            self._known[key_hash] = (key, self._clock.monotonic() + self._revalidate_after)
+
+    def forget(self, key_id: int) -> None:
+        """A key changed elsewhere: its next use reloads it from the store."""
+        key_hash = self._hash_by_id.get(key_id)
+        if key_hash is not None:
+            self._forget_hash(key_hash)
+
+    async def flush_last_used(self) -> None:
+        if not self._last_used:
+            return
+        batch, self._last_used = self._last_used, {}
+        try:
+            await self._store.touch(batch)
+        except StoreUnavailable:
+            # Keep them for the next attempt; a newer use recorded meanwhile wins.
+            for key_id, at in batch.items():
+                self._last_used.setdefault(key_id, at)
+            log.warning("database unavailable: last_used_at of %d keys kept for the next flush", len(batch))

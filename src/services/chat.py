@@ -1,0 +1,175 @@
+"""Chat through Ollama's /api/generate, JSON or streamed, with one usage row per admitted request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from ollama_gate.domain.chat import ChatRequest, upstream_failure
+from ollama_gate.domain.errors import GatewayError, UpstreamError
+from ollama_gate.domain.identity import Caller
+from ollama_gate.domain.usage import Outcome, TokenCounts, UsageRecord, tokens_from_final_chunk
+from ollama_gate.ports.clock import Clock
+from ollama_gate.ports.llm import LLMBackend, UpstreamResponse
+from ollama_gate.services.usage_recorder import UsageRecorder
+
+# Nothing was sent: the client went away before its answer was ready (nginx's convention).
+STATUS_CLIENT_CLOSED = 499
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+def error_text(body: bytes) -> str:
+    """The text of Ollama's `{"error": "..."}` body, or the start of whatever it sent instead."""
+    try:
+        decoded = _decode(body)
+    except msgspec.DecodeError:
+        return body[:200].decode(errors="replace").strip()
+    message = decoded.get("error") if isinstance(decoded, dict) else None
+    if isinstance(message, str):
+        return message
+    return body[:200].decode(errors="replace").strip()
+
+
+def error_line(message: str) -> bytes:
+    """The last line of a stream that failed after it began."""
+    return _encode({"error": message, "done": True}) + b"\n"
+
+
+def _is_final_chunk(line: bytes) -> bool:
+    # Quotes inside JSON strings are escaped, so these bytes can only be the `done` key itself.
+    return b'"done":true' in line or b'"done": true' in line
+
+
+def _error_message(line: bytes) -> str | None:
+    if b'"error"' not in line:
+        return None
+    try:
+        chunk = _decode(line)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(chunk, dict) and "error" in chunk:
+        return str(chunk["error"])
+    return None
+
+
+class ChatService:
+    """Forwards chat requests and records their usage when they end."""
+
+    def __init__(self, llm: LLMBackend, recorder: UsageRecorder, clock: Clock, default_model: str) -> None:
+        self._llm = llm
+        self._recorder = recorder
+        self._clock = clock
+        self.default_model = default_model
+
+    async def complete(self, caller: Caller, request: ChatRequest, endpoint: str) -> bytes:
+        """The whole answer as the gateway's JSON body: `{"user", "tier", "response"}`."""
+        started = self._clock.monotonic()
+        model = request.model or self.default_model
+        status, outcome, tokens = STATUS_CLIENT_CLOSED, Outcome.CANCELLED, TokenCounts()
+        try:
+            upstream = await self._open(request.generate_payload(self.default_model, stream=False), model)
+            body = await upstream.read()
+            try:
+                answer = _decode(body)
+            except msgspec.DecodeError as error:
+                raise UpstreamError("Ollama sent an unreadable answer") from error
+            if not isinstance(answer, dict):
+                raise UpstreamError("Ollama sent an unexpected answer")
+            answer.pop("context", None)
+            tokens = tokens_from_final_chunk(answer)
+            status, outcome = 200, Outcome.OK
+            return _encode({"user": caller.user, "tier": caller.tier.value, "response": answer})
+        except GatewayError as error:
+            status, outcome = error.status, Outcome.UPSTREAM_ERROR
+            raise
+        finally:
+            self._record(caller, endpoint, model, status, outcome, started, tokens)
+
+    async def open_stream(self, caller: Caller, request: ChatRequest, endpoint: str) -> AsyncIterator[bytes]:
+        """Open the upstream stream and check its status before anything is sent to the client.
+
+        Errors before the first chunk raise (and become ordinary JSON answers); the returned iterator
+        yields NDJSON lines and ends a failed stream with one `{"error": ..., "done": true}` line.
+        """
+        started = self._clock.monotonic()
+        model = request.model or self.default_model
+        try:
+            upstream = await self._open(request.generate_payload(self.default_model, stream=True), model)
+        except GatewayError as error:
+            self._record(
+                caller, endpoint, model, error.status, Outcome.UPSTREAM_ERROR, started, TokenCounts()
+            )
+            raise
+        except asyncio.CancelledError:
+            self._record(
+                caller, endpoint, model, STATUS_CLIENT_CLOSED, Outcome.CANCELLED, started, TokenCounts()
+            )
+            raise
+        return self._relay(upstream, caller, endpoint, model, started)
+
+    async def _open(self, payload: dict[str, Any], model: str) -> UpstreamResponse:
+        upstream = await self._llm.post("/api/generate", _encode(payload))
+        if upstream.status != 200:
+            raise upstream_failure(upstream.status, error_text(await upstream.read()), model)
+        return upstream
+
+    async def _relay(
+        self, upstream: UpstreamResponse, caller: Caller, endpoint: str, model: str, started: float
+    ) -> AsyncIterator[bytes]:
+        outcome, tokens = Outcome.UPSTREAM_ERROR, TokenCounts()
+        try:
+            async for line in upstream.lines():
+                if _is_final_chunk(line):
+                    chunk = _decode(line)
+                    chunk.pop("context", None)
+                    tokens = tokens_from_final_chunk(chunk)
+                    outcome = Outcome.OK
+                    yield _encode(chunk) + b"\n"
+                    break
+                message = _error_message(line)
+                if message is not None:
+                    yield error_line(message)
+                    break
+                yield line + b"\n"
+            else:
+                yield error_line("Ollama ended the stream before it was done")
+        except GatewayError as error:
+            yield error_line(error.detail)
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = Outcome.CANCELLED
+            raise
+        finally:
+            # Synchronous on purpose: cleanup must finish even while the task is being cancelled.
+            upstream.close()
+            self._record(caller, endpoint, model, 200, outcome, started, tokens)
+
+    def _record(
+        self,
+        caller: Caller,
+        endpoint: str,
+        model: str,
+        status: int,
+        outcome: Outcome,
+        started: float,
+        tokens: TokenCounts,
+    ) -> None:
+        self._recorder.record(
+            UsageRecord(
+                timestamp=self._clock.now(),
+                user=caller.user,
+                tier=caller.tier,
+                key_id=caller.key_id,
+                client_ip=caller.client_ip,
+                endpoint=endpoint,
+                model=model,
+                status=status,
+                outcome=outcome,
+                latency_ms=round((self._clock.monotonic() - started) * 1000, 3),
+                prompt_tokens=tokens.prompt,
+                completion_tokens=tokens.completion,
+            )
+        )

@@ -1,0 +1,127 @@
+"""The background writer: usage rows leave the request path at once and reach the store in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from ollama_gate.domain.errors import StoreUnavailable
+from ollama_gate.domain.usage import UsageRecord
+from ollama_gate.ports.stores import UsageStore
+
+log = logging.getLogger(__name__)
+
+
+class UsageRecorder:
+    """Buffers usage rows and writes them through the UsageStore.
+
+    Flushes every `flush_interval` seconds, or as soon as `batch_size` rows wait. While the store is
+    down, rows stay in a buffer of at most `max_pending`; past that the oldest are dropped, logged and
+    counted (`dropped`). `close()` writes everything still pending.
+    """
+
+    def __init__(
+        self,
+        store: UsageStore,
+        max_pending: int = 100_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.25,
+        max_retry_interval: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._max_pending = max_pending
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._max_retry_interval = max_retry_interval
+        self._pending: deque[UsageRecord] = deque()
+        self._writing = 0
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._store_down = False
+        self.recorded = 0
+        self.dropped = 0
+
+    @property
+    def unsaved(self) -> int:
+        """Rows recorded but not yet in the store (waiting or being written)."""
+        return len(self._pending) + self._writing
+
+    def record(self, record: UsageRecord) -> None:
+        self._pending.append(record)
+        self.recorded += 1
+        if len(self._pending) > self._max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error(
+                    "usage buffer full (%d rows): dropped the oldest row, %d dropped since start",
+                    self._max_pending,
+                    self.dropped,
+                )
+        if len(self._pending) >= self._batch_size:
+            self._wake.set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="usage-recorder")
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop the loop and write what is pending, retrying for up to `timeout` seconds."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._pending and not await self.flush():
+            if asyncio.get_running_loop().time() >= deadline:
+                log.error("database unavailable at shutdown: %d usage rows not written", len(self._pending))
+                return
+            await asyncio.sleep(0.2)
+
+    async def flush(self) -> bool:
+        """Write everything pending; False if the store is unavailable (rows are kept)."""
+        async with self._lock:
+            while self._pending:
+                count = min(self._batch_size, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(count)]
+                self._writing = count
+                try:
+                    await self._store.add_many(batch)
+                except StoreUnavailable:
+                    self._pending.extendleft(reversed(batch))
+                    self._trim()
+                    if not self._store_down:
+                        log.warning(
+                            "database unavailable: %d usage rows buffered, retrying", len(self._pending)
+                        )
+                    self._store_down = True
+                    return False
+                finally:
+                    self._writing = 0
+            if self._store_down:
+                log.warning("database available again: buffered usage rows written")
+                self._store_down = False
+            return True
+
+    def _trim(self) -> None:
+        while len(self._pending) > self._max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+
+    async def _run(self) -> None:
+        interval = self._flush_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            try:
+                written = await self.flush()
+            except Exception:
+                log.exception("usage writer failed; rows are kept and retried")
+                written = False
+            # Back off while the store is down, so a dead database is not hammered.
+            interval = self._flush_interval if written else min(interval * 2, self._max_retry_interval)
