@@ -18,7 +18,7 @@ class ChatBody(msgspec.Struct):
     """A chat request. Unknown fields are ignored."""
 
     message: Annotated[str, msgspec.Meta(min_length=1, description="The prompt (required, non-empty).")]
-    model: Annotated[str | None, msgspec.Meta(min_length=1)] = None
+    model: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     system: str | None = None
     options: dict[str, Any] | None = None
 

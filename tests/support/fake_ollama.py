@@ -1,0 +1,248 @@
+"""A fake Ollama speaking its real wire format, run in a thread so tests can watch what it sees.
+
+The prompt steers the behaviour, so concurrent tests never need to reconfigure it:
+- `!hang`        accept the request, then never send a byte
+- `!error500`    500 `{"error": "..."}`;   `!busy`  503 (Ollama's queue-full answer);  `!bad` 400
+- `!errorline`   (stream) two chunks, then an `{"error": ...}` line without a done chunk
+- `!cut`         (stream) two chunks, then the connection is dropped
+- `!stall`       (stream) two chunks, then silence
+- `!slow`        (stream) 100 ms between chunks (for first-byte and disconnect tests)
+- `!long`        (stream) 200 chunks, 50 ms apart: a long generation a client can walk away from
+Anything else is answered with `Echo: <prompt>`, one word per chunk when streamed.
+An unknown model is a 404 `{"error": "model 'x' not found"}`, as Ollama answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_MODELS = {"smollm:latest": 990_000_000, "llama3.2:1b": 1_320_000_000}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _compact(value: dict[str, Any]) -> bytes:
+    # Ollama (Go) writes compact JSON, one object per line.
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+def answer_words(prompt: str) -> list[str]:
+    """The chunks of the answer to `prompt`: joined, they are `Echo: <prompt>`."""
+    words = f"Echo: {prompt}".split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def _final_fields(prompt: str, chunks: int) -> dict[str, Any]:
+    return {
+        "done": True,
+        "done_reason": "stop",
+        "context": list(range(10)),
+        "total_duration": 1_000_000,
+        "load_duration": 100_000,
+        "prompt_eval_count": len(prompt.split()),
+        "prompt_eval_duration": 200_000,
+        "eval_count": chunks,
+        "eval_duration": 700_000,
+    }
+
+
+@dataclass
+class Observed:
+    """What the fake has seen; read it from the test thread."""
+
+    generate_requests: list[dict[str, Any]] = field(default_factory=list)
+    tags_requests: int = 0
+    streams_started: int = 0
+    streams_finished: int = 0
+    streams_abandoned: int = 0  # the client (the gateway) went away mid-stream
+    hosts: list[str] = field(default_factory=list)
+
+
+class FakeOllama:
+    def __init__(self, models: dict[str, int] | None = None, port: int | None = None) -> None:
+        self.models = dict(DEFAULT_MODELS if models is None else models)
+        self.port = port or free_port()
+        self.seen = Observed()
+        self.tags_delay = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- lifecycle (called from the test thread) -------------------------------------------------
+
+    def start(self) -> FakeOllama:
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
+        self._thread.start()
+        ready.result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop = None
+        self._thread = None
+
+    def __enter__(self) -> FakeOllama:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def wait_for(self, condition: Any, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition(self.seen):
+                return True
+            time.sleep(0.01)
+        return bool(condition(self.seen))
+
+    def _serve(self, ready: Future[None]) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._startup())
+        except Exception as error:
+            ready.set_exception(error)
+            return
+        ready.set_result(None)
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _startup(self) -> None:
+        app = web.Application()
+        app.router.add_get("/", self._root)
+        app.router.add_get("/api/version", self._version)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_post("/api/generate", self._generate)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    async def _root(self, _request: web.Request) -> web.Response:
+        return web.Response(text="Ollama is running")
+
+    async def _version(self, _request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.12.0"})
+
+    async def _tags(self, _request: web.Request) -> web.Response:
+        self.seen.tags_requests += 1
+        if self.tags_delay:
+            await asyncio.sleep(self.tags_delay)
+        models = [
+            {
+                "name": name,
+                "model": name,
+                "modified_at": "2026-11-01T10:00:00Z",
+                "size": size,
+                "digest": "sha256:" + "0" * 64,
+                "details": {"format": "gguf", "family": "llama"},
+            }
+            for name, size in self.models.items()
+        ]
+        return web.json_response({"models": models})
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        self.seen.hosts.append(request.headers.get("Host", ""))
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return web.json_response({"error": "invalid character in JSON"}, status=400)
+        self.seen.generate_requests.append(body)
+        model, prompt = body.get("model", ""), str(body.get("prompt", ""))
+        if model not in self.models:
+            return web.json_response({"error": f"model '{model}' not found"}, status=404)
+        if "!hang" in prompt:
+            await asyncio.sleep(3600)
+        if "!error500" in prompt:
+            return web.json_response({"error": "llama runner process has terminated: exit status 2"}, status=500)
+        if "!busy" in prompt:
+            return web.json_response(
+                {"error": "server busy, please try again.  maximum pending requests exceeded"}, status=503
+            )
+        if "!bad" in prompt:
+            return web.json_response({"error": "invalid options"}, status=400)
+        words = answer_words(prompt)
+        if prompt.startswith("!") and len(words) < 5:
+            words += [" and", " so", " on"]
+        if body.get("stream", True) is False:
+            return web.json_response(
+                {
+                    "model": model,
+                    "created_at": "2026-11-25T12:00:00Z",
+                    "response": "".join(words),
+                    **_final_fields(prompt, len(words)),
+                }
+            )
+        return await self._stream(request, model, prompt, words)
+
+    async def _stream(self, request: web.Request, model: str, prompt: str, words: list[str]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        self.seen.streams_started += 1
+        delay = 0.1 if "!slow" in prompt else 0.0
+        if "!long" in prompt:
+            words, delay = [f" w{i}" for i in range(200)], 0.05
+        try:
+            for index, word in enumerate(words):
+                if index == 2 and ("!errorline" in prompt or "!cut" in prompt or "!stall" in prompt):
+                    if "!errorline" in prompt:
+                        await response.write(_compact({"error": "an error was encountered while running the model"}))
+                        return response
+                    if "!stall" in prompt:
+                        await asyncio.sleep(3600)
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                chunk = {"model": model, "created_at": "2026-11-25T12:00:00Z", "response": word, "done": False}
+                await response.write(_compact(chunk))
+                if delay:
+                    await asyncio.sleep(delay)
+            final = {"model": model, "created_at": "2026-11-25T12:00:00Z", "response": ""}
+            await response.write(_compact({**final, **_final_fields(prompt, len(words))}))
+            await response.write_eof()
+            self.seen.streams_finished += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.seen.streams_abandoned += 1
+            raise
+        return response
+
+
+@contextlib.contextmanager
+def running_fake_ollama(**kwargs: Any) -> Iterator[FakeOllama]:
+    fake = FakeOllama(**kwargs).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
