@@ -1,0 +1,91 @@
+"""In-memory fakes of the ports the adapters module does not already provide."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+from ollama_gate.domain.errors import UpstreamUnavailable
+from ollama_gate.domain.status import ModelInfo
+from ollama_gate.ports.metrics import SystemSnapshot
+
+
+class FakeClock:
+    """Time moves only when a test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.seconds = start
+        self.epoch = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.epoch + timedelta(seconds=self.seconds)
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def advance(self, seconds: float) -> None:
+        self.seconds += seconds
+
+
+class FakeMetrics:
+    def snapshot(self) -> SystemSnapshot:
+        return SystemSnapshot(ram_total_gb=8.0, ram_used_gb=5.2, ram_percent=65.0, cpu_percent=12.5)
+
+
+class ScriptedResponse:
+    """An upstream response with a fixed status and body lines; can fail after some lines."""
+
+    def __init__(
+        self, status: int, lines: list[bytes], fail_after: int | None = None, error: Exception | None = None
+    ) -> None:
+        self.status = status
+        self._lines = lines
+        self._fail_after = fail_after
+        self._error = error
+        self.closed = False
+
+    async def read(self) -> bytes:
+        return b"\n".join(self._lines)
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        for index, line in enumerate(self._lines):
+            if self._fail_after is not None and index == self._fail_after and self._error is not None:
+                raise self._error
+            await asyncio.sleep(0)
+            yield line
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeLLM:
+    """Answers `post` with what `respond(path, body)` returns; records every call."""
+
+    def __init__(self, respond: Callable[[str, bytes], ScriptedResponse] | None = None) -> None:
+        self.respond = respond
+        self.calls: list[tuple[str, bytes]] = []
+        self.responses: list[ScriptedResponse] = []
+        self.models_list: list[ModelInfo] = [ModelInfo("smollm:latest", 990_000_000)]
+        self.online = True
+        self.model_calls = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def post(self, path: str, body: bytes) -> ScriptedResponse:
+        self.calls.append((path, body))
+        if not self.online or self.respond is None:
+            raise UpstreamUnavailable("Ollama is offline")
+        response = self.respond(path, body)
+        self.responses.append(response)
+        return response
+
+    async def models(self, timeout: float) -> list[ModelInfo]:
+        self.model_calls += 1
+        if not self.online:
+            raise UpstreamUnavailable("Ollama is offline")
+        return list(self.models_list)
