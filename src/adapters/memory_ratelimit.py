@@ -15,6 +15,9 @@ class InMemoryRateLimiter:
     """One log per identity and policy. Identities idle for a whole window are evicted, so a flood of
     distinct source addresses cannot grow memory beyond the identities active within one window."""
 
+    backend = "memory"
+    healthy = True
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         # Per policy, identity -> admission log. Dict order is "least recently admitted first": every

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+
 from ollama_gate.domain.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ollama_gate.domain.status import ModelInfo
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import psutil
+
 from ollama_gate.ports.metrics import SystemSnapshot
 
 _GB = 1024**3

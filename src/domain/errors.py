@@ -96,3 +96,9 @@ class StoreUnavailable(GatewayError):
 
     def __init__(self, detail: str = "database unavailable") -> None:
         super().__init__(detail)
+
+
+class LimiterUnavailable(GatewayError):
+    """The shared rate limiter cannot be reached and the configuration says deny (503)."""
+
+    status = 503

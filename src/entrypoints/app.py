@@ -11,6 +11,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+
 from ollama_gate import __version__
 from ollama_gate.entrypoints.config import load_settings
 from ollama_gate.entrypoints.container import Container, build_container

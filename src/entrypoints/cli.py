@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import msgspec
+
 from ollama_gate.domain.errors import GatewayError
 from ollama_gate.entrypoints.config import ConfigError, Settings, load_settings
 from ollama_gate.entrypoints.container import build_container
@@ -27,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--host", help="address to bind (default: OLLAMA_GATE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: OLLAMA_GATE_PORT or 8000)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (more than 1 needs OLLAMA_GATE_REDIS_URL)"
+    )
+
+    db = commands.add_parser("db", help="database schema migrations")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply pending migrations")
+    db_commands.add_parser("current", help="print the schema revision of the database")
 
     keys = commands.add_parser("keys", help="manage API keys in the configured database")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -46,28 +55,60 @@ def configure_logging(level: str) -> None:
     )
 
 
-def _serve(settings: Settings) -> int:
+SINGLE_PROCESS_LIMITS = (
+    "--workers {n} needs OLLAMA_GATE_REDIS_URL: without a shared Redis every worker keeps its own rate "
+    "limits, so a limit of N per minute would become {n}xN per minute"
+)
+
+
+def _serve(settings: Settings, workers: int) -> int:
     import uvicorn
+
     from ollama_gate.entrypoints.app import create_app
 
+    if workers < 1:
+        print("ollama-gate: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1 and settings.redis_url is None:
+        print(f"ollama-gate: {SINGLE_PROCESS_LIMITS.format(n=workers)}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     print(f"ollama-gate listening on http://{settings.host}:{settings.port}", flush=True)
     for name, value in settings.public_view().items():
         print(f"  {name}={value}", flush=True)
-    app = create_app(build_container(settings))
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.log_level in ("info", "debug"),
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_config=None,
-        server_header=False,
-    )
-    uvicorn.Server(config).run()
+    if workers > 1:
+        print(f"  workers={workers}", flush=True)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": settings.log_level in ("info", "debug"),
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "log_config": None,
+        "server_header": False,
+    }
+    if workers > 1:
+        # Each worker builds its own app from the same environment (uvicorn imports the factory).
+        uvicorn.run(
+            "ollama_gate.entrypoints.app:app_from_environment", factory=True, workers=workers, **options
+        )
+        return 0
+    uvicorn.Server(uvicorn.Config(create_app(build_container(settings)), **options)).run()
+    return 0
+
+
+def _db(settings: Settings, command: str) -> int:
+    async def run() -> str | None:
+        database = build_container(settings).database()
+        try:
+            return await (database.upgrade() if command == "upgrade" else database.current_revision())
+        finally:
+            await database.close()
+
+    revision = asyncio.run(run())
+    print(f"database at revision {revision or '(none)'}")
     return 0
 
 
@@ -108,11 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         if args.command == "keys":
             return _keys(settings, args)
+        if args.command == "db":
+            return _db(settings, args.db_command)
         if args.host:
             settings = replace(settings, host=args.host)
         if args.port:
             settings = replace(settings, port=args.port)
-        return _serve(settings)
+        return _serve(settings, getattr(args, "workers", 1))
     except ConfigError as error:
         print(f"ollama-gate: {error}", file=sys.stderr)
         return 2

@@ -10,10 +10,11 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from ollama_gate.domain.client_address import Network, parse_networks
-from ollama_gate.domain.ratelimit import RateLimit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from ollama_gate.domain.client_address import Network, parse_networks
+from ollama_gate.domain.ratelimit import RateLimit
 
 PREFIX = "OLLAMA_GATE_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -43,6 +44,9 @@ class Settings:
     anon_rate_limit: RateLimit = RateLimit("anonymous", 10, 60)
     member_rate_limit: RateLimit = RateLimit("member", 30, 60)
     trusted_proxies: tuple[Network, ...] = ()
+    auto_migrate: bool = True
+    redis_url: str | None = field(default=None, repr=False)
+    rate_limit_fallback: str = "local"
 
     @property
     def ollama_url(self) -> str:
@@ -64,7 +68,46 @@ class Settings:
             "OLLAMA_GATE_ANON_RATE_LIMIT": f"{self.anon_rate_limit.limit}/{self.anon_rate_limit.window_text}",
             "OLLAMA_GATE_MEMBER_RATE_LIMIT": f"{self.member_rate_limit.limit}/{self.member_rate_limit.window_text}",
             "OLLAMA_GATE_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies) or "(none)",
+            "OLLAMA_GATE_AUTO_MIGRATE": str(self.auto_migrate).lower(),
+            "OLLAMA_GATE_REDIS_URL": _hide_password(self.redis_url)
+            if self.redis_url
+            else "(not set: in-process limiter)",
+            "OLLAMA_GATE_RATE_LIMIT_FALLBACK": self.rate_limit_fallback,
         }
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@")).geturl()
+
+
+def _redis_url(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+        raise ValueError(f"expected redis://host:6379/0, got {text!r}")
+    _ = parts.port
+    return text
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _fallback(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("local", "deny"):
+        raise ValueError(f"expected local or deny, got {text!r}")
+    return value
 
 
 def _http_url(text: str) -> str:
@@ -169,4 +212,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
             "MEMBER_RATE_LIMIT", lambda t: RateLimit.parse("member", t), defaults.member_rate_limit
         ),
         trusted_proxies=get("TRUSTED_PROXIES", parse_networks, defaults.trusted_proxies),
+        auto_migrate=get("AUTO_MIGRATE", _boolean, defaults.auto_migrate),
+        redis_url=get("REDIS_URL", _redis_url, defaults.redis_url),
+        rate_limit_fallback=get("RATE_LIMIT_FALLBACK", _fallback, defaults.rate_limit_fallback),
     )

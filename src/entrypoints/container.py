@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import redis.asyncio as aioredis
 from dependency_injector import containers, providers
+
+from ollama_gate.adapters.local_cluster import LocalKeyEvents, NoSharedCounters
 from ollama_gate.adapters.memory_ratelimit import InMemoryRateLimiter
 from ollama_gate.adapters.ollama_http import OllamaHttpBackend
 from ollama_gate.adapters.psutil_metrics import PsutilMetrics
+from ollama_gate.adapters.redis_cluster import RedisCounters, RedisKeyEvents
+from ollama_gate.adapters.redis_ratelimit import RedisRateLimiter
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
 from ollama_gate.adapters.system_clock import SystemClock
 from ollama_gate.entrypoints.config import Settings
+from ollama_gate.ports.clock import Clock
+from ollama_gate.ports.cluster import KeyEvents, SharedCounters
+from ollama_gate.ports.ratelimit import RateLimiter
 from ollama_gate.services.access import AccessPolicy
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.chat import ChatService
@@ -21,6 +31,55 @@ from ollama_gate.services.usage_recorder import UsageRecorder
 from ollama_gate.services.usage_reports import UsageReports
 
 
+def _redis_client(settings: Settings) -> aioredis.Redis | None:
+    if settings.redis_url is None:
+        return None
+    # Short socket timeouts: an unreachable Redis must cost a request milliseconds, not seconds.
+    return aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10
+    )
+
+
+def _rate_limiter(settings: Settings, clock: Clock, client: aioredis.Redis | None) -> RateLimiter:
+    local = InMemoryRateLimiter(clock)
+    if client is None:
+        return local
+    fallback = local if settings.rate_limit_fallback == "local" else None
+    return RedisRateLimiter(client, clock, fallback)
+
+
+def _shared_counters(client: aioredis.Redis | None) -> SharedCounters:
+    return NoSharedCounters() if client is None else RedisCounters(client)
+
+
+def _key_events(client: aioredis.Redis | None) -> KeyEvents:
+    return LocalKeyEvents() if client is None else RedisKeyEvents(client)
+
+
+class _RedisConnection:
+    """Closes the shared Redis client last-but-one, after everything that uses it."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _lifecycle(
+    redis_client: aioredis.Redis | None, key_events: KeyEvents, authenticator: Authenticator, *components: Any
+) -> list[Any]:
+    """What the app starts in order and closes in reverse."""
+    key_events.subscribe(authenticator.forget)
+    managed: list[Any] = [] if redis_client is None else [_RedisConnection(redis_client)]
+    if isinstance(key_events, RedisKeyEvents):
+        managed.append(key_events)
+    return [*components[:1], *managed, *components[1:]]
+
+
 class Container(containers.DeclarativeContainer):
     """Tests override any provider with a fake: `container.llm.override(providers.Object(fake))`."""
 
@@ -29,7 +88,10 @@ class Container(containers.DeclarativeContainer):
     clock = providers.Singleton(SystemClock)
     metrics = providers.Singleton(PsutilMetrics)
     database = providers.Singleton(
-        Database, url=settings.provided.database_url, connect_timeout=settings.provided.connect_timeout
+        Database,
+        url=settings.provided.database_url,
+        connect_timeout=settings.provided.connect_timeout,
+        auto_migrate=settings.provided.auto_migrate,
     )
     key_store = providers.Singleton(SqlKeyStore, database)
     usage_store = providers.Singleton(SqlUsageStore, database)
@@ -39,7 +101,10 @@ class Container(containers.DeclarativeContainer):
         connect_timeout=settings.provided.connect_timeout,
         read_timeout=settings.provided.read_timeout,
     )
-    rate_limiter = providers.Singleton(InMemoryRateLimiter, clock)
+    redis_client = providers.Singleton(_redis_client, settings)
+    rate_limiter = providers.Singleton(_rate_limiter, settings, clock, redis_client)
+    shared_counters = providers.Singleton(_shared_counters, redis_client)
+    key_events = providers.Singleton(_key_events, redis_client)
 
     usage_recorder = providers.Singleton(UsageRecorder, usage_store)
     authenticator = providers.Singleton(Authenticator, key_store, clock)
@@ -49,12 +114,13 @@ class Container(containers.DeclarativeContainer):
         rate_limiter,
         anonymous_rate=settings.provided.anon_rate_limit,
         member_rate=settings.provided.member_rate_limit,
+        shared_counters=shared_counters,
     )
     access = providers.Singleton(AccessPolicy, authenticator, admin_token=settings.provided.admin_token)
     chat = providers.Singleton(
         ChatService, llm, usage_recorder, clock, default_model=settings.provided.default_model
     )
-    keys = providers.Singleton(KeyService, key_store, authenticator, clock)
+    keys = providers.Singleton(KeyService, key_store, authenticator, clock, key_events)
     usage_reports = providers.Singleton(UsageReports, usage_store)
     status = providers.Singleton(StatusService, llm, metrics, usage_store, usage_recorder, gatekeeper, clock)
     last_used_writer = providers.Singleton(
@@ -63,7 +129,9 @@ class Container(containers.DeclarativeContainer):
 
     # Started in this order with the app, closed in reverse: the usage writer drains before the
     # database closes.
-    lifecycle = providers.List(database, llm, usage_recorder, last_used_writer)
+    lifecycle = providers.Singleton(
+        _lifecycle, redis_client, key_events, authenticator, database, llm, usage_recorder, last_used_writer
+    )
 
 
 def build_container(settings: Settings) -> Container:

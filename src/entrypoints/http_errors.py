@@ -9,6 +9,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
 from ollama_gate.domain.errors import GatewayError, RateLimited, Unauthorized
 from ollama_gate.domain.ratelimit import Decision
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers

@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+
 from ollama_gate.domain.access import Principal
 from ollama_gate.domain.client_address import client_address
 from ollama_gate.domain.identity import Caller

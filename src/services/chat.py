@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+
 from ollama_gate.domain.chat import ChatRequest, upstream_failure
 from ollama_gate.domain.errors import GatewayError, UpstreamError
 from ollama_gate.domain.identity import Caller

@@ -8,6 +8,7 @@ from ollama_gate.domain.errors import RateLimited, Unauthorized
 from ollama_gate.domain.identity import Caller, Tier
 from ollama_gate.domain.keys import parse_key_headers
 from ollama_gate.domain.ratelimit import Decision, RateLimit
+from ollama_gate.ports.cluster import SharedCounters
 from ollama_gate.ports.ratelimit import RateLimiter
 from ollama_gate.services.authenticator import Authenticator
 
@@ -29,12 +30,14 @@ class Gatekeeper:
         limiter: RateLimiter,
         anonymous_rate: RateLimit,
         member_rate: RateLimit,
+        shared_counters: SharedCounters | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._limiter = limiter
         self.anonymous_rate = anonymous_rate
         self.member_rate = member_rate
         self.rejections = RejectionCounters()
+        self._shared = shared_counters
 
     async def identify(self, x_api_key: str | None, authorization: str | None, client_ip: str) -> Caller:
         """The caller a request's headers make; raises Unauthorized (counted) for a wrong credential."""
@@ -45,6 +48,8 @@ class Gatekeeper:
             key = await self._authenticator.member_key(secret)
         except Unauthorized:
             self.rejections.unauthorized += 1
+            if self._shared is not None:
+                await self._shared.increment("rejected_unauthorized")
             raise
         return Caller.member(key.user_id, key.id, client_ip)
 
@@ -56,8 +61,23 @@ class Gatekeeper:
         decision = await self._limiter.acquire(caller.quota_identity, self.rate_for(caller))
         if not decision.admitted:
             self.rejections.rate_limited += 1
+            if self._shared is not None:
+                await self._shared.increment("rejected_rate_limited")
             raise RateLimited(decision)
         return decision
 
     async def active_anonymous_identities(self) -> int:
         return await self._limiter.active_identities(self.anonymous_rate)
+
+    async def rejection_counts(self) -> dict[str, int]:
+        """Cluster-wide when counters are shared (and reachable), else this instance's since start."""
+        names = ["rejected_unauthorized", "rejected_rate_limited"]
+        if self._shared is not None:
+            shared = await self._shared.read(names)
+            if shared is not None:
+                return shared
+        return dict(zip(names, (self.rejections.unauthorized, self.rejections.rate_limited), strict=True))
+
+    @property
+    def limiter_health(self) -> dict[str, object]:
+        return {"backend": self._limiter.backend, "healthy": self._limiter.healthy}

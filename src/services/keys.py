@@ -13,17 +13,22 @@ from ollama_gate.domain.keys import (
     validate_user_id,
 )
 from ollama_gate.ports.clock import Clock
+from ollama_gate.ports.cluster import KeyEvents
 from ollama_gate.ports.stores import KeyStore
 from ollama_gate.services.authenticator import Authenticator
 
 
 class KeyService:
-    """Creates and revokes keys; revocation reaches the authenticator's cache before it returns."""
+    """Creates and revokes keys; a revocation reaches this instance's cache before it returns, and the
+    other instances' through `events`."""
 
-    def __init__(self, store: KeyStore, authenticator: Authenticator, clock: Clock) -> None:
+    def __init__(
+        self, store: KeyStore, authenticator: Authenticator, clock: Clock, events: KeyEvents | None = None
+    ) -> None:
         self._store = store
         self._authenticator = authenticator
         self._clock = clock
+        self._events = events
 
     async def create(self, user_id: str, name: str | None) -> IssuedKey:
         user_id = validate_user_id(user_id)
@@ -46,4 +51,6 @@ class KeyService:
         if revoked is None:
             raise NotFound(f"key {key_id} not found")
         self._authenticator.key_revoked(revoked)
+        if self._events is not None:
+            await self._events.publish_revoked(key_id)
         return revoked

@@ -98,10 +98,10 @@ class StatusService:
                 "active_anonymous_ips": await gatekeeper.active_anonymous_identities(),
                 "anon_rate_limit": gatekeeper.anonymous_rate.describe(),
                 "member_rate_limit": gatekeeper.member_rate.describe(),
-                "rejected_unauthorized": gatekeeper.rejections.unauthorized,
-                "rejected_rate_limited": gatekeeper.rejections.rate_limited,
+                **await gatekeeper.rejection_counts(),
                 "usage_rows_pending": self._recorder.unsaved,
                 "usage_rows_dropped": self._recorder.dropped,
                 "database_online": stored is not None,
             },
+            "rate_limiter": gatekeeper.limiter_health,
         }

@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from ollama_gate.adapters.sql.tables import metadata
-from ollama_gate.domain.errors import StoreUnavailable
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ollama_gate.adapters.sql import migrate
+from ollama_gate.domain.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,21 @@ def _enable_sqlite_concurrency(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """One engine per process. The schema is created on first use, so a database that is down at
-    start-up does not stop the gateway: anonymous chat works and the stores answer 503 until it is back."""
+    """One engine per process. Pending migrations are applied on first use (with `auto_migrate`), so a
+    database that is down at start-up does not stop the gateway: anonymous chat works and the stores
+    answer 503 until it is back."""
 
-    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, connect_timeout: float = 5.0, auto_migrate: bool = True) -> None:
         self.url = url
+        self.auto_migrate = auto_migrate
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.sqlite_path: str | None = None
         connect_args: dict[str, Any] = {}
         if self.is_sqlite:
             self._ensure_sqlite_directory(parsed.database)
+            if parsed.database and parsed.database != ":memory:":
+                self.sqlite_path = parsed.database
             connect_args["timeout"] = 5
         else:
             connect_args["timeout"] = connect_timeout
@@ -65,12 +71,33 @@ class Database:
         async with self._schema_lock:
             if self._schema_ready:  # another task may have set it meanwhile
                 return  # type: ignore[unreachable]
-            try:
-                async with self.engine.begin() as connection:
-                    await connection.run_sync(metadata.create_all)
-            except _UNAVAILABLE as error:
-                raise StoreUnavailable() from error
+            if self.auto_migrate:
+                await self.upgrade()
+            else:
+                await self._warn_if_behind()
             self._schema_ready = True
+
+    async def upgrade(self) -> str | None:
+        """Apply pending migrations; returns the revision the database is at."""
+        try:
+            async with self.engine.connect() as connection:
+                return await connection.run_sync(migrate.upgrade, self.sqlite_path)
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable() from error
+
+    async def current_revision(self) -> str | None:
+        try:
+            async with self.engine.connect() as connection:
+                return await connection.run_sync(migrate.current_revision)
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable() from error
+
+    async def _warn_if_behind(self) -> None:
+        current, head = await self.current_revision(), migrate.head_revision()
+        if current != head:
+            log.error(
+                "database schema is at %s, the gateway needs %s: run `ollama-gate db upgrade`", current, head
+            )
 
     async def try_ensure_schema(self) -> bool:
         try:

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import bindparam, func, insert, select, update
+
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.tables import api_keys, usage_logs
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.usage import Outcome, UsageRecord
-from sqlalchemy import bindparam, func, insert, select, update
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
+
 from ollama_gate.domain.chat import ChatRequest
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 from ollama_gate.entrypoints.request_context import caller_of, container_of, identify_caller

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, delete, get, post
+
 from ollama_gate.domain.access import scope_user
 from ollama_gate.domain.errors import InvalidRequest
 from ollama_gate.domain.keys import ApiKey

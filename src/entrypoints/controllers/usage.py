@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get
+
 from ollama_gate.domain.errors import InvalidRequest
 from ollama_gate.domain.usage import UsageRecord
 from ollama_gate.entrypoints.request_context import container_of, principal_of
