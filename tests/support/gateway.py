@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -31,6 +32,7 @@ class GatewayProcess:
         host: str = "127.0.0.1",
         port: int | None = None,
         log_level: str = "warning",
+        args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -43,6 +45,7 @@ class GatewayProcess:
         }
         for name, value in (env or {}).items():
             self.env[name if name.startswith("OLLAMA_GATE_") else "OLLAMA_GATE_" + name] = value
+        self.args = list(args)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"gateway-{self.port}.log"
 
@@ -56,7 +59,7 @@ class GatewayProcess:
         environment.update(self.env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ollama_gate", "serve"],
+            [sys.executable, "-m", "ollama_gate", "serve", *self.args],
             cwd=self.workdir,
             env=environment,
             stdout=log,

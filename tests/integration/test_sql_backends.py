@@ -1,0 +1,205 @@
+"""The SQL stores and migrations on both back ends: SQLite (always) and PostgreSQL (when configured)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, insert, select
+
+from ollama_gate.adapters.sql import migrate
+from ollama_gate.adapters.sql.database import Database
+from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
+from ollama_gate.adapters.sql.tables import api_keys, metadata, usage_logs
+from ollama_gate.domain.errors import StoreUnavailable
+from ollama_gate.domain.identity import Tier
+from ollama_gate.domain.usage import Outcome, UsageRecord
+from tests.support.fake_ollama import free_port
+from tests.support.services import create_postgres_database, drop_postgres_database
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/gate.db"
+        return
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+def usage(user: str, status: int = 200, tokens: int | None = 5) -> UsageRecord:
+    return UsageRecord(
+        timestamp=NOW,
+        user=user,
+        tier=Tier.MEMBER if user != "anonymous" else Tier.ANONYMOUS,
+        key_id=None,
+        client_ip="127.0.0.1",
+        endpoint="/chat",
+        model="smollm:latest",
+        status=status,
+        outcome=Outcome.OK if status == 200 else Outcome.UPSTREAM_ERROR,
+        latency_ms=1.5,
+        prompt_tokens=tokens,
+        completion_tokens=tokens,
+    )
+
+
+async def test_migrations_bring_an_empty_database_to_head(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        assert await database.current_revision() is None
+        assert await database.upgrade() == migrate.head_revision()
+        # Idempotent: a second instance starting later finds nothing to do.
+        assert await Database(database_url).upgrade() == migrate.head_revision()
+    finally:
+        await database.close()
+
+
+async def test_key_store_round_trip(database_url: str) -> None:
+    database = Database(database_url)
+    store = SqlKeyStore(database)
+    try:
+        first = await store.add("alice", "laptop", "a" * 64, "oa-aaaaaa", NOW)
+        second = await store.add("alice", "phone", "b" * 64, "oa-bbbbbb", NOW + timedelta(seconds=1))
+        await store.add("bob", "default", "c" * 64, "oa-cccccc", NOW)
+
+        found = await store.find_by_hash("b" * 64)
+        assert found == second and found.created_at == NOW + timedelta(seconds=1)
+        assert found.created_at.tzinfo is not None
+        assert await store.find_by_hash("d" * 64) is None
+        assert [k.id for k in await store.list("alice")] == [second.id, first.id]
+        assert len(await store.list(None)) == 3
+
+        revoked = await store.revoke(first.id, NOW + timedelta(minutes=1))
+        again = await store.revoke(first.id, NOW + timedelta(minutes=2))
+        assert revoked is not None and again is not None
+        assert revoked.revoked_at == again.revoked_at == NOW + timedelta(minutes=1)
+        assert await store.revoke(999, NOW) is None
+
+        await store.touch({second.id: NOW + timedelta(hours=1)})
+        touched = await store.get(second.id)
+        assert touched is not None and touched.last_used_at == NOW + timedelta(hours=1)
+    finally:
+        await database.close()
+
+
+async def test_usage_store_writes_batches_and_reads_newest_first(database_url: str) -> None:
+    database = Database(database_url)
+    store = SqlUsageStore(database)
+    try:
+        await store.add_many([usage("alice"), usage("bob", 502, None), usage("alice", tokens=9)])
+        await store.add_many([usage("anonymous")])
+        assert await store.count() == 4
+        alice = await store.recent(10, "alice")
+        assert [r.prompt_tokens for r in alice] == [9, 5]
+        newest = await store.recent(2, None)
+        assert [r.user for r in newest] == ["anonymous", "alice"]
+        bob = (await store.recent(10, "bob"))[0]
+        assert (bob.status, bob.outcome, bob.prompt_tokens, bob.timestamp) == (
+            502,
+            Outcome.UPSTREAM_ERROR,
+            None,
+            NOW,
+        )
+    finally:
+        await database.close()
+
+
+async def test_unreachable_database_is_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for url in (
+        f"sqlite+aiosqlite:///{blocker}/gate.db",
+        f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing",
+    ):
+        database = Database(url, connect_timeout=1)
+        try:
+            with pytest.raises(StoreUnavailable):
+                await SqlKeyStore(database).find_by_hash("a" * 64)
+            assert await database.try_ensure_schema() is False
+        finally:
+            await database.close()
+
+
+def test_a_database_from_before_migrations_is_adopted_without_loss(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    metadata.create_all(engine)  # how the first gateway version created its schema
+    with engine.begin() as connection:
+        connection.execute(
+            insert(api_keys).values(
+                user_id="alice", name="old", key_hash="e" * 64, prefix="oa-eeeeee", created_at=NOW
+            )
+        )
+        connection.execute(
+            insert(usage_logs).values(
+                timestamp=NOW,
+                user="alice",
+                tier="member",
+                key_id=1,
+                client_ip="127.0.0.1",
+                endpoint="/chat",
+                model="m",
+                status=200,
+                outcome="ok",
+                latency_ms=1.0,
+                prompt_tokens=1,
+                completion_tokens=2,
+            )
+        )
+    engine.dispose()
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_gate", "db", "upgrade"],
+        env={"OLLAMA_GATE_DATABASE_URL": f"sqlite+aiosqlite:///{path}", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"database at revision {migrate.head_revision()}" in result.stdout
+
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as connection:
+        assert connection.execute(select(api_keys.c.name)).scalars().all() == ["old"]
+        assert connection.execute(select(usage_logs.c.completion_tokens)).scalars().all() == [2]
+        assert migrate.current_revision(connection) == migrate.head_revision()
+    engine.dispose()
+
+
+def test_instances_starting_together_migrate_once(database_url: str, tmp_path: Path) -> None:
+    """Several `db upgrade` processes at once: the lock lets one migrate, the others find it done."""
+    environment = {"OLLAMA_GATE_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ollama_gate", "db", "upgrade"],
+            env=environment,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=60) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], [err for _, err in outputs]
+    assert all(f"revision {migrate.head_revision()}" in out for out, _ in outputs)
+    current = subprocess.run(
+        [sys.executable, "-m", "ollama_gate", "db", "current"],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"database at revision {migrate.head_revision()}" in current.stdout
