@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, insert, select
+from sqlalchemy import create_engine, event, insert, select
 
 from ollama_gate.adapters.sql import migrate
 from ollama_gate.adapters.sql.database import Database
@@ -203,3 +203,21 @@ def test_instances_starting_together_migrate_once(database_url: str, tmp_path: P
         timeout=60,
     )
     assert f"database at revision {migrate.head_revision()}" in current.stdout
+
+
+async def test_a_batch_of_usage_rows_is_one_round_trip(database_url: str) -> None:
+    database = Database(database_url)
+    await database.upgrade()
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            statements.append(statement)
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await SqlUsageStore(database).add_many([usage(f"user{i}") for i in range(500)])
+        assert len(statements) == 1
+        assert await SqlUsageStore(database).count() == 500
+    finally:
+        await database.close()
