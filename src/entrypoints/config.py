@@ -34,7 +34,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     ollama_urls: tuple[str, ...] = ("http://127.0.0.1:11434",)
-    database_url: str = "sqlite+aiosqlite:///./data/ollama-gate.db"
+    database_url: str = field(default="sqlite+aiosqlite:///./data/ollama-gate.db", repr=False)
     default_model: str = "smollm:latest"
     max_body_bytes: int = 10 * 1024 * 1024
     connect_timeout: float = 5.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
@@ -27,7 +27,7 @@ def error_text(body: bytes) -> str:
     """The text of Ollama's `{"error": "..."}` body, or the start of whatever it sent instead."""
     try:
         decoded = _decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return body[:200].decode(errors="replace").strip()
     message = decoded.get("error") if isinstance(decoded, dict) else None
     if isinstance(message, str):
@@ -45,16 +45,79 @@ def _is_final_chunk(line: bytes) -> bool:
     return b'"done":true' in line or b'"done": true' in line
 
 
+def _decode_object(line: bytes) -> dict[str, Any] | None:
+    try:
+        decoded = _decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
 def _error_message(line: bytes) -> str | None:
     if b'"error"' not in line:
         return None
     try:
         chunk = _decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     if isinstance(chunk, dict) and "error" in chunk:
         return str(chunk["error"])
     return None
+
+
+class StreamRelay:
+    """One relayed stream: its lines, and the bookkeeping that must happen exactly once when it ends.
+
+    However it ends (completed, failed, cancelled mid-line, or dropped by a client that left before the
+    first line was sent, when the lines generator never even started) the upstream is closed and one
+    usage row is recorded: `lines()` finishes it from its `finally`, and the response's background task
+    calls `abandon()`, which finishes it as cancelled if nothing else did.
+    """
+
+    def __init__(self, upstream: UpstreamResponse, on_finish: Callable[[Outcome, TokenCounts], None]) -> None:
+        self._upstream = upstream
+        self._on_finish = on_finish
+        self.finished = False
+
+    def finish(self, outcome: Outcome, tokens: TokenCounts) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        # Synchronous on purpose: cleanup must complete even while the task is being cancelled.
+        self._upstream.close()
+        self._on_finish(outcome, tokens)
+
+    async def abandon(self) -> None:
+        self.finish(Outcome.CANCELLED, TokenCounts())
+
+    async def lines(self) -> AsyncGenerator[bytes, None]:
+        outcome, tokens = Outcome.UPSTREAM_ERROR, TokenCounts()
+        try:
+            async for line in self._upstream.lines():
+                if _is_final_chunk(line):
+                    chunk = _decode_object(line)
+                    if chunk is None:
+                        yield error_line("Ollama sent an unreadable chunk")
+                        break
+                    chunk.pop("context", None)
+                    tokens = tokens_from_final_chunk(chunk)
+                    outcome = Outcome.OK
+                    yield _encode(chunk) + b"\n"
+                    break
+                message = _error_message(line)
+                if message is not None:
+                    yield error_line(message)
+                    break
+                yield line + b"\n"
+            else:
+                yield error_line("Ollama ended the stream before it was done")
+        except GatewayError as error:
+            yield error_line(error.detail)
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = Outcome.CANCELLED
+            raise
+        finally:
+            self.finish(outcome, tokens)
 
 
 class ChatService:
@@ -76,7 +139,7 @@ class ChatService:
             body = await upstream.read()
             try:
                 answer = _decode(body)
-            except msgspec.DecodeError as error:
+            except (msgspec.DecodeError, UnicodeDecodeError) as error:
                 raise UpstreamError("Ollama sent an unreadable answer") from error
             if not isinstance(answer, dict):
                 raise UpstreamError("Ollama sent an unexpected answer")
@@ -90,11 +153,11 @@ class ChatService:
         finally:
             self._record(caller, endpoint, model, status, outcome, started, tokens)
 
-    async def open_stream(self, caller: Caller, request: ChatRequest, endpoint: str) -> AsyncIterator[bytes]:
+    async def open_stream(self, caller: Caller, request: ChatRequest, endpoint: str) -> StreamRelay:
         """Open the upstream stream and check its status before anything is sent to the client.
 
-        Errors before the first chunk raise (and become ordinary JSON answers); the returned iterator
-        yields NDJSON lines and ends a failed stream with one `{"error": ..., "done": true}` line.
+        Errors before the first chunk raise (and become ordinary JSON answers); the relay's lines are
+        NDJSON and a failed stream ends with one `{"error": ..., "done": true}` line.
         """
         started = self._clock.monotonic()
         model = request.model or self.default_model
@@ -110,43 +173,17 @@ class ChatService:
                 caller, endpoint, model, STATUS_CLIENT_CLOSED, Outcome.CANCELLED, started, TokenCounts()
             )
             raise
-        return self._relay(upstream, caller, endpoint, model, started)
+
+        def finish(outcome: Outcome, tokens: TokenCounts) -> None:
+            self._record(caller, endpoint, model, 200, outcome, started, tokens)
+
+        return StreamRelay(upstream, finish)
 
     async def _open(self, payload: dict[str, Any], model: str) -> UpstreamResponse:
         upstream = await self._llm.post("/api/generate", _encode(payload))
         if upstream.status != 200:
             raise upstream_failure(upstream.status, error_text(await upstream.read()), model)
         return upstream
-
-    async def _relay(
-        self, upstream: UpstreamResponse, caller: Caller, endpoint: str, model: str, started: float
-    ) -> AsyncIterator[bytes]:
-        outcome, tokens = Outcome.UPSTREAM_ERROR, TokenCounts()
-        try:
-            async for line in upstream.lines():
-                if _is_final_chunk(line):
-                    chunk = _decode(line)
-                    chunk.pop("context", None)
-                    tokens = tokens_from_final_chunk(chunk)
-                    outcome = Outcome.OK
-                    yield _encode(chunk) + b"\n"
-                    break
-                message = _error_message(line)
-                if message is not None:
-                    yield error_line(message)
-                    break
-                yield line + b"\n"
-            else:
-                yield error_line("Ollama ended the stream before it was done")
-        except GatewayError as error:
-            yield error_line(error.detail)
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = Outcome.CANCELLED
-            raise
-        finally:
-            # Synchronous on purpose: cleanup must finish even while the task is being cancelled.
-            upstream.close()
-            self._record(caller, endpoint, model, 200, outcome, started, tokens)
 
     def _record(
         self,

@@ -71,7 +71,9 @@ class UsageRecorder:
     async def close(self, timeout: float = 10.0) -> None:
         """Stop the loop and write what is pending, retrying for up to `timeout` seconds."""
         if self._task is not None:
-            self._task.cancel()
+            # Cancel the loop between writes only: a batch cancelled mid-write would be lost.
+            async with self._lock:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -8,6 +8,8 @@ The prompt steers the behaviour, so concurrent tests never need to reconfigure i
 - `!stall`       (stream) two chunks, then silence
 - `!slow`        (stream) 100 ms between chunks (for first-byte and disconnect tests)
 - `!long`        (stream) 200 chunks, 50 ms apart: a long generation a client can walk away from
+- `!held`        (stream) one chunk, then nothing until the test calls `release_held()` (at most 30 s):
+                 proves without timing that a chunk is relayed while the upstream is still generating
 Anything else is answered with `Echo: <prompt>`, one word per chunk when streamed.
 An unknown model is a 404 `{"error": "model 'x' not found"}`, as Ollama answers.
 """
@@ -72,6 +74,10 @@ class Observed:
     streams_abandoned: int = 0  # the client (the gateway) went away mid-stream
     hosts: list[str] = field(default_factory=list)
 
+    def requests_with_prompt(self, prompt: str) -> list[dict[str, Any]]:
+        """The /api/generate bodies that carried `prompt`: tests sharing one fake use unique prompts."""
+        return [body for body in self.generate_requests if body.get("prompt") == prompt]
+
 
 class FakeOllama:
     def __init__(self, models: dict[str, int] | None = None, port: int | None = None) -> None:
@@ -83,6 +89,7 @@ class FakeOllama:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._lock = threading.Lock()
+        self._held_release = threading.Event()
 
     @property
     def url(self) -> str:
@@ -111,6 +118,10 @@ class FakeOllama:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+    def release_held(self) -> None:
+        """Let every `!held` stream go on (this one and any later one)."""
+        self._held_release.set()
 
     def wait_for(self, condition: Any, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -186,7 +197,9 @@ class FakeOllama:
         if "!hang" in prompt:
             await asyncio.sleep(3600)
         if "!error500" in prompt:
-            return web.json_response({"error": "llama runner process has terminated: exit status 2"}, status=500)
+            return web.json_response(
+                {"error": "llama runner process has terminated: exit status 2"}, status=500
+            )
         if "!busy" in prompt:
             return web.json_response(
                 {"error": "server busy, please try again.  maximum pending requests exceeded"}, status=503
@@ -207,7 +220,9 @@ class FakeOllama:
             )
         return await self._stream(request, model, prompt, words)
 
-    async def _stream(self, request: web.Request, model: str, prompt: str, words: list[str]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, model: str, prompt: str, words: list[str]
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         self.seen.streams_started += 1
@@ -218,15 +233,24 @@ class FakeOllama:
             for index, word in enumerate(words):
                 if index == 2 and ("!errorline" in prompt or "!cut" in prompt or "!stall" in prompt):
                     if "!errorline" in prompt:
-                        await response.write(_compact({"error": "an error was encountered while running the model"}))
+                        await response.write(
+                            _compact({"error": "an error was encountered while running the model"})
+                        )
                         return response
                     if "!stall" in prompt:
                         await asyncio.sleep(3600)
                     assert request.transport is not None
                     request.transport.close()
                     return response
-                chunk = {"model": model, "created_at": "2026-11-25T12:00:00Z", "response": word, "done": False}
+                chunk = {
+                    "model": model,
+                    "created_at": "2026-11-25T12:00:00Z",
+                    "response": word,
+                    "done": False,
+                }
                 await response.write(_compact(chunk))
+                if index == 0 and "!held" in prompt:
+                    await self._until_released()
                 if delay:
                     await asyncio.sleep(delay)
             final = {"model": model, "created_at": "2026-11-25T12:00:00Z", "response": ""}
@@ -237,6 +261,12 @@ class FakeOllama:
             self.seen.streams_abandoned += 1
             raise
         return response
+
+    async def _until_released(self, bound: float = 30.0) -> None:
+        # Polls a threading.Event: the test thread sets it, and the loop must not block on it.
+        deadline = time.monotonic() + bound
+        while not self._held_release.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, post
+from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from ollama_gate.domain.chat import ChatRequest
@@ -41,5 +42,10 @@ async def chat_stream(request: Request[Any, Any, Any], data: ChatBody) -> Stream
     container = container_of(request)
     caller = caller_of(request)
     decision = request.state.decision = await container.gatekeeper().admit(caller)
-    lines = await container.chat().open_stream(caller, data.to_request(), "/chat/stream")
-    return Stream(lines, media_type=NDJSON, headers=rate_limit_headers(decision))
+    relay = await container.chat().open_stream(caller, data.to_request(), "/chat/stream")
+    return Stream(
+        relay.lines(),
+        media_type=NDJSON,
+        headers=rate_limit_headers(decision),
+        background=BackgroundTask(relay.abandon),
+    )

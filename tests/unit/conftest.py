@@ -1,0 +1,51 @@
+"""Shared fixtures of the unit suite: a fake clock and the in-memory stores, wired into the services."""
+
+from __future__ import annotations
+
+import pytest
+
+from ollama_gate.adapters.memory_ratelimit import InMemoryRateLimiter
+from ollama_gate.adapters.memory_stores import InMemoryKeyStore, InMemoryUsageStore
+from ollama_gate.domain.ratelimit import RateLimit
+from ollama_gate.services.authenticator import Authenticator
+from ollama_gate.services.gatekeeper import Gatekeeper
+from ollama_gate.services.keys import KeyService
+from tests.unit.fakes import FakeClock
+
+ANONYMOUS_RATE = RateLimit("anonymous", 3, 60)
+MEMBER_RATE = RateLimit("member", 5, 60)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def key_store() -> InMemoryKeyStore:
+    return InMemoryKeyStore()
+
+
+@pytest.fixture
+def usage_store() -> InMemoryUsageStore:
+    return InMemoryUsageStore()
+
+
+@pytest.fixture
+def authenticator(key_store: InMemoryKeyStore, clock: FakeClock) -> Authenticator:
+    return Authenticator(key_store, clock, revalidate_after=5.0, unknown_ttl=5.0)
+
+
+@pytest.fixture
+def key_service(key_store: InMemoryKeyStore, authenticator: Authenticator, clock: FakeClock) -> KeyService:
+    return KeyService(key_store, authenticator, clock)
+
+
+@pytest.fixture
+def limiter(clock: FakeClock) -> InMemoryRateLimiter:
+    return InMemoryRateLimiter(clock)
+
+
+@pytest.fixture
+def gatekeeper(authenticator: Authenticator, limiter: InMemoryRateLimiter) -> Gatekeeper:
+    return Gatekeeper(authenticator, limiter, ANONYMOUS_RATE, MEMBER_RATE)
