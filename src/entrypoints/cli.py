@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -95,7 +96,9 @@ def _serve(settings: Settings, workers: int) -> int:
             "ollama_gate.entrypoints.app:app_from_environment", factory=True, workers=workers, **options
         )
         return 0
-    uvicorn.Server(uvicorn.Config(create_app(build_container(settings)), **options)).run()
+    # uvicorn re-raises a SIGINT it has already handled (drained, flushed): a clean stop, not a crash.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(uvicorn.Config(create_app(build_container(settings)), **options)).run()
     return 0
 
 

@@ -1,0 +1,283 @@
+"""Who may manage keys and read usage: the admin token, the loopback rule, members, remote peers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.fake_ollama import FakeOllama
+from tests.support.gateway import GatewayProcess
+from tests.support.netns import NamespaceUnavailable, VethNamespace, veth_namespace
+
+ADMIN_TOKEN = "s3cret-admin-token-for-tests"
+ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
+HIGH_LIMITS = {"ANON_RATE_LIMIT": "100000/60", "MEMBER_RATE_LIMIT": "100000/60"}
+
+# (method, path, params) of every management call; each needs an admin (or a member for itself).
+MANAGEMENT_CALLS = [
+    ("POST", "/api/keys", {"user_id": "someone"}),
+    ("GET", "/api/keys", {}),
+    ("GET", "/api/keys", {"user_id": "someone"}),
+    ("DELETE", "/api/keys/1", {}),
+    ("GET", "/api/usage", {}),
+]
+CALL_IDS = ["create", "list-all", "list-user", "revoke", "usage"]
+
+
+def assert_explains_admin_access(response: httpx.Response) -> None:
+    assert response.status_code == 403, response.text
+    detail = response.json()["detail"]
+    assert "OLLAMA_GATE_ADMIN_TOKEN" in detail and "X-Admin-Token" in detail, detail
+
+
+@pytest.fixture(scope="module")
+def module_ollama() -> Iterator[FakeOllama]:
+    with FakeOllama() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def tokened(tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama) -> Iterator[GatewayProcess]:
+    env = HIGH_LIMITS | {"ADMIN_TOKEN": ADMIN_TOKEN}
+    with GatewayProcess(tmp_path_factory.mktemp("tokened"), ollama_url=module_ollama.url, env=env) as gate:
+        yield gate
+
+
+@pytest.fixture(scope="module")
+def tokenless(
+    tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama
+) -> Iterator[GatewayProcess]:
+    with GatewayProcess(
+        tmp_path_factory.mktemp("tokenless"), ollama_url=module_ollama.url, env=HIGH_LIMITS
+    ) as gate:
+        yield gate
+
+
+def request(
+    gate: GatewayProcess, call: tuple[str, str, dict[str, str]], headers: dict[str, str]
+) -> httpx.Response:
+    method, path, params = call
+    return httpx.request(method, gate.url + path, params=params, headers=headers, timeout=10)
+
+
+def create_key_as(gate: GatewayProcess, user_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    response = httpx.post(gate.url + "/api/keys", params={"user_id": user_id}, headers=headers, timeout=10)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+# -- OLLAMA_GATE_ADMIN_TOKEN set ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": f"Bearer {ADMIN_TOKEN}"}, {"X-Admin-Token": ADMIN_TOKEN}],
+    ids=["bearer", "x-admin-token"],
+)
+def test_the_admin_token_in_either_header_is_an_admin(
+    tokened: GatewayProcess, headers: dict[str, str]
+) -> None:
+    created = create_key_as(tokened, "by-token", headers)
+    listed = httpx.get(tokened.url + "/api/keys", headers=headers, timeout=10)
+    usage = httpx.get(tokened.url + "/api/usage", headers=headers, timeout=10)
+    revoked = httpx.delete(f"{tokened.url}/api/keys/{created['id']}", headers=headers, timeout=10)
+
+    assert created["user_id"] == "by-token"
+    assert listed.status_code == 200 and created["id"] in [key["id"] for key in listed.json()["keys"]]
+    assert usage.status_code == 200
+    assert revoked.status_code == 200
+
+
+@pytest.mark.parametrize("call", MANAGEMENT_CALLS, ids=CALL_IDS)
+def test_with_a_token_configured_loopback_without_it_is_refused_with_help(
+    tokened: GatewayProcess, call: tuple[str, str, dict[str, str]]
+) -> None:
+    assert_explains_admin_access(request(tokened, call, {}))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer not-the-token"},
+        {"X-Admin-Token": "not-the-token"},
+        {"X-Admin-Token": ADMIN_TOKEN + "x"},
+        {"X-Admin-Token": ""},
+    ],
+    ids=["bearer", "x-admin-token", "longer", "empty"],
+)
+def test_a_wrong_admin_token_is_refused(tokened: GatewayProcess, headers: dict[str, str]) -> None:
+    response = httpx.post(tokened.url + "/api/keys", params={"user_id": "x"}, headers=headers, timeout=10)
+
+    assert response.status_code == 403
+    assert response.json()["detail"]
+
+
+def test_a_member_manages_its_own_keys(tokened: GatewayProcess) -> None:
+    first = create_key_as(tokened, "self-service", ADMIN)
+    other = create_key_as(tokened, "bystander", ADMIN)
+    as_member = {"X-API-Key": first["key"]}
+
+    implicit = httpx.post(tokened.url + "/api/keys", json={"name": "phone"}, headers=as_member, timeout=10)
+    explicit = httpx.post(
+        tokened.url + "/api/keys", params={"user_id": "self-service"}, headers=as_member, timeout=10
+    )
+    listing = httpx.get(tokened.url + "/api/keys", headers=as_member, timeout=10)
+    revoked = httpx.delete(f"{tokened.url}/api/keys/{implicit.json()['id']}", headers=as_member, timeout=10)
+    foreign = httpx.delete(f"{tokened.url}/api/keys/{other['id']}", headers=as_member, timeout=10)
+
+    assert implicit.status_code == 201
+    assert (implicit.json()["user_id"], implicit.json()["name"]) == ("self-service", "phone")
+    assert explicit.status_code == 201 and explicit.json()["user_id"] == "self-service"
+    assert listing.status_code == 200
+    listed = listing.json()["keys"]
+    assert {key["user_id"] for key in listed} == {"self-service"}
+    assert [key["id"] for key in listed] == [explicit.json()["id"], implicit.json()["id"], first["id"]]
+    assert revoked.status_code == 200 and revoked.json() == {"id": implicit.json()["id"], "revoked": True}
+    assert foreign.status_code == 404
+    new_key = post_chat(tokened, {"Authorization": f"Bearer {explicit.json()['key']}"})
+    assert new_key.status_code == 200 and new_key.json()["user"] == "self-service"
+
+
+def post_chat(gate: GatewayProcess, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(gate.url + "/chat", json={"message": "hi"}, headers=headers, timeout=10)
+
+
+def test_a_member_key_does_not_open_other_users_usage(tokened: GatewayProcess) -> None:
+    key = create_key_as(tokened, "curious", ADMIN)
+
+    response = httpx.get(
+        tokened.url + "/api/usage", params={"user_id": "self-service"}, headers={"X-API-Key": key["key"]}
+    )
+
+    assert response.status_code == 403
+
+
+# -- no admin token: the loopback rule ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", MANAGEMENT_CALLS, ids=CALL_IDS)
+def test_without_a_token_a_direct_loopback_caller_is_an_admin(
+    tokenless: GatewayProcess, call: tuple[str, str, dict[str, str]]
+) -> None:
+    response = request(tokenless, call, {})
+
+    # Revoking key 1 may find nothing to revoke: 404 still says the caller was let in.
+    assert response.status_code in ((404, 200) if call[0] == "DELETE" else (200, 201)), response.text
+
+
+RELAY_HEADERS = {
+    "x-forwarded-for": {"X-Forwarded-For": "203.0.113.9"},
+    "x-forwarded-for loopback": {"X-Forwarded-For": "127.0.0.1"},
+    "forwarded": {"Forwarded": "for=203.0.113.9;proto=https"},
+    "forwarded loopback": {"Forwarded": "for=127.0.0.1"},
+}
+
+
+@pytest.mark.parametrize("headers", RELAY_HEADERS.values(), ids=RELAY_HEADERS.keys())
+@pytest.mark.parametrize("call", MANAGEMENT_CALLS, ids=CALL_IDS)
+def test_a_relayed_loopback_request_is_not_local(
+    tokenless: GatewayProcess, call: tuple[str, str, dict[str, str]], headers: dict[str, str]
+) -> None:
+    assert_explains_admin_access(request(tokenless, call, headers))
+
+
+# -- a real remote peer: a network namespace on a veth pair made by the test --------------------------
+
+
+@pytest.fixture(scope="module")
+def remote() -> Iterator[VethNamespace]:
+    try:
+        with veth_namespace() as namespace:
+            yield namespace
+    except NamespaceUnavailable as error:
+        pytest.skip(f"cannot create a network namespace for a non-loopback peer: {error}")
+
+
+@pytest.fixture(scope="module")
+def exposed(
+    tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama, remote: VethNamespace
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two gateways on the host side of the veth pair: without and with an admin token."""
+    workdir: Path = tmp_path_factory.mktemp("exposed")
+    tokenless_env = HIGH_LIMITS
+    tokened_env = HIGH_LIMITS | {"ADMIN_TOKEN": ADMIN_TOKEN}
+    with (
+        GatewayProcess(
+            workdir / "open", module_ollama.url, tokenless_env, host=remote.host_address
+        ) as without,
+        GatewayProcess(
+            workdir / "locked", module_ollama.url, tokened_env, host=remote.host_address
+        ) as with_token,
+    ):
+        yield without, with_token
+
+
+@pytest.mark.parametrize("call", MANAGEMENT_CALLS, ids=CALL_IDS)
+def test_a_remote_peer_without_credentials_is_refused_with_help(
+    remote: VethNamespace,
+    exposed: tuple[GatewayProcess, GatewayProcess],
+    call: tuple[str, str, dict[str, str]],
+) -> None:
+    method, path, params = call
+    for gate in exposed:
+        url = str(httpx.URL(gate.url + path, params=params))
+
+        status, body = remote.http(method, url)
+
+        assert status == 403, (gate.env.get("OLLAMA_GATE_ADMIN_TOKEN"), body)
+        assert "OLLAMA_GATE_ADMIN_TOKEN" in json.loads(body)["detail"]
+
+
+def test_a_remote_peer_with_the_admin_token_is_an_admin(
+    remote: VethNamespace, exposed: tuple[GatewayProcess, GatewayProcess]
+) -> None:
+    _, with_token = exposed
+
+    status, body = remote.http(
+        "POST", with_token.url + "/api/keys?user_id=remote-admin", {"X-Admin-Token": ADMIN_TOKEN}
+    )
+
+    assert status == 201, body
+    assert json.loads(body)["user_id"] == "remote-admin"
+
+
+def test_a_remote_member_manages_its_own_keys_and_chats(
+    remote: VethNamespace, exposed: tuple[GatewayProcess, GatewayProcess]
+) -> None:
+    _, gate = exposed  # bound to the veth address only: even this process needs the token here
+    key = create_key_as(gate, "remote-member", ADMIN)
+    as_member = {"X-API-Key": key["key"]}
+    hello = json.dumps({"message": "hi"})
+
+    listed_status, listed = remote.http("GET", gate.url + "/api/keys", as_member)
+    foreign_status, _ = remote.http("GET", gate.url + "/api/keys?user_id=other", as_member)
+    chat_status, chat = remote.http(
+        "POST", gate.url + "/chat", {"Authorization": f"Bearer {key['key']}"}, hello
+    )
+    anon_status, anon = remote.http("POST", gate.url + "/chat", {}, hello)
+
+    assert listed_status == 200 and [k["id"] for k in json.loads(listed)["keys"]] == [key["id"]]
+    assert foreign_status == 403
+    assert chat_status == 200 and json.loads(chat)["user"] == "remote-member"
+    assert anon_status == 200 and json.loads(anon)["tier"] == "anonymous"
+    assert usage_client_ips(gate, expected_rows=2) == {remote.peer_address}
+
+
+def usage_client_ips(gate: GatewayProcess, expected_rows: int) -> set[str]:
+    """The client addresses of the usage rows, once the background writer has stored `expected_rows`."""
+    rows: list[dict[str, Any]] = []
+    for _ in range(50):  # the writer flushes every 250 ms
+        response = httpx.get(gate.url + "/api/usage", params={"limit": 1000}, headers=ADMIN, timeout=10)
+        rows = response.json()["logs"]
+        if len(rows) >= expected_rows:
+            break
+        time.sleep(0.1)
+    assert len(rows) == expected_rows, rows
+    return {row["client_ip"] for row in rows}
