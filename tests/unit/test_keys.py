@@ -16,7 +16,6 @@ from ollama_gate.domain.keys import (
     display_prefix,
     generate_secret,
     hash_secret,
-    hashes_match,
     is_key_shaped,
     parse_key_headers,
     validate_key_name,
@@ -62,11 +61,6 @@ def test_the_hash_is_sha256_of_the_key_and_reveals_nothing_of_it() -> None:
     assert secret not in key_hash and secret[3:] not in key_hash
     assert hash_secret(secret) == key_hash
     assert hash_secret(generate_secret()) != key_hash
-
-
-def test_hashes_match_compares_equal_and_unequal() -> None:
-    assert hashes_match(hash_secret(KEY), hash_secret(KEY))
-    assert not hashes_match(hash_secret(KEY), hash_secret(OTHER_KEY))
 
 
 def test_the_display_prefix_is_short_and_starts_like_the_key() -> None:
