@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -13,6 +13,7 @@ from ollama_gate.domain.errors import UpstreamError, UpstreamTimeout, UpstreamUn
 from ollama_gate.domain.status import ModelInfo
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+_RAW_HEADERS = {"Content-Type": "application/octet-stream"}
 
 
 class _Tags(msgspec.Struct):
@@ -69,6 +70,18 @@ class AiohttpUpstreamResponse:
         if pending.strip():
             yield pending
 
+    @property
+    def content_type(self) -> str:
+        return self._response.headers.get("Content-Type", "")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        # The pieces as they arrive: a pass-through relays them without splitting or re-encoding.
+        try:
+            async for data in self._response.content.iter_any():
+                yield data
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _translate(self._url, error) from error
+
     def close(self) -> None:
         # close(), not release(): an unfinished body must drop the connection so Ollama stops generating.
         if self._response.content.at_eof():
@@ -113,6 +126,18 @@ class OllamaHttpBackend:
             raise _translate(url, error) from error
         return AiohttpUpstreamResponse(response, url)
 
+    async def request(
+        self, method: str, path: str, body: bytes | AsyncIterable[bytes] | None
+    ) -> AiohttpUpstreamResponse:
+        """Any request, for the pass-through: the Host header is this server's own, never the client's."""
+        url = self.base_url + path
+        headers = _JSON_HEADERS if isinstance(body, bytes) else _RAW_HEADERS if body is not None else None
+        try:
+            response = await self.session.request(method, url, data=body, headers=headers)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _translate(url, error) from error
+        return AiohttpUpstreamResponse(response, url)
+
     async def models(self, timeout: float) -> list[ModelInfo]:
         url = self.base_url + "/api/tags"
         limit = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, self._connect_timeout))
@@ -123,7 +148,7 @@ class OllamaHttpBackend:
                 tags = msgspec.json.decode(await response.read(), type=_Tags)
         except (TimeoutError, aiohttp.ClientError) as error:
             raise _translate(url, error) from error
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise UpstreamError("Ollama sent an unreadable model list") from error
         return [
             ModelInfo(str(m.get("name") or m.get("model") or "?"), int(m.get("size") or 0))

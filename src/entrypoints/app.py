@@ -15,6 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from ollama_gate import __version__
 from ollama_gate.entrypoints.config import load_settings
 from ollama_gate.entrypoints.container import Container, build_container
+from ollama_gate.entrypoints.controllers import ollama_api, openai_api
 from ollama_gate.entrypoints.controllers.chat import chat, chat_stream
 from ollama_gate.entrypoints.controllers.keys import create_key, list_keys, revoke_key
 from ollama_gate.entrypoints.controllers.status import status
@@ -46,7 +47,17 @@ def create_app(container: Container) -> Litestar:
                     log.exception("error while closing %s", type(component).__name__)
 
     return Litestar(
-        route_handlers=[chat, chat_stream, create_key, list_keys, revoke_key, list_usage, status],
+        route_handlers=[
+            chat,
+            chat_stream,
+            create_key,
+            list_keys,
+            revoke_key,
+            list_usage,
+            status,
+            *ollama_api.route_handlers,
+            *openai_api.route_handlers,
+        ],
         state=State({"container": container}),
         lifespan=[lifespan],
         exception_handlers=exception_handlers,

@@ -16,6 +16,7 @@ from ollama_gate.adapters.redis_ratelimit import RedisRateLimiter
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
 from ollama_gate.adapters.system_clock import SystemClock
+from ollama_gate.adapters.upstream_pool import UpstreamPool
 from ollama_gate.entrypoints.config import Settings
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.cluster import KeyEvents, SharedCounters
@@ -25,6 +26,7 @@ from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.chat import ChatService
 from ollama_gate.services.gatekeeper import Gatekeeper
 from ollama_gate.services.keys import KeyService
+from ollama_gate.services.passthrough import PassthroughService
 from ollama_gate.services.periodic import Periodic
 from ollama_gate.services.status import StatusService
 from ollama_gate.services.usage_recorder import UsageRecorder
@@ -54,6 +56,14 @@ def _shared_counters(client: aioredis.Redis | None) -> SharedCounters:
 
 def _key_events(client: aioredis.Redis | None) -> KeyEvents:
     return LocalKeyEvents() if client is None else RedisKeyEvents(client)
+
+
+def _ollama_servers(settings: Settings) -> UpstreamPool:
+    backends = [
+        OllamaHttpBackend(url, settings.connect_timeout, settings.read_timeout)
+        for url in settings.ollama_urls
+    ]
+    return UpstreamPool(backends)
 
 
 class _RedisConnection:
@@ -95,12 +105,8 @@ class Container(containers.DeclarativeContainer):
     )
     key_store = providers.Singleton(SqlKeyStore, database)
     usage_store = providers.Singleton(SqlUsageStore, database)
-    llm = providers.Singleton(
-        OllamaHttpBackend,
-        base_url=settings.provided.ollama_url,
-        connect_timeout=settings.provided.connect_timeout,
-        read_timeout=settings.provided.read_timeout,
-    )
+    # Every OLLAMA_GATE_OLLAMA_URL server behind one LLMBackend/LLMRouter (one server: no model routing).
+    llm = providers.Singleton(_ollama_servers, settings)
     redis_client = providers.Singleton(_redis_client, settings)
     rate_limiter = providers.Singleton(_rate_limiter, settings, clock, redis_client)
     shared_counters = providers.Singleton(_shared_counters, redis_client)
@@ -120,6 +126,7 @@ class Container(containers.DeclarativeContainer):
     chat = providers.Singleton(
         ChatService, llm, usage_recorder, clock, default_model=settings.provided.default_model
     )
+    passthrough = providers.Singleton(PassthroughService, llm, usage_recorder, clock)
     keys = providers.Singleton(KeyService, key_store, authenticator, clock, key_events)
     usage_reports = providers.Singleton(UsageReports, usage_store)
     status = providers.Singleton(StatusService, llm, metrics, usage_store, usage_recorder, gatekeeper, clock)

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from ollama_gate.domain.status import ModelInfo
 
@@ -37,4 +38,76 @@ class LLMBackend(Protocol):
 
     async def models(self, timeout: float) -> list[ModelInfo]:
         """The installed models (`GET /api/tags`) within `timeout` seconds."""
+        ...
+
+
+# -- Pass-through of Ollama's own API and its OpenAI-compatible API, over one or several servers --------
+
+
+class ProxyResponse(UpstreamResponse, Protocol):
+    """An upstream response relayed as it is: its content type, and its body as the bytes arrive."""
+
+    @property
+    def content_type(self) -> str:
+        """The upstream's Content-Type header ("" when absent)."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The raw body in the pieces it arrives in, never re-split or re-encoded."""
+        ...
+
+
+RequestBody = bytes | AsyncIterable[bytes] | None
+
+
+class ProxyBackend(LLMBackend, Protocol):
+    """One Ollama server, reached at `base_url`."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def request(self, method: str, path: str, body: RequestBody) -> ProxyResponse:
+        """Send any request (JSON body, raw upload or none); returns once the status line is in.
+
+        Raises UpstreamUnavailable when the server cannot be reached (nothing was sent),
+        UpstreamTimeout when it goes silent, UpstreamError when the exchange breaks.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamState:
+    """One Ollama server as the gateway sees it: reachable or not, requests in flight, models it lists."""
+
+    url: str
+    online: bool
+    in_flight: int
+    models: tuple[str, ...]
+
+
+@runtime_checkable
+class UpstreamInventory(Protocol):
+    def upstream_states(self) -> list[UpstreamState]: ...
+
+
+class LLMRouter(LLMBackend, UpstreamInventory, Protocol):
+    """Every configured Ollama server behind one front: picks the server for each request."""
+
+    async def request(
+        self, method: str, path: str, body: RequestBody, *, model: str | None, sticky: bool = False
+    ) -> ProxyResponse:
+        """Send to a server that has `model` (any server when None), retrying on another one when the
+        connection cannot be made. `sticky` prefers the configured order over load, so that requests that
+        build on each other (a blob upload, then a create) reach the same server."""
+        ...
+
+    async def each(self, path: str, timeout: float) -> list[bytes]:
+        """`GET path` on every server at once: the bodies of the 200 answers, in configured order.
+
+        Raises UpstreamUnavailable when no server answered 200.
+        """
         ...

@@ -10,7 +10,7 @@ from typing import Any
 from ollama_gate.domain.errors import GatewayError, StoreUnavailable
 from ollama_gate.domain.status import ModelInfo, humanize_uptime
 from ollama_gate.ports.clock import Clock
-from ollama_gate.ports.llm import LLMBackend
+from ollama_gate.ports.llm import LLMBackend, UpstreamInventory
 from ollama_gate.ports.metrics import SystemMetrics
 from ollama_gate.ports.stores import UsageStore
 from ollama_gate.services.gatekeeper import Gatekeeper
@@ -104,4 +104,14 @@ class StatusService:
                 "database_online": stored is not None,
             },
             "rate_limiter": gatekeeper.limiter_health,
+            "upstreams": self._upstreams(),
         }
+
+    def _upstreams(self) -> list[dict[str, Any]]:
+        """Each Ollama server, as the probe just left it (none for a backend that does not list them)."""
+        if not isinstance(self._llm, UpstreamInventory):
+            return []
+        return [
+            {"url": s.url, "online": s.online, "in_flight": s.in_flight, "models": list(s.models)}
+            for s in self._llm.upstream_states()
+        ]

@@ -1,0 +1,166 @@
+"""Ollama's own API behind the gateway: the paths its clients call, answered as Ollama answers them.
+
+Inference (`/api/generate`, `/api/chat`, `/api/embed`, `/api/embeddings`) is metered like `/chat`;
+listings are not; model management is for admins only. Gateway errors on these paths are shaped
+`{"error": "..."}` by the exception handlers, so Ollama's clients raise their usual error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, delete, get, head, post
+from litestar.handlers.base import BaseRouteHandler
+from litestar.response import Stream
+
+from ollama_gate.domain.errors import Forbidden, Unauthorized
+from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
+from ollama_gate.entrypoints.request_context import (
+    AnyConnection,
+    caller_of,
+    container_of,
+    identify_caller,
+    principal_of,
+)
+from ollama_gate.services.passthrough import OLLAMA, Dialect, Relayed, managed_model_in, model_named_in
+
+INFERENCE_PATHS = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings"]
+MANAGEMENT_PATHS = ["/api/pull", "/api/push", "/api/create", "/api/copy"]
+ADMINS_ONLY = "model management is for admins only"
+
+
+def as_response(relayed: Relayed, headers: dict[str, str] | None = None) -> Response[Any]:
+    """The upstream's status, content type and body (or stream) as they came."""
+    # Litestar appends its own charset to text/* types: hand it the bare type.
+    media_type = relayed.content_type.split(";", 1)[0].strip() or "application/json"
+    if relayed.stream is not None:
+        return Stream(relayed.stream, status_code=relayed.status, media_type=media_type, headers=headers)
+    return Response(relayed.body, status_code=relayed.status, media_type=media_type, headers=headers)
+
+
+async def relay_inference(request: Request[Any, Any, Any], dialect: Dialect) -> Response[Any]:
+    """Read the body, take a slot of the caller's quota, forward; rate-limit headers on the answer."""
+    container = container_of(request)
+    body = await request.body()
+    model = model_named_in(body)
+    caller = caller_of(request)
+    decision = request.state.decision = await container.gatekeeper().admit(caller)
+    relayed = await container.passthrough().infer(caller, dialect, request.scope["path"], body, model)
+    return as_response(relayed, rate_limit_headers(decision))
+
+
+async def identify_reader(connection: AnyConnection, handler: BaseRouteHandler) -> None:
+    """Guard of the unmetered paths: a wrong key is 401 as on inference, but an admin's credential (the
+    admin token, which an admin's Ollama client sends as its Bearer) is accepted too."""
+    if isinstance(connection, Request):
+        try:
+            if (await principal_of(connection)).is_admin:
+                return
+        except (Unauthorized, Forbidden):
+            pass  # identify_caller below answers, and counts, the wrong credential
+    await identify_caller(connection, handler)
+
+
+async def require_admin(request: Request[Any, Any, Any]) -> None:
+    if not (await principal_of(request)).is_admin:
+        raise Forbidden(ADMINS_ONLY)
+
+
+@post(INFERENCE_PATHS, status_code=200, guards=[identify_caller], summary="Ollama inference (metered)")
+async def ollama_inference(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await relay_inference(request, OLLAMA)
+
+
+@get("/api/tags", guards=[identify_reader], summary="Models on every Ollama server")
+async def ollama_tags(request: Request[Any, Any, Any]) -> Response[Any]:
+    body = await container_of(request).passthrough().union("/api/tags", "models", "name")
+    return Response(body, media_type="application/json")
+
+
+@get("/api/ps", guards=[identify_reader], summary="Models loaded on every Ollama server")
+async def ollama_ps(request: Request[Any, Any, Any]) -> Response[Any]:
+    body = await container_of(request).passthrough().union("/api/ps", "models", "name")
+    return Response(body, media_type="application/json")
+
+
+@get("/api/version", guards=[identify_reader], summary="Ollama's version")
+async def ollama_version(request: Request[Any, Any, Any]) -> Response[Any]:
+    return as_response(await container_of(request).passthrough().forward("GET", "/api/version", None, None))
+
+
+@post("/api/show", status_code=200, guards=[identify_reader], summary="A model's details")
+async def ollama_show(request: Request[Any, Any, Any]) -> Response[Any]:
+    body = await request.body()
+    model = model_named_in(body)
+    return as_response(await container_of(request).passthrough().forward("POST", "/api/show", body, model))
+
+
+@get("/", guards=[identify_reader], summary="'Ollama is running'", include_in_schema=False)
+async def ollama_root(request: Request[Any, Any, Any]) -> Response[Any]:
+    return as_response(await container_of(request).passthrough().forward("GET", "/", None, None))
+
+
+@head("/", guards=[identify_reader], include_in_schema=False)
+async def ollama_root_head(request: Request[Any, Any, Any]) -> Response[None]:
+    relayed = await container_of(request).passthrough().forward("HEAD", "/", None, None)
+    return Response(None, status_code=relayed.status, media_type=relayed.content_type.split(";")[0] or None)
+
+
+async def _manage(request: Request[Any, Any, Any], method: str) -> Response[Any]:
+    await require_admin(request)
+    body = await request.body()
+    model = managed_model_in(body)
+    path = request.scope["path"]
+    # Sticky: an upload, then the create that uses it, must reach the same server.
+    relayed = await container_of(request).passthrough().forward(method, path, body, model, sticky=True)
+    return as_response(relayed)
+
+
+@post(MANAGEMENT_PATHS, status_code=200, summary="Model management (admins only; pull progress streamed)")
+async def ollama_manage(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _manage(request, "POST")
+
+
+@delete("/api/delete", status_code=200, summary="Delete a model (admins only)")
+async def ollama_delete(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _manage(request, "DELETE")
+
+
+@post(
+    "/api/blobs/{digest:str}",
+    status_code=201,
+    request_max_body_size=None,
+    summary="Upload a model blob (admins only)",
+)
+async def ollama_blob_upload(request: Request[Any, Any, Any], digest: str) -> Response[Any]:
+    await require_admin(request)
+    relayed = await (
+        container_of(request)
+        .passthrough()
+        .forward("POST", f"/api/blobs/{digest}", request.stream(), None, sticky=True)
+    )
+    return as_response(relayed)
+
+
+@head("/api/blobs/{digest:str}", summary="Whether a model blob exists (admins only)")
+async def ollama_blob_exists(request: Request[Any, Any, Any], digest: str) -> Response[None]:
+    await require_admin(request)
+    relayed = await (
+        container_of(request).passthrough().forward("HEAD", f"/api/blobs/{digest}", None, None, sticky=True)
+    )
+    return Response(None, status_code=relayed.status)
+
+
+route_handlers = [
+    ollama_inference,
+    ollama_tags,
+    ollama_ps,
+    ollama_version,
+    ollama_show,
+    ollama_root,
+    ollama_root_head,
+    ollama_manage,
+    ollama_delete,
+    ollama_blob_upload,
+    ollama_blob_exists,
+]

@@ -1,0 +1,363 @@
+"""Ollama's own API through the gateway, driven by the official `ollama` Python client and by raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+
+from tests.support.fake_ollama import free_port
+from tests.support.fake_ollama_openai import FakeOllamaServer, embedding_of
+from tests.support.gateway import GatewayProcess
+
+MODEL = "smollm:latest"
+ROOMY = {"MEMBER_RATE_LIMIT": "1000/60", "ANON_RATE_LIMIT": "1000/60"}
+ADMIN_TOKEN = "test-admin-token-for-the-ollama-api"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllamaServer]:
+    with FakeOllamaServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory, fake: FakeOllamaServer) -> Iterator[GatewayProcess]:
+    with GatewayProcess(tmp_path_factory.mktemp("gate"), ollama_url=fake.url, env=ROOMY) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def tight_gate(tmp_path_factory: pytest.TempPathFactory, fake: FakeOllamaServer) -> Iterator[GatewayProcess]:
+    """Two requests a minute per member, and an admin token: loopback is no longer enough to be admin."""
+    env = {"MEMBER_RATE_LIMIT": "2/60", "ADMIN_TOKEN": ADMIN_TOKEN}
+    with GatewayProcess(tmp_path_factory.mktemp("tight"), ollama_url=fake.url, env=env) as gateway:
+        yield gateway
+
+
+def new_key(gate: GatewayProcess, user: str, admin_headers: dict[str, str] | None = None) -> str:
+    response = httpx.post(gate.url + "/api/keys", json={"user_id": user}, headers=admin_headers, timeout=10)
+    assert response.status_code == 201, response.text
+    key: str = response.json()["key"]
+    return key
+
+
+def client_for(gate: GatewayProcess, key: str | None) -> ollama.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    return ollama.Client(host=gate.url, headers=headers, timeout=10)
+
+
+def usage_rows(
+    gate: GatewayProcess, user: str, expected: int, headers: dict[str, str] | None = None
+) -> list[Any]:
+    """The user's usage rows once `expected` have been written (they are written in the background)."""
+    rows: list[Any] = []
+    for _ in range(100):
+        response = httpx.get(gate.url + "/api/usage", params={"user_id": user}, headers=headers, timeout=10)
+        rows = response.json()["logs"]
+        if len(rows) >= expected:
+            break
+        time.sleep(0.05)  # a bounded poll: rows are written in the background
+    return rows
+
+
+def chat_body(prompt: str, **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": prompt}], **extra}
+
+
+# -- the official client ------------------------------------------------------------------------------
+
+
+def test_chat_streamed_and_not(gate: GatewayProcess) -> None:
+    client = client_for(gate, new_key(gate, "chat-user"))
+
+    parts = list(client.chat(MODEL, messages=[{"role": "user", "content": "hello there"}], stream=True))
+    whole = client.chat(MODEL, messages=[{"role": "user", "content": "hello there"}])
+
+    assert "".join(part.message.content or "" for part in parts) == "Echo: hello there"
+    assert len(parts) == 4 and parts[-1].done and parts[-1].done_reason == "stop"
+    assert whole.message.content == "Echo: hello there" and whole.eval_count == 3
+
+
+def test_generate_streamed_and_not(gate: GatewayProcess) -> None:
+    client = client_for(gate, new_key(gate, "generate-user"))
+
+    parts = list(client.generate(MODEL, "tell me more", stream=True))
+    whole = client.generate(MODEL, "tell me more")
+
+    assert "".join(part.response or "" for part in parts) == "Echo: tell me more"
+    assert parts[-1].done and parts[-1].context == list(range(10))
+    assert whole.response == "Echo: tell me more"
+
+
+def test_list_show_embed_and_ps(gate: GatewayProcess, fake: FakeOllamaServer) -> None:
+    client = client_for(gate, new_key(gate, "listing-user"))
+
+    listed = client.list()
+    shown = client.show(MODEL)
+    embedded = client.embed(MODEL, input=["one two", "three"])
+    running = client.ps()
+
+    assert sorted(m.model or "" for m in listed.models) == sorted(fake.models)
+    assert listed.models[0].size == fake.models[listed.models[0].model or ""]
+    assert shown.details is not None and shown.details.family == "llama"
+    assert shown.capabilities == ["completion"]
+    assert [list(v) for v in embedded.embeddings] == [embedding_of("one two"), embedding_of("three")]
+    assert sorted(m.name or "" for m in running.models) == sorted(fake.models)
+
+
+def test_an_invalid_key_is_401_for_the_client(gate: GatewayProcess) -> None:
+    client = client_for(gate, "oa-" + "x" * 43)
+
+    with pytest.raises(ollama.ResponseError) as chat_error:
+        client.chat(MODEL, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(ollama.ResponseError) as list_error:
+        client.list()
+
+    assert chat_error.value.status_code == list_error.value.status_code == 401
+    assert "API key" in chat_error.value.error
+
+
+def test_an_unknown_model_is_404_for_the_client(gate: GatewayProcess) -> None:
+    client = client_for(gate, new_key(gate, "lost-user"))
+
+    with pytest.raises(ollama.ResponseError) as streamed:
+        list(client.chat("no-such-model:1b", messages=[{"role": "user", "content": "hi"}], stream=True))
+    with pytest.raises(ollama.ResponseError) as shown:
+        client.show("no-such-model:1b")
+
+    assert streamed.value.status_code == shown.value.status_code == 404
+    assert streamed.value.error == "model 'no-such-model:1b' not found"
+
+
+def test_an_exhausted_quota_is_429_and_listing_is_not_metered(tight_gate: GatewayProcess) -> None:
+    admin = {"X-Admin-Token": ADMIN_TOKEN}
+    key = new_key(tight_gate, "quota-user", admin)
+    client = client_for(tight_gate, key)
+    client.chat(MODEL, messages=[{"role": "user", "content": "one"}])
+    list(client.generate(MODEL, "two", stream=True))
+
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.embed(MODEL, input="three")
+    raw = httpx.post(
+        tight_gate.url + "/api/chat", json=chat_body("four"), headers={"Authorization": f"Bearer {key}"}
+    )
+
+    assert refused.value.status_code == 429
+    assert raw.status_code == 429 and set(raw.json()) == {"error"}
+    assert "rate limit exceeded" in raw.json()["error"]
+    assert int(raw.headers["Retry-After"]) >= 1 and raw.headers["X-RateLimit-Remaining"] == "0"
+    # Listings, model details and the version are not inference: they still answer.
+    assert len(client.list().models) >= 2
+    assert client.show(MODEL).details is not None
+    assert client.ps().models
+
+
+def test_an_unreachable_ollama_is_503_for_the_client(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with GatewayProcess(tmp_path, ollama_url=dead) as offline:
+        client = client_for(offline, None)
+        with pytest.raises(ollama.ResponseError) as chat_error:
+            client.chat(MODEL, messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(ollama.ResponseError) as list_error:
+            client.list()
+
+    assert chat_error.value.status_code == list_error.value.status_code == 503
+    assert "offline" in chat_error.value.error
+
+
+# -- metering -----------------------------------------------------------------------------------------
+
+
+def test_inference_is_metered_with_token_counts_and_listings_are_not(gate: GatewayProcess) -> None:
+    key = new_key(gate, "metered-user")
+    client = client_for(gate, key)
+    list(client.chat(MODEL, messages=[{"role": "user", "content": "a b c"}], stream=True))
+    client.generate(MODEL, "d e")
+    client.embed(MODEL, input="f g h i")
+    client.embeddings(MODEL, prompt="j")
+    with pytest.raises(ollama.ResponseError):
+        client.chat("no-such-model:1b", messages=[{"role": "user", "content": "k"}])
+    client.list()
+    client.show(MODEL)
+    client.ps()
+
+    rows = usage_rows(gate, "metered-user", expected=5)
+
+    by_endpoint = {row["endpoint"]: row for row in rows if row["model"] == MODEL}
+    assert len(rows) == 5
+    assert (by_endpoint["/api/chat"]["prompt_tokens"], by_endpoint["/api/chat"]["completion_tokens"]) == (
+        3,
+        4,
+    )
+    assert (
+        by_endpoint["/api/generate"]["prompt_tokens"],
+        by_endpoint["/api/generate"]["completion_tokens"],
+    ) == (
+        2,
+        3,
+    )
+    assert by_endpoint["/api/embed"]["prompt_tokens"] == 4
+    assert by_endpoint["/api/embeddings"]["outcome"] == "ok"
+    [missing] = [row for row in rows if row["model"] != MODEL]
+    assert (missing["status"], missing["outcome"]) == (404, "upstream_error")
+    assert all(row["user"] == "metered-user" and row["tier"] == "member" for row in rows)
+
+
+def test_every_inference_answer_carries_rate_limit_headers(gate: GatewayProcess) -> None:
+    headers = {"Authorization": f"Bearer {new_key(gate, 'headers-user')}"}
+
+    streamed = httpx.post(gate.url + "/api/chat", json=chat_body("x"), headers=headers)
+    whole = httpx.post(
+        gate.url + "/api/generate", json={"model": MODEL, "prompt": "y", "stream": False}, headers=headers
+    )
+    missing = httpx.post(gate.url + "/api/chat", json={**chat_body("z"), "model": "nope:1b"}, headers=headers)
+
+    assert [r.status_code for r in (streamed, whole, missing)] == [200, 200, 404]
+    assert [r.headers["X-RateLimit-Remaining"] for r in (streamed, whole, missing)] == ["999", "998", "997"]
+    assert all(r.headers["X-RateLimit-Limit"] == "1000" for r in (streamed, whole, missing))
+
+
+# -- faithful forwarding ------------------------------------------------------------------------------
+
+
+def test_stream_absent_means_streamed_and_the_bytes_are_ollamas_own(
+    gate: GatewayProcess, fake: FakeOllamaServer
+) -> None:
+    body = chat_body("the same bytes please")
+    direct = httpx.post(fake.url + "/api/chat", json=body)
+    through = httpx.post(gate.url + "/api/chat", json=body)
+    whole_direct = httpx.post(
+        fake.url + "/api/generate", json={"model": MODEL, "prompt": "p", "stream": False}
+    )
+    whole_through = httpx.post(
+        gate.url + "/api/generate", json={"model": MODEL, "prompt": "p", "stream": False}
+    )
+
+    assert through.headers["content-type"] == "application/x-ndjson"
+    assert through.content == direct.content and len(through.content.splitlines()) == 6
+    assert whole_through.content == whole_direct.content
+    assert whole_through.headers["content-type"].startswith("application/json")
+
+
+def test_a_native_stream_is_relayed_chunk_by_chunk(gate: GatewayProcess, fake: FakeOllamaServer) -> None:
+    # The fake holds its answer after the first chunk until released: that chunk can only reach the
+    # client before the release if the gateway relays as it receives.
+    with httpx.stream(
+        "POST", gate.url + "/api/chat", json=chat_body("!held in the middle"), timeout=10
+    ) as response:
+        lines = response.iter_lines()
+        first = json.loads(next(lines))
+        fake.release()
+        rest = [json.loads(line) for line in lines]
+
+    assert first["message"]["content"] == "Echo:" and first["done"] is False
+    assert rest[-1]["done"] is True
+
+
+def test_a_client_that_walks_away_closes_the_upstream_stream(
+    gate: GatewayProcess, fake: FakeOllamaServer
+) -> None:
+    key = new_key(gate, "walker")
+    abandoned_before = fake.abandoned
+    with httpx.stream(
+        "POST",
+        gate.url + "/api/chat",
+        json=chat_body("!long story"),
+        headers={"Authorization": f"Bearer {key}"},
+    ) as response:
+        lines = response.iter_lines()
+        assert json.loads(next(lines))["done"] is False
+        next(lines)
+
+    assert fake.wait_until(lambda: fake.abandoned > abandoned_before)
+    [row] = usage_rows(gate, "walker", expected=1)
+    assert (row["endpoint"], row["outcome"]) == ("/api/chat", "cancelled")
+
+
+def test_root_head_and_version_answer_as_ollama(gate: GatewayProcess) -> None:
+    root = httpx.get(gate.url + "/")
+    head = httpx.head(gate.url + "/")
+    version = httpx.get(gate.url + "/api/version")
+
+    assert (root.status_code, root.text) == (200, "Ollama is running")
+    assert head.status_code == 200 and head.content == b""
+    assert version.json() == {"version": "0.12.0"}
+
+
+def test_bad_json_is_400_in_ollamas_shape(gate: GatewayProcess) -> None:
+    response = httpx.post(
+        gate.url + "/api/chat", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"error"} and "invalid request body" in response.json()["error"]
+
+
+# -- model management ---------------------------------------------------------------------------------
+
+
+def test_model_management_is_refused_to_members(gate: GatewayProcess) -> None:
+    key = new_key(gate, "not-an-admin")
+    client = client_for(gate, key)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    with pytest.raises(ollama.ResponseError) as pull:
+        client.pull("new-model:1b")
+    with pytest.raises(ollama.ResponseError) as delete:
+        client.delete(MODEL)
+    with pytest.raises(ollama.ResponseError) as copy:
+        client.copy(MODEL, "copy:latest")
+    blob = httpx.head(gate.url + "/api/blobs/sha256:" + "2" * 64, headers=headers)
+
+    assert pull.value.status_code == delete.value.status_code == copy.value.status_code == 403
+    assert pull.value.error == "model management is for admins only"
+    assert blob.status_code == 403
+
+
+def test_an_admin_pulls_with_streamed_progress_then_deletes(
+    gate: GatewayProcess, fake: FakeOllamaServer
+) -> None:
+    # No admin token configured: a direct loopback caller is the admin.
+    admin = client_for(gate, None)
+
+    progress = [update.status for update in admin.pull("fresh-model:1b", stream=True)]
+    listed = {m.model for m in admin.list().models}
+    deleted = admin.delete("fresh-model:1b")
+
+    assert progress[0] == "pulling manifest" and progress[-1] == "success"
+    assert [u for u in progress if u == "pulling aaaa"] == ["pulling aaaa"] * 3
+    assert "fresh-model:1b" in listed
+    assert deleted.status == "success" and "fresh-model:1b" not in fake.models
+
+
+def test_with_an_admin_token_only_the_token_manages_models(tight_gate: GatewayProcess) -> None:
+    anonymous = client_for(tight_gate, None)
+    admin = ollama.Client(host=tight_gate.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+
+    with pytest.raises(ollama.ResponseError) as refused:
+        anonymous.pull("token-model:1b")
+    pulled = admin.pull("token-model:1b")
+
+    assert refused.value.status_code == 403
+    assert pulled.status == "success"
+    # The admin's client, with the admin token as its Bearer, reads the listings too.
+    assert "token-model:1b" in {m.model for m in admin.list().models}
+
+
+def test_an_admin_uploads_a_blob_that_ollama_then_has(gate: GatewayProcess, fake: FakeOllamaServer) -> None:
+    digest = "sha256:" + "3" * 64
+    blob = gate.url + "/api/blobs/" + digest
+
+    before = httpx.head(blob)
+    uploaded = httpx.post(blob, content=iter([b"GGUF", b"\x00" * 100_000]))
+    after = httpx.head(blob)
+
+    assert (before.status_code, uploaded.status_code, after.status_code) == (404, 201, 200)
+    assert digest in fake.blobs
