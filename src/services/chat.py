@@ -11,7 +11,7 @@ import msgspec
 from ollama_gate.domain.chat import ChatRequest, upstream_failure
 from ollama_gate.domain.errors import GatewayError, UpstreamError
 from ollama_gate.domain.identity import Caller
-from ollama_gate.domain.usage import Outcome, TokenCounts, UsageRecord, tokens_from_final_chunk
+from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMBackend, UpstreamResponse
 from ollama_gate.services.usage_recorder import UsageRecorder
@@ -195,19 +195,4 @@ class ChatService:
         started: float,
         tokens: TokenCounts,
     ) -> None:
-        self._recorder.record(
-            UsageRecord(
-                timestamp=self._clock.now(),
-                user=caller.user,
-                tier=caller.tier,
-                key_id=caller.key_id,
-                client_ip=caller.client_ip,
-                endpoint=endpoint,
-                model=model,
-                status=status,
-                outcome=outcome,
-                latency_ms=round((self._clock.monotonic() - started) * 1000, 3),
-                prompt_tokens=tokens.prompt,
-                completion_tokens=tokens.completion,
-            )
-        )
+        self._recorder.record_request(self._clock, caller, endpoint, model, status, outcome, started, tokens)

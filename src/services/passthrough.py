@@ -17,7 +17,7 @@ import msgspec
 
 from ollama_gate.domain.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from ollama_gate.domain.identity import Caller
-from ollama_gate.domain.usage import Outcome, TokenCounts, UsageRecord, tokens_from_final_chunk
+from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMRouter, ProxyResponse, RequestBody
 from ollama_gate.services.usage_recorder import UsageRecorder
@@ -328,19 +328,4 @@ class PassthroughService:
         started: float,
         tokens: TokenCounts,
     ) -> None:
-        self._recorder.record(
-            UsageRecord(
-                timestamp=self._clock.now(),
-                user=caller.user,
-                tier=caller.tier,
-                key_id=caller.key_id,
-                client_ip=caller.client_ip,
-                endpoint=endpoint,
-                model=model,
-                status=status,
-                outcome=outcome,
-                latency_ms=round((self._clock.monotonic() - started) * 1000, 3),
-                prompt_tokens=tokens.prompt,
-                completion_tokens=tokens.completion,
-            )
-        )
+        self._recorder.record_request(self._clock, caller, endpoint, model, status, outcome, started, tokens)

@@ -8,7 +8,9 @@ import logging
 from collections import deque
 
 from ollama_gate.domain.errors import StoreUnavailable
-from ollama_gate.domain.usage import UsageRecord
+from ollama_gate.domain.identity import Caller
+from ollama_gate.domain.usage import Outcome, TokenCounts, UsageRecord
+from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.stores import UsageStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,35 @@ class UsageRecorder:
                 )
         if len(self._pending) >= self._batch_size:
             self._wake.set()
+
+    def record_request(
+        self,
+        clock: Clock,
+        caller: Caller,
+        endpoint: str,
+        model: str | None,
+        status: int,
+        outcome: Outcome,
+        started: float,
+        tokens: TokenCounts,
+    ) -> None:
+        """Record the end of an admitted request that began at `started` (the clock's monotonic time)."""
+        self.record(
+            UsageRecord(
+                timestamp=clock.now(),
+                user=caller.user,
+                tier=caller.tier,
+                key_id=caller.key_id,
+                client_ip=caller.client_ip,
+                endpoint=endpoint,
+                model=model,
+                status=status,
+                outcome=outcome,
+                latency_ms=round((clock.monotonic() - started) * 1000, 3),
+                prompt_tokens=tokens.prompt,
+                completion_tokens=tokens.completion,
+            )
+        )
 
     async def start(self) -> None:
         if self._task is None:
