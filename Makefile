@@ -37,8 +37,13 @@ unit: relink
 integration: relink
 	$(BIN)/pytest tests/integration
 
+# Prints the table and writes bench/results.json; installs wrk with apt-get when missing (as root).
 bench: relink
 	$(BIN)/python -m bench
+
+# A few hundred requests, no thresholds: what tests/integration/test_bench_smoke.py runs.
+bench-smoke: relink
+	$(BIN)/python -m bench --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

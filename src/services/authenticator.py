@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 
@@ -22,6 +23,8 @@ class Authenticator:
     - If the store is down when a key is due for re-reading, the cached entry keeps serving.
     - Unknown hashes are remembered for `unknown_ttl` seconds, so a flood of made-up keys is not a flood
       of queries.
+    - Concurrent requests for a key that is due for (re-)reading share one store lookup, so a burst of
+      requests after a quiet spell is one query per key, not one per request.
     - `last_used_at` is collected in memory and written in batches by `flush_last_used`.
     """
 
@@ -42,6 +45,7 @@ class Authenticator:
         self._hash_by_id: dict[int, str] = {}
         self._unknown: dict[str, float] = {}
         self._last_used: dict[int, datetime] = {}
+        self._loading: dict[str, asyncio.Task[ApiKey]] = {}
 
     async def member_key(self, secret: str) -> ApiKey:
         """The active key for `secret`; raises InvalidCredentials, or StoreUnavailable on a cache miss
@@ -52,11 +56,27 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             key = cached[0]
         else:
-            key = await self._load(key_hash, now, cached[0] if cached else None)
+            key = await self._load_once(key_hash, now, cached[0] if cached else None)
         if key.revoked_at is not None:
             raise InvalidCredentials("API key revoked")
         self._last_used[key.id] = self._clock.now()
         return key
+
+    async def _load_once(self, key_hash: str, now: float, stale: ApiKey | None) -> ApiKey:
+        """The store's answer for `key_hash`, shared by every caller that asks while it is on its way."""
+        loading = self._loading.get(key_hash)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key_hash, now, stale))
+            self._loading[key_hash] = loading
+            loading.add_done_callback(lambda task: self._load_done(key_hash, task))
+        # Shielded: a caller that goes away must not cancel the lookup the others wait for.
+        return await asyncio.shield(loading)
+
+    def _load_done(self, key_hash: str, task: asyncio.Task[ApiKey]) -> None:
+        if self._loading.get(key_hash) is task:
+            del self._loading[key_hash]
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case every waiter went away
 
     async def _load(self, key_hash: str, now: float, stale: ApiKey | None) -> ApiKey:
         expires = self._unknown.get(key_hash)

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import FakeOllama
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import HIGH_LIMITS, GatewayProcess
 from tests.support.netns import NamespaceUnavailable, VethNamespace, veth_namespace
 
 ADMIN_TOKEN = "s3cret-admin-token-for-tests"
 ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
-HIGH_LIMITS = {"ANON_RATE_LIMIT": "100000/60", "MEMBER_RATE_LIMIT": "100000/60"}
 
 # (method, path, params) of every management call; each needs an admin (or a member for itself).
 MANAGEMENT_CALLS = [
@@ -36,27 +34,8 @@ def assert_explains_admin_access(response: httpx.Response) -> None:
     assert "OLLAMA_GATE_ADMIN_TOKEN" in detail and "X-Admin-Token" in detail, detail
 
 
-@pytest.fixture(scope="module")
-def module_ollama() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def tokened(tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama) -> Iterator[GatewayProcess]:
-    env = HIGH_LIMITS | {"ADMIN_TOKEN": ADMIN_TOKEN}
-    with GatewayProcess(tmp_path_factory.mktemp("tokened"), ollama_url=module_ollama.url, env=env) as gate:
-        yield gate
-
-
-@pytest.fixture(scope="module")
-def tokenless(
-    tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama
-) -> Iterator[GatewayProcess]:
-    with GatewayProcess(
-        tmp_path_factory.mktemp("tokenless"), ollama_url=module_ollama.url, env=HIGH_LIMITS
-    ) as gate:
-        yield gate
+tokened = gateway_per_module(HIGH_LIMITS | {"ADMIN_TOKEN": ADMIN_TOKEN})
+tokenless = gateway_per_module(HIGH_LIMITS)
 
 
 def request(
@@ -64,13 +43,6 @@ def request(
 ) -> httpx.Response:
     method, path, params = call
     return httpx.request(method, gate.url + path, params=params, headers=headers, timeout=10)
-
-
-def create_key_as(gate: GatewayProcess, user_id: str, headers: dict[str, str]) -> dict[str, Any]:
-    response = httpx.post(gate.url + "/api/keys", params={"user_id": user_id}, headers=headers, timeout=10)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
 
 
 # -- OLLAMA_GATE_ADMIN_TOKEN set ----------------------------------------------------------------------
@@ -84,7 +56,7 @@ def create_key_as(gate: GatewayProcess, user_id: str, headers: dict[str, str]) -
 def test_the_admin_token_in_either_header_is_an_admin(
     tokened: GatewayProcess, headers: dict[str, str]
 ) -> None:
-    created = create_key_as(tokened, "by-token", headers)
+    created = tokened.create_key("by-token", headers=headers)
     listed = httpx.get(tokened.url + "/api/keys", headers=headers, timeout=10)
     usage = httpx.get(tokened.url + "/api/usage", headers=headers, timeout=10)
     revoked = httpx.delete(f"{tokened.url}/api/keys/{created['id']}", headers=headers, timeout=10)
@@ -120,8 +92,8 @@ def test_a_wrong_admin_token_is_refused(tokened: GatewayProcess, headers: dict[s
 
 
 def test_a_member_manages_its_own_keys(tokened: GatewayProcess) -> None:
-    first = create_key_as(tokened, "self-service", ADMIN)
-    other = create_key_as(tokened, "bystander", ADMIN)
+    first = tokened.create_key("self-service", headers=ADMIN)
+    other = tokened.create_key("bystander", headers=ADMIN)
     as_member = {"X-API-Key": first["key"]}
 
     implicit = httpx.post(tokened.url + "/api/keys", json={"name": "phone"}, headers=as_member, timeout=10)
@@ -141,16 +113,12 @@ def test_a_member_manages_its_own_keys(tokened: GatewayProcess) -> None:
     assert [key["id"] for key in listed] == [explicit.json()["id"], implicit.json()["id"], first["id"]]
     assert revoked.status_code == 200 and revoked.json() == {"id": implicit.json()["id"], "revoked": True}
     assert foreign.status_code == 404
-    new_key = post_chat(tokened, {"Authorization": f"Bearer {explicit.json()['key']}"})
+    new_key = tokened.chat("hi", {"Authorization": f"Bearer {explicit.json()['key']}"})
     assert new_key.status_code == 200 and new_key.json()["user"] == "self-service"
 
 
-def post_chat(gate: GatewayProcess, headers: dict[str, str]) -> httpx.Response:
-    return httpx.post(gate.url + "/chat", json={"message": "hi"}, headers=headers, timeout=10)
-
-
 def test_a_member_key_does_not_open_other_users_usage(tokened: GatewayProcess) -> None:
-    key = create_key_as(tokened, "curious", ADMIN)
+    key = tokened.create_key("curious", headers=ADMIN)
 
     response = httpx.get(
         tokened.url + "/api/usage", params={"user_id": "self-service"}, headers={"X-API-Key": key["key"]}
@@ -252,7 +220,7 @@ def test_a_remote_member_manages_its_own_keys_and_chats(
     remote: VethNamespace, exposed: tuple[GatewayProcess, GatewayProcess]
 ) -> None:
     _, gate = exposed  # bound to the veth address only: even this process needs the token here
-    key = create_key_as(gate, "remote-member", ADMIN)
+    key = gate.create_key("remote-member", headers=ADMIN)
     as_member = {"X-API-Key": key["key"]}
     hello = json.dumps({"message": "hi"})
 
@@ -272,12 +240,6 @@ def test_a_remote_member_manages_its_own_keys_and_chats(
 
 def usage_client_ips(gate: GatewayProcess, expected_rows: int) -> set[str]:
     """The client addresses of the usage rows, once the background writer has stored `expected_rows`."""
-    rows: list[dict[str, Any]] = []
-    for _ in range(50):  # the writer flushes every 250 ms
-        response = httpx.get(gate.url + "/api/usage", params={"limit": 1000}, headers=ADMIN, timeout=10)
-        rows = response.json()["logs"]
-        if len(rows) >= expected_rows:
-            break
-        time.sleep(0.1)
+    rows = gate.usage_rows(expected_rows, headers=ADMIN)
     assert len(rows) == expected_rows, rows
     return {row["client_ip"] for row in rows}

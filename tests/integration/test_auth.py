@@ -2,44 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import httpx
 import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import FakeOllama
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import HIGH_LIMITS, GatewayProcess
 
 ENDPOINTS = ["/chat", "/chat/stream"]
-HIGH_LIMITS = {"ANON_RATE_LIMIT": "100000/60", "MEMBER_RATE_LIMIT": "100000/60"}
 
-
-@pytest.fixture(scope="module")
-def module_ollama() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama) -> Iterator[GatewayProcess]:
-    """No admin token (this process is the admin through loopback); limits out of the way."""
-    workdir = tmp_path_factory.mktemp("auth-gateway")
-    with GatewayProcess(workdir, ollama_url=module_ollama.url, env=HIGH_LIMITS) as gateway:
-        yield gateway
-
-
-def create_key(gate: GatewayProcess, user_id: str) -> dict[str, Any]:
-    response = httpx.post(gate.url + "/api/keys", params={"user_id": user_id}, timeout=10)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
-def post(
-    gate: GatewayProcess, endpoint: str, headers: dict[str, str], message: str = "hello"
-) -> httpx.Response:
-    return httpx.post(gate.url + endpoint, json={"message": message}, headers=headers, timeout=10)
+# No admin token (this process is the admin through loopback); limits out of the way.
+gate = gateway_per_module(HIGH_LIMITS)
 
 
 def tier_of(response: httpx.Response) -> str:
@@ -49,11 +22,11 @@ def tier_of(response: httpx.Response) -> str:
 
 @pytest.mark.parametrize("style", ["x-api-key", "bearer"])
 def test_a_key_in_either_header_makes_the_caller_a_member(gate: GatewayProcess, style: str) -> None:
-    key = create_key(gate, f"member-{style}")["key"]
+    key = gate.create_key(f"member-{style}")["key"]
     headers = {"X-API-Key": key} if style == "x-api-key" else {"Authorization": f"Bearer {key}"}
 
-    answer = post(gate, "/chat", headers)
-    streamed = post(gate, "/chat/stream", headers, "one two")
+    answer = gate.chat("hello", headers)
+    streamed = gate.chat("one two", headers, "/chat/stream")
 
     assert answer.status_code == 200
     body = answer.json()
@@ -66,16 +39,16 @@ def test_a_key_in_either_header_makes_the_caller_a_member(gate: GatewayProcess, 
 
 
 def test_no_key_is_anonymous(gate: GatewayProcess) -> None:
-    answer = post(gate, "/chat", {})
+    answer = gate.chat("hello", {})
 
     assert answer.status_code == 200
     assert (answer.json()["user"], answer.json()["tier"]) == ("anonymous", "anonymous")
 
 
 def test_the_bearer_scheme_name_is_case_insensitive(gate: GatewayProcess) -> None:
-    key = create_key(gate, "casual")["key"]
+    key = gate.create_key("casual")["key"]
 
-    answer = post(gate, "/chat", {"Authorization": f"bearer {key}"})
+    answer = gate.chat("hello", {"Authorization": f"bearer {key}"})
 
     assert answer.status_code == 200 and answer.json()["user"] == "casual"
 
@@ -105,7 +78,7 @@ def test_a_wrong_credential_is_401_never_anonymous(
 ) -> None:
     upstream_before = len(module_ollama.seen.generate_requests)
 
-    response = post(gate, endpoint, headers)
+    response = gate.chat("hello", headers, endpoint)
 
     assert response.status_code == 401, response.text
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -115,13 +88,13 @@ def test_a_wrong_credential_is_401_never_anonymous(
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_a_revoked_key_is_refused_on_its_very_next_request(gate: GatewayProcess, endpoint: str) -> None:
-    created = create_key(gate, f"soon-gone{endpoint.replace('/', '-')}")
+    created = gate.create_key(f"soon-gone{endpoint.replace('/', '-')}")
     headers = {"X-API-Key": created["key"]}
-    assert post(gate, endpoint, headers).status_code == 200  # the key is now in the gateway's cache
+    assert gate.chat("hello", headers, endpoint).status_code == 200  # the key is now in the gateway's cache
 
     revoked = httpx.delete(f"{gate.url}/api/keys/{created['id']}", timeout=10)
-    after = post(gate, endpoint, headers)
-    bearer_after = post(gate, endpoint, {"Authorization": f"Bearer {created['key']}"})
+    after = gate.chat("hello", headers, endpoint)
+    bearer_after = gate.chat("hello", {"Authorization": f"Bearer {created['key']}"}, endpoint)
 
     assert revoked.status_code == 200
     assert after.status_code == 401 and bearer_after.status_code == 401
@@ -130,10 +103,10 @@ def test_a_revoked_key_is_refused_on_its_very_next_request(gate: GatewayProcess,
 
 
 def test_the_secret_never_appears_in_a_401(gate: GatewayProcess) -> None:
-    created = create_key(gate, "leak-check")
+    created = gate.create_key("leak-check")
     assert httpx.delete(f"{gate.url}/api/keys/{created['id']}", timeout=10).status_code == 200
 
-    response = post(gate, "/chat", {"X-API-Key": created["key"]})
+    response = gate.chat("hello", {"X-API-Key": created["key"]})
 
     assert response.status_code == 401
     assert created["key"] not in response.text
@@ -141,8 +114,8 @@ def test_the_secret_never_appears_in_a_401(gate: GatewayProcess) -> None:
 
 
 def test_a_member_cannot_touch_another_users_key(gate: GatewayProcess) -> None:
-    mallory = create_key(gate, "mallory")
-    alice = create_key(gate, "alice")
+    mallory = gate.create_key("mallory")
+    alice = gate.create_key("alice")
     as_mallory = {"X-API-Key": mallory["key"]}
     alice_key_url = f"{gate.url}/api/keys/{alice['id']}"
 
@@ -155,5 +128,5 @@ def test_a_member_cannot_touch_another_users_key(gate: GatewayProcess) -> None:
     assert revoke_unnamed.status_code == 404  # a member acts on its own keys only: alice's is not one
     assert listing.status_code == 403 and alice["key"] not in listing.text
     assert creating.status_code == 403
-    still = post(gate, "/chat", {"X-API-Key": alice["key"]})
+    still = gate.chat("hello", {"X-API-Key": alice["key"]})
     assert still.status_code == 200 and still.json()["user"] == "alice"

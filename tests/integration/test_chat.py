@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import FakeOllama
 from tests.support.gateway import GatewayProcess
 
@@ -15,17 +14,7 @@ from tests.support.gateway import GatewayProcess
 CONFIGURED_DEFAULT_MODEL = "llama3.2:1b"
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake_ollama:
-        yield fake_ollama
-
-
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory, fake: FakeOllama) -> Iterator[GatewayProcess]:
-    env = {"ANON_RATE_LIMIT": "1000/60", "DEFAULT_MODEL": CONFIGURED_DEFAULT_MODEL}
-    with GatewayProcess(tmp_path_factory.mktemp("chat"), ollama_url=fake.url, env=env) as gateway:
-        yield gateway
+gate = gateway_per_module({"ANON_RATE_LIMIT": "1000/60", "DEFAULT_MODEL": CONFIGURED_DEFAULT_MODEL})
 
 
 def chat(gate: GatewayProcess, body: Any, **kwargs: Any) -> httpx.Response:
@@ -56,72 +45,76 @@ def test_chat_answers_with_the_documented_shape(gate: GatewayProcess) -> None:
     assert "context" not in answer
 
 
-def test_the_upstream_is_asked_for_one_json_answer(gate: GatewayProcess, fake: FakeOllama) -> None:
+def test_the_upstream_is_asked_for_one_json_answer(gate: GatewayProcess, module_ollama: FakeOllama) -> None:
     assert chat(gate, {"message": "one json answer", "model": "smollm:latest"}).status_code == 200
 
-    sent = only_request_with(fake, "one json answer")
+    sent = only_request_with(module_ollama, "one json answer")
     assert sent["stream"] is False
     assert sent["model"] == "smollm:latest"
 
 
 def test_the_configured_default_model_is_used_when_none_is_given(
-    gate: GatewayProcess, fake: FakeOllama
+    gate: GatewayProcess, module_ollama: FakeOllama
 ) -> None:
     response = chat(gate, {"message": "which model answers"})
 
     assert response.status_code == 200
     assert response.json()["response"]["model"] == CONFIGURED_DEFAULT_MODEL
-    assert only_request_with(fake, "which model answers")["model"] == CONFIGURED_DEFAULT_MODEL
+    assert only_request_with(module_ollama, "which model answers")["model"] == CONFIGURED_DEFAULT_MODEL
 
 
-def test_system_and_options_are_forwarded_as_given(gate: GatewayProcess, fake: FakeOllama) -> None:
+def test_system_and_options_are_forwarded_as_given(gate: GatewayProcess, module_ollama: FakeOllama) -> None:
     options = {"temperature": 0.2, "num_predict": 64, "stop": ["\n\n"]}
     response = chat(gate, {"message": "be brief", "system": "You are terse.", "options": options})
 
     assert response.status_code == 200
-    sent = only_request_with(fake, "be brief")
+    sent = only_request_with(module_ollama, "be brief")
     assert sent["system"] == "You are terse."
     assert sent["options"] == options
 
 
 def test_nothing_is_invented_when_system_and_options_are_absent(
-    gate: GatewayProcess, fake: FakeOllama
+    gate: GatewayProcess, module_ollama: FakeOllama
 ) -> None:
     assert chat(gate, {"message": "plain request"}).status_code == 200
 
-    assert set(only_request_with(fake, "plain request")) == {"model", "prompt", "stream"}
+    assert set(only_request_with(module_ollama, "plain request")) == {"model", "prompt", "stream"}
 
 
-def test_unknown_body_fields_are_ignored_and_not_forwarded(gate: GatewayProcess, fake: FakeOllama) -> None:
+def test_unknown_body_fields_are_ignored_and_not_forwarded(
+    gate: GatewayProcess, module_ollama: FakeOllama
+) -> None:
     body = {"message": "extra fields", "temperature": 3, "stream": True, "nested": {"a": [1, 2]}}
     response = chat(gate, body)
 
     assert response.status_code == 200
     assert response.json()["response"]["response"] == "Echo: extra fields"
-    sent = only_request_with(fake, "extra fields")
+    sent = only_request_with(module_ollama, "extra fields")
     assert "temperature" not in sent and "nested" not in sent
     # The client's `stream` cannot turn the JSON endpoint into a stream.
     assert sent["stream"] is False
 
 
 def test_the_upstream_gets_its_own_host_header_never_the_clients(
-    gate: GatewayProcess, fake: FakeOllama
+    gate: GatewayProcess, module_ollama: FakeOllama
 ) -> None:
     # Ollama bound to loopback answers 403 to a Host that is not a local name.
-    before = len(fake.seen.hosts)
+    before = len(module_ollama.seen.hosts)
     response = chat(gate, {"message": "whose host"}, headers={"Host": "gateway.example.com"})
 
     assert response.status_code == 200
-    assert fake.seen.hosts[before:] == [f"127.0.0.1:{fake.port}"]
+    assert module_ollama.seen.hosts[before:] == [f"127.0.0.1:{module_ollama.port}"]
 
 
-def test_a_message_in_any_script_reaches_ollama_intact(gate: GatewayProcess, fake: FakeOllama) -> None:
+def test_a_message_in_any_script_reaches_ollama_intact(
+    gate: GatewayProcess, module_ollama: FakeOllama
+) -> None:
     message = 'Grüße 👋 "quoted" \\ back\nslash'
     response = chat(gate, {"message": message})
 
     assert response.status_code == 200
     assert response.json()["response"]["response"] == f"Echo: {message}"
-    assert only_request_with(fake, message)["prompt"] == message
+    assert only_request_with(module_ollama, message)["prompt"] == message
 
 
 def test_ollama_going_offline_and_coming_back(fake_ollama: FakeOllama, gateway: GatewayProcess) -> None:

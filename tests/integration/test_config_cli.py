@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -15,29 +14,16 @@ import httpx
 import pytest
 
 from tests.support.fake_ollama import FakeOllama, free_port
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, gateway_environment
+from tests.support.gateway import run_cli as run_gateway_cli
 
 ADMIN_TOKEN = "admin-token-that-must-never-be-printed-7f3a"
 ACCESS_LINE = re.compile(r'"(GET|POST) (\S+) HTTP/1\.1" \d{3}')
 
 
-def gateway_environment(**values: str) -> dict[str, str]:
-    """The test process's environment without any OLLAMA_GATE_* of its own, plus `values` (prefixed)."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_GATE_")}
-    environment.update({"OLLAMA_GATE_" + name: value for name, value in values.items()})
-    return environment
-
-
 def run_cli(args: list[str], workdir: Path, **values: str) -> subprocess.CompletedProcess[str]:
     # A start-up that wrongly succeeded would serve forever: the timeout turns that into a failure.
-    return subprocess.run(
-        [sys.executable, "-m", "ollama_gate", *args],
-        cwd=workdir,
-        env=gateway_environment(**values),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_gateway_cli(args, workdir, values, timeout=30)
 
 
 def wait_until_listening(
@@ -99,12 +85,14 @@ def test_serve_prints_its_url_and_effective_configuration_without_secrets(tmp_pa
     # The .env file is read; the process environment wins over it; the flags win over both.
     (tmp_path / ".env").write_text("OLLAMA_GATE_DEFAULT_MODEL=llama3.2:1b\nOLLAMA_GATE_READ_TIMEOUT=7\n")
     environment = gateway_environment(
-        HOST="127.0.0.2",
-        PORT=str(env_port),
-        READ_TIMEOUT="42",
-        ADMIN_TOKEN=ADMIN_TOKEN,
-        OLLAMA_URL="http://127.0.0.1:11999",
-        LOG_LEVEL="warning",
+        {
+            "HOST": "127.0.0.2",
+            "PORT": str(env_port),
+            "READ_TIMEOUT": "42",
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "OLLAMA_URL": "http://127.0.0.1:11999",
+            "LOG_LEVEL": "warning",
+        }
     )
     output_path = tmp_path / "serve.out"
     with output_path.open("wb") as output:
@@ -179,17 +167,23 @@ def access_lines(log: str) -> list[tuple[str, str]]:
     return [(match[1], match[2]) for match in ACCESS_LINE.finditer(log)]
 
 
-def test_at_info_each_request_is_one_access_line_without_the_key(tmp_path: Path) -> None:
-    secret = create_key(tmp_path)
+def log_of_a_gateway_serving_a_member(workdir: Path, secret: str, log_level: str) -> str:
+    """Everything a gateway at `log_level` logged while it served `secret`'s requests (and a wrong key's)."""
     with FakeOllama() as fake:
-        gate = GatewayProcess(tmp_path, ollama_url=fake.url, log_level="info").start()
+        gate = GatewayProcess(workdir, ollama_url=fake.url, log_level=log_level).start()
         try:
             send_requests_with_keys(gate, secret)
         finally:
             # Stopping the gateway flushes everything it logged.
             gate.terminate()
+    return gate.log()
 
-    log = gate.log()
+
+def test_at_info_each_request_is_one_access_line_without_the_key(tmp_path: Path) -> None:
+    secret = create_key(tmp_path)
+
+    log = log_of_a_gateway_serving_a_member(tmp_path, secret, "info")
+
     requests = [line for line in access_lines(log) if line[1] != "/schema/openapi.json"]
     assert requests == [("POST", "/chat")] * 3 + [("GET", "/api/status")]
     assert secret not in log
@@ -198,13 +192,8 @@ def test_at_info_each_request_is_one_access_line_without_the_key(tmp_path: Path)
 
 def test_at_warning_there_are_no_access_lines(tmp_path: Path) -> None:
     secret = create_key(tmp_path)
-    with FakeOllama() as fake:
-        gate = GatewayProcess(tmp_path, ollama_url=fake.url, log_level="warning").start()
-        try:
-            send_requests_with_keys(gate, secret)
-        finally:
-            gate.terminate()
 
-    log = gate.log()
+    log = log_of_a_gateway_serving_a_member(tmp_path, secret, "warning")
+
     assert access_lines(log) == []
     assert secret not in log

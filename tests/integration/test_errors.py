@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import FakeOllama, free_port
 from tests.support.gateway import GatewayProcess
 
@@ -16,17 +17,9 @@ MAX_BODY_BYTES = 2048
 ENDPOINTS = ["/chat", "/chat/stream"]
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake_ollama:
-        yield fake_ollama
-
-
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory, fake: FakeOllama) -> Iterator[GatewayProcess]:
-    env = {"ANON_RATE_LIMIT": "1000/60", "READ_TIMEOUT": "1", "MAX_BODY_BYTES": str(MAX_BODY_BYTES)}
-    with GatewayProcess(tmp_path_factory.mktemp("errors"), ollama_url=fake.url, env=env) as gateway:
-        yield gateway
+gate = gateway_per_module(
+    {"ANON_RATE_LIMIT": "1000/60", "READ_TIMEOUT": "1", "MAX_BODY_BYTES": str(MAX_BODY_BYTES)}
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,24 +80,26 @@ INVALID_BODIES: dict[str, Any] = {
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 @pytest.mark.parametrize("content", MALFORMED_BODIES.values(), ids=MALFORMED_BODIES.keys())
-def test_malformed_json_is_400(gate: GatewayProcess, fake: FakeOllama, endpoint: str, content: bytes) -> None:
-    asked_before = len(fake.seen.generate_requests)
+def test_malformed_json_is_400(
+    gate: GatewayProcess, module_ollama: FakeOllama, endpoint: str, content: bytes
+) -> None:
+    asked_before = len(module_ollama.seen.generate_requests)
     response = post(gate, endpoint, content=content, headers={"Content-Type": "application/json"})
 
     error_detail(response, 400)
-    assert len(fake.seen.generate_requests) == asked_before
+    assert len(module_ollama.seen.generate_requests) == asked_before
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 @pytest.mark.parametrize("body", INVALID_BODIES.values(), ids=INVALID_BODIES.keys())
 def test_wrong_types_and_missing_or_empty_message_are_400(
-    gate: GatewayProcess, fake: FakeOllama, endpoint: str, body: Any
+    gate: GatewayProcess, module_ollama: FakeOllama, endpoint: str, body: Any
 ) -> None:
-    asked_before = len(fake.seen.generate_requests)
+    asked_before = len(module_ollama.seen.generate_requests)
     response = post(gate, endpoint, json=body)
 
     error_detail(response, 400)
-    assert len(fake.seen.generate_requests) == asked_before
+    assert len(module_ollama.seen.generate_requests) == asked_before
 
 
 def test_a_missing_message_is_named_in_the_detail(gate: GatewayProcess) -> None:
@@ -116,13 +111,13 @@ def test_a_missing_message_is_named_in_the_detail(gate: GatewayProcess) -> None:
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_a_body_over_the_configured_limit_is_413(
-    gate: GatewayProcess, fake: FakeOllama, endpoint: str
+    gate: GatewayProcess, module_ollama: FakeOllama, endpoint: str
 ) -> None:
-    asked_before = len(fake.seen.generate_requests)
+    asked_before = len(module_ollama.seen.generate_requests)
     response = post(gate, endpoint, json={"message": "x" * MAX_BODY_BYTES})
 
     error_detail(response, 413)
-    assert len(fake.seen.generate_requests) == asked_before
+    assert len(module_ollama.seen.generate_requests) == asked_before
 
 
 def test_a_chunked_body_over_the_limit_is_413(gate: GatewayProcess) -> None:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,38 +12,18 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import FakeOllama
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import HIGH_LIMITS, GatewayProcess
 
 KEY_PATTERN = re.compile(r"oa-[A-Za-z0-9_-]{32,}")
 LISTED_FIELDS = {"id", "user_id", "name", "prefix", "created_at", "last_used_at", "revoked_at", "active"}
-# The keys tests are not about quotas: limits high enough never to get in the way.
-HIGH_LIMITS = {"ANON_RATE_LIMIT": "100000/60", "MEMBER_RATE_LIMIT": "100000/60"}
 # The authenticator re-reads a cached key every 5 s; a change made by the CLI shows within that.
 REVALIDATION_POLLS = 40
 REVALIDATION_POLL_INTERVAL = 0.2
 
-
-@pytest.fixture(scope="module")
-def module_ollama() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama) -> Iterator[GatewayProcess]:
-    """No admin token: this test process, on loopback, is the admin."""
-    workdir = tmp_path_factory.mktemp("keys-gateway")
-    with GatewayProcess(workdir, ollama_url=module_ollama.url, env=HIGH_LIMITS) as gateway:
-        yield gateway
-
-
-def create_key(gate: GatewayProcess, user_id: str, name: str | None = None) -> dict[str, Any]:
-    params = {"user_id": user_id} | ({"name": name} if name is not None else {})
-    response = httpx.post(gate.url + "/api/keys", params=params, timeout=10)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
+# No admin token: this test process, on loopback, is the admin. The keys tests are not about quotas.
+gate = gateway_per_module(HIGH_LIMITS)
 
 
 def list_keys(gate: GatewayProcess, user_id: str | None = None) -> list[dict[str, Any]]:
@@ -59,7 +35,7 @@ def list_keys(gate: GatewayProcess, user_id: str | None = None) -> list[dict[str
 
 
 def chat_as(gate: GatewayProcess, key: str) -> httpx.Response:
-    return httpx.post(gate.url + "/chat", json={"message": "hello"}, headers={"X-API-Key": key}, timeout=10)
+    return gate.chat("hello", {"X-API-Key": key})
 
 
 def assert_utc_timestamp(text: str) -> None:
@@ -85,7 +61,7 @@ def test_create_answers_201_with_the_secret_and_its_metadata(gate: GatewayProces
 
 
 def test_each_key_is_a_new_secret(gate: GatewayProcess) -> None:
-    first, second = create_key(gate, "twice"), create_key(gate, "twice")
+    first, second = gate.create_key("twice"), gate.create_key("twice")
 
     assert first["key"] != second["key"] and first["id"] != second["id"]
 
@@ -102,7 +78,7 @@ def test_create_accepts_a_json_body_and_names_the_key_default_when_unnamed(gate:
 
 @pytest.mark.parametrize("user_id", ["a", "x" * 128, "Jane.Doe_42@example-corp.org"])
 def test_create_accepts_every_allowed_user_id(gate: GatewayProcess, user_id: str) -> None:
-    assert create_key(gate, user_id)["user_id"] == user_id
+    assert gate.create_key(user_id)["user_id"] == user_id
 
 
 @pytest.mark.parametrize(
@@ -152,8 +128,8 @@ def test_create_rejects_a_malformed_json_body_with_400(gate: GatewayProcess) -> 
 
 
 def test_list_shows_a_users_keys_newest_first_and_never_a_secret(gate: GatewayProcess) -> None:
-    created = [create_key(gate, "lister", name) for name in ("first", "second", "third")]
-    create_key(gate, "someone-else")
+    created = [gate.create_key("lister", name) for name in ("first", "second", "third")]
+    gate.create_key("someone-else")
 
     response = httpx.get(gate.url + "/api/keys", params={"user_id": "lister"}, timeout=10)
 
@@ -170,7 +146,7 @@ def test_list_shows_a_users_keys_newest_first_and_never_a_secret(gate: GatewayPr
 
 
 def test_list_without_user_id_shows_every_users_keys_to_an_admin(gate: GatewayProcess) -> None:
-    mine, theirs = create_key(gate, "everyone-1"), create_key(gate, "everyone-2")
+    mine, theirs = gate.create_key("everyone-1"), gate.create_key("everyone-2")
 
     listed = list_keys(gate)
 
@@ -189,7 +165,7 @@ def test_list_rejects_an_invalid_user_id_with_400(gate: GatewayProcess) -> None:
 
 
 def test_revoke_marks_the_key_inactive_and_is_idempotent(gate: GatewayProcess) -> None:
-    key = create_key(gate, "revoker")
+    key = gate.create_key("revoker")
     url = f"{gate.url}/api/keys/{key['id']}"
 
     first = httpx.delete(url, params={"user_id": "revoker"}, timeout=10)
@@ -206,7 +182,7 @@ def test_revoke_marks_the_key_inactive_and_is_idempotent(gate: GatewayProcess) -
 
 
 def test_revoke_without_user_id_is_allowed_to_an_admin(gate: GatewayProcess) -> None:
-    key = create_key(gate, "admin-revoked")
+    key = gate.create_key("admin-revoked")
 
     response = httpx.delete(f"{gate.url}/api/keys/{key['id']}", timeout=10)
 
@@ -222,7 +198,7 @@ def test_revoke_of_an_unknown_key_is_404(gate: GatewayProcess) -> None:
 
 
 def test_revoke_of_another_users_key_is_404_and_leaves_it_working(gate: GatewayProcess) -> None:
-    key = create_key(gate, "owner")
+    key = gate.create_key("owner")
 
     response = httpx.delete(f"{gate.url}/api/keys/{key['id']}", params={"user_id": "intruder"}, timeout=10)
 
@@ -236,8 +212,8 @@ def test_revoke_of_another_users_key_is_404_and_leaves_it_working(gate: GatewayP
 
 def test_keys_survive_a_restart_of_the_gateway(tmp_path: Path, module_ollama: FakeOllama) -> None:
     with GatewayProcess(tmp_path, ollama_url=module_ollama.url, env=HIGH_LIMITS) as first:
-        kept = create_key(first, "durable", "kept")
-        revoked = create_key(first, "durable", "revoked")
+        kept = first.create_key("durable", "kept")
+        revoked = first.create_key("durable", "revoked")
         assert httpx.delete(f"{first.url}/api/keys/{revoked['id']}", timeout=10).status_code == 200
         assert chat_as(first, kept["key"]).status_code == 200
 
@@ -255,22 +231,8 @@ def test_keys_survive_a_restart_of_the_gateway(tmp_path: Path, module_ollama: Fa
 # -- the CLI ------------------------------------------------------------------------------------------
 
 
-def run_cli(gate: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m ollama_gate ...` with the gateway's configuration, in its working directory."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_GATE_")}
-    environment.update(gate.env)
-    return subprocess.run(
-        [sys.executable, "-m", "ollama_gate", *args],
-        cwd=gate.workdir,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_cli_creates_a_key_that_the_running_gateway_accepts(gate: GatewayProcess) -> None:
-    result = run_cli(gate, "keys", "create", "--user-id", "cli-user", "--name", "from-cli")
+    result = gate.run_cli("keys", "create", "--user-id", "cli-user", "--name", "from-cli")
 
     assert result.returncode == 0, result.stderr
     created = json.loads(result.stdout)
@@ -285,10 +247,10 @@ def test_cli_creates_a_key_that_the_running_gateway_accepts(gate: GatewayProcess
 
 
 def test_cli_lists_keys_without_their_secrets(gate: GatewayProcess) -> None:
-    api_key = create_key(gate, "cli-lister", "over-http")
+    api_key = gate.create_key("cli-lister", "over-http")
 
-    for_user = run_cli(gate, "keys", "list", "--user-id", "cli-lister")
-    everything = run_cli(gate, "keys", "list")
+    for_user = gate.run_cli("keys", "list", "--user-id", "cli-lister")
+    everything = gate.run_cli("keys", "list")
 
     assert for_user.returncode == 0 and everything.returncode == 0
     (listed,) = json.loads(for_user.stdout)["keys"]
@@ -300,10 +262,10 @@ def test_cli_lists_keys_without_their_secrets(gate: GatewayProcess) -> None:
 def test_cli_revocation_reaches_the_running_gateway_within_its_revalidation_interval(
     gate: GatewayProcess,
 ) -> None:
-    key = create_key(gate, "cli-revoked")
+    key = gate.create_key("cli-revoked")
     assert chat_as(gate, key["key"]).status_code == 200  # now cached by the gateway
 
-    result = run_cli(gate, "keys", "revoke", str(key["id"]))
+    result = gate.run_cli("keys", "revoke", str(key["id"]))
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"id": key["id"], "revoked": True}
@@ -318,7 +280,7 @@ def test_cli_revocation_reaches_the_running_gateway_within_its_revalidation_inte
 
 
 def test_cli_revoke_of_an_unknown_key_fails_with_a_message(gate: GatewayProcess) -> None:
-    result = run_cli(gate, "keys", "revoke", "424242")
+    result = gate.run_cli("keys", "revoke", "424242")
 
     assert result.returncode != 0
     assert "424242" in result.stderr

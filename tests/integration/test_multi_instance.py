@@ -14,21 +14,13 @@ import pytest
 
 from tests.support.fake_ollama import FakeOllama
 from tests.support.gateway import GatewayProcess
-from tests.support.services import (
-    PrivateRedis,
-    create_postgres_database,
-    drop_postgres_database,
-    shared_redis_url,
-)
+from tests.support.services import PrivateRedis, postgres_database, shared_redis_url
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    url = create_postgres_database()
-    try:
+    with postgres_database() as url:
         yield url
-    finally:
-        drop_postgres_database(url)
 
 
 @pytest.fixture
@@ -48,13 +40,12 @@ def cluster(
 
 
 def create_key(gate: GatewayProcess, user_id: str) -> tuple[int, str]:
-    response = httpx.post(gate.url + "/api/keys", params={"user_id": user_id}, timeout=10)
-    assert response.status_code == 201, response.text
-    return response.json()["id"], response.json()["key"]
+    created = gate.create_key(user_id)
+    return created["id"], created["key"]
 
 
 def chat(gate: GatewayProcess, key: str) -> httpx.Response:
-    return httpx.post(gate.url + "/chat", json={"message": "hi"}, headers={"X-API-Key": key}, timeout=10)
+    return gate.chat("hi", {"X-API-Key": key})
 
 
 async def burst(urls: list[str], key: str, count: int) -> list[int]:
@@ -83,18 +74,13 @@ def test_two_instances_share_keys_quotas_revocations_and_usage(
     assert statuses.count(200) == 11 and statuses.count(429) == 49
 
     # Rejections are counted cluster-wide: both instances report the same totals.
-    usage_blocks = [httpx.get(g.url + "/api/status", timeout=10).json()["usage"] for g in cluster]
+    usage_blocks = [g.status()["usage"] for g in cluster]
     assert usage_blocks[0]["rejected_rate_limited"] == usage_blocks[1]["rejected_rate_limited"] == 49
 
     # Usage rows from both appear on either (after the writers' flush interval).
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        rows = [httpx.get(g.url + "/api/usage", params={"limit": 1000}, timeout=10).json() for g in cluster]
-        if rows[0]["count"] == rows[1]["count"] == 12:
-            break
-        time.sleep(0.1)
-    assert rows[0]["count"] == rows[1]["count"] == 12
-    assert rows[0]["logs"] == rows[1]["logs"]
+    rows = [g.usage_rows(12) for g in cluster]
+    assert len(rows[0]) == len(rows[1]) == 12
+    assert rows[0] == rows[1]
 
     # Revoked through one, refused by the other within a second.
     other_id, other_key = create_key(second, "bob")

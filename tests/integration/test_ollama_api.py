@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import httpx
 import ollama
 import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import free_port
 from tests.support.fake_ollama_openai import FakeOllamaServer, embedding_of
 from tests.support.gateway import GatewayProcess
@@ -21,30 +20,15 @@ ROOMY = {"MEMBER_RATE_LIMIT": "1000/60", "ANON_RATE_LIMIT": "1000/60"}
 ADMIN_TOKEN = "test-admin-token-for-the-ollama-api"
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOllamaServer]:
-    with FakeOllamaServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory, fake: FakeOllamaServer) -> Iterator[GatewayProcess]:
-    with GatewayProcess(tmp_path_factory.mktemp("gate"), ollama_url=fake.url, env=ROOMY) as gateway:
-        yield gateway
-
-
-@pytest.fixture(scope="module")
-def tight_gate(tmp_path_factory: pytest.TempPathFactory, fake: FakeOllamaServer) -> Iterator[GatewayProcess]:
-    """Two requests a minute per member, and an admin token: loopback is no longer enough to be admin."""
-    env = {"MEMBER_RATE_LIMIT": "2/60", "ADMIN_TOKEN": ADMIN_TOKEN}
-    with GatewayProcess(tmp_path_factory.mktemp("tight"), ollama_url=fake.url, env=env) as gateway:
-        yield gateway
+gate = gateway_per_module(ROOMY, upstream="module_ollama_server")
+# Two requests a minute per member, and an admin token: loopback is no longer enough to be admin.
+tight_gate = gateway_per_module(
+    {"MEMBER_RATE_LIMIT": "2/60", "ADMIN_TOKEN": ADMIN_TOKEN}, upstream="module_ollama_server"
+)
 
 
 def new_key(gate: GatewayProcess, user: str, admin_headers: dict[str, str] | None = None) -> str:
-    response = httpx.post(gate.url + "/api/keys", json={"user_id": user}, headers=admin_headers, timeout=10)
-    assert response.status_code == 201, response.text
-    key: str = response.json()["key"]
+    key: str = gate.create_key(user, headers=admin_headers)["key"]
     return key
 
 
@@ -53,18 +37,13 @@ def client_for(gate: GatewayProcess, key: str | None) -> ollama.Client:
     return ollama.Client(host=gate.url, headers=headers, timeout=10)
 
 
-def usage_rows(
-    gate: GatewayProcess, user: str, expected: int, headers: dict[str, str] | None = None
-) -> list[Any]:
-    """The user's usage rows once `expected` have been written (they are written in the background)."""
-    rows: list[Any] = []
-    for _ in range(100):
-        response = httpx.get(gate.url + "/api/usage", params={"user_id": user}, headers=headers, timeout=10)
-        rows = response.json()["logs"]
-        if len(rows) >= expected:
-            break
-        time.sleep(0.05)  # a bounded poll: rows are written in the background
-    return rows
+def chat_and_list_errors(client: ollama.Client) -> tuple[ollama.ResponseError, ollama.ResponseError]:
+    """What the client raises for a chat and for a listing: both must raise."""
+    with pytest.raises(ollama.ResponseError) as chat_error:
+        client.chat(MODEL, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(ollama.ResponseError) as list_error:
+        client.list()
+    return chat_error.value, list_error.value
 
 
 def chat_body(prompt: str, **extra: Any) -> dict[str, Any]:
@@ -96,7 +75,7 @@ def test_generate_streamed_and_not(gate: GatewayProcess) -> None:
     assert whole.response == "Echo: tell me more"
 
 
-def test_list_show_embed_and_ps(gate: GatewayProcess, fake: FakeOllamaServer) -> None:
+def test_list_show_embed_and_ps(gate: GatewayProcess, module_ollama_server: FakeOllamaServer) -> None:
     client = client_for(gate, new_key(gate, "listing-user"))
 
     listed = client.list()
@@ -104,24 +83,21 @@ def test_list_show_embed_and_ps(gate: GatewayProcess, fake: FakeOllamaServer) ->
     embedded = client.embed(MODEL, input=["one two", "three"])
     running = client.ps()
 
-    assert sorted(m.model or "" for m in listed.models) == sorted(fake.models)
-    assert listed.models[0].size == fake.models[listed.models[0].model or ""]
+    assert sorted(m.model or "" for m in listed.models) == sorted(module_ollama_server.models)
+    assert listed.models[0].size == module_ollama_server.models[listed.models[0].model or ""]
     assert shown.details is not None and shown.details.family == "llama"
     assert shown.capabilities == ["completion"]
     assert [list(v) for v in embedded.embeddings] == [embedding_of("one two"), embedding_of("three")]
-    assert sorted(m.name or "" for m in running.models) == sorted(fake.models)
+    assert sorted(m.name or "" for m in running.models) == sorted(module_ollama_server.models)
 
 
 def test_an_invalid_key_is_401_for_the_client(gate: GatewayProcess) -> None:
     client = client_for(gate, "oa-" + "x" * 43)
 
-    with pytest.raises(ollama.ResponseError) as chat_error:
-        client.chat(MODEL, messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(ollama.ResponseError) as list_error:
-        client.list()
+    chat_error, list_error = chat_and_list_errors(client)
 
-    assert chat_error.value.status_code == list_error.value.status_code == 401
-    assert "API key" in chat_error.value.error
+    assert chat_error.status_code == list_error.status_code == 401
+    assert "API key" in chat_error.error
 
 
 def test_an_unknown_model_is_404_for_the_client(gate: GatewayProcess) -> None:
@@ -162,14 +138,10 @@ def test_an_exhausted_quota_is_429_and_listing_is_not_metered(tight_gate: Gatewa
 def test_an_unreachable_ollama_is_503_for_the_client(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     with GatewayProcess(tmp_path, ollama_url=dead) as offline:
-        client = client_for(offline, None)
-        with pytest.raises(ollama.ResponseError) as chat_error:
-            client.chat(MODEL, messages=[{"role": "user", "content": "hi"}])
-        with pytest.raises(ollama.ResponseError) as list_error:
-            client.list()
+        chat_error, list_error = chat_and_list_errors(client_for(offline, None))
 
-    assert chat_error.value.status_code == list_error.value.status_code == 503
-    assert "offline" in chat_error.value.error
+    assert chat_error.status_code == list_error.status_code == 503
+    assert "offline" in chat_error.error
 
 
 # -- metering -----------------------------------------------------------------------------------------
@@ -188,7 +160,7 @@ def test_inference_is_metered_with_token_counts_and_listings_are_not(gate: Gatew
     client.show(MODEL)
     client.ps()
 
-    rows = usage_rows(gate, "metered-user", expected=5)
+    rows = gate.usage_rows(5, "metered-user")
 
     by_endpoint = {row["endpoint"]: row for row in rows if row["model"] == MODEL}
     assert len(rows) == 5
@@ -228,13 +200,13 @@ def test_every_inference_answer_carries_rate_limit_headers(gate: GatewayProcess)
 
 
 def test_stream_absent_means_streamed_and_the_bytes_are_ollamas_own(
-    gate: GatewayProcess, fake: FakeOllamaServer
+    gate: GatewayProcess, module_ollama_server: FakeOllamaServer
 ) -> None:
     body = chat_body("the same bytes please")
-    direct = httpx.post(fake.url + "/api/chat", json=body)
+    direct = httpx.post(module_ollama_server.url + "/api/chat", json=body)
     through = httpx.post(gate.url + "/api/chat", json=body)
     whole_direct = httpx.post(
-        fake.url + "/api/generate", json={"model": MODEL, "prompt": "p", "stream": False}
+        module_ollama_server.url + "/api/generate", json={"model": MODEL, "prompt": "p", "stream": False}
     )
     whole_through = httpx.post(
         gate.url + "/api/generate", json={"model": MODEL, "prompt": "p", "stream": False}
@@ -246,7 +218,9 @@ def test_stream_absent_means_streamed_and_the_bytes_are_ollamas_own(
     assert whole_through.headers["content-type"].startswith("application/json")
 
 
-def test_a_native_stream_is_relayed_chunk_by_chunk(gate: GatewayProcess, fake: FakeOllamaServer) -> None:
+def test_a_native_stream_is_relayed_chunk_by_chunk(
+    gate: GatewayProcess, module_ollama_server: FakeOllamaServer
+) -> None:
     # The fake holds its answer after the first chunk until released: that chunk can only reach the
     # client before the release if the gateway relays as it receives.
     with httpx.stream(
@@ -254,7 +228,7 @@ def test_a_native_stream_is_relayed_chunk_by_chunk(gate: GatewayProcess, fake: F
     ) as response:
         lines = response.iter_lines()
         first = json.loads(next(lines))
-        fake.release()
+        module_ollama_server.release()
         rest = [json.loads(line) for line in lines]
 
     assert first["message"]["content"] == "Echo:" and first["done"] is False
@@ -262,10 +236,10 @@ def test_a_native_stream_is_relayed_chunk_by_chunk(gate: GatewayProcess, fake: F
 
 
 def test_a_client_that_walks_away_closes_the_upstream_stream(
-    gate: GatewayProcess, fake: FakeOllamaServer
+    gate: GatewayProcess, module_ollama_server: FakeOllamaServer
 ) -> None:
     key = new_key(gate, "walker")
-    abandoned_before = fake.abandoned
+    abandoned_before = module_ollama_server.abandoned
     with httpx.stream(
         "POST",
         gate.url + "/api/chat",
@@ -276,8 +250,8 @@ def test_a_client_that_walks_away_closes_the_upstream_stream(
         assert json.loads(next(lines))["done"] is False
         next(lines)
 
-    assert fake.wait_until(lambda: fake.abandoned > abandoned_before)
-    [row] = usage_rows(gate, "walker", expected=1)
+    assert module_ollama_server.wait_until(lambda: module_ollama_server.abandoned > abandoned_before)
+    [row] = gate.usage_rows(1, "walker")
     assert (row["endpoint"], row["outcome"]) == ("/api/chat", "cancelled")
 
 
@@ -322,7 +296,7 @@ def test_model_management_is_refused_to_members(gate: GatewayProcess) -> None:
 
 
 def test_an_admin_pulls_with_streamed_progress_then_deletes(
-    gate: GatewayProcess, fake: FakeOllamaServer
+    gate: GatewayProcess, module_ollama_server: FakeOllamaServer
 ) -> None:
     # No admin token configured: a direct loopback caller is the admin.
     admin = client_for(gate, None)
@@ -334,7 +308,7 @@ def test_an_admin_pulls_with_streamed_progress_then_deletes(
     assert progress[0] == "pulling manifest" and progress[-1] == "success"
     assert [u for u in progress if u == "pulling aaaa"] == ["pulling aaaa"] * 3
     assert "fresh-model:1b" in listed
-    assert deleted.status == "success" and "fresh-model:1b" not in fake.models
+    assert deleted.status == "success" and "fresh-model:1b" not in module_ollama_server.models
 
 
 def test_with_an_admin_token_only_the_token_manages_models(tight_gate: GatewayProcess) -> None:
@@ -351,7 +325,9 @@ def test_with_an_admin_token_only_the_token_manages_models(tight_gate: GatewayPr
     assert "token-model:1b" in {m.model for m in admin.list().models}
 
 
-def test_an_admin_uploads_a_blob_that_ollama_then_has(gate: GatewayProcess, fake: FakeOllamaServer) -> None:
+def test_an_admin_uploads_a_blob_that_ollama_then_has(
+    gate: GatewayProcess, module_ollama_server: FakeOllamaServer
+) -> None:
     digest = "sha256:" + "3" * 64
     blob = gate.url + "/api/blobs/" + digest
 
@@ -360,4 +336,4 @@ def test_an_admin_uploads_a_blob_that_ollama_then_has(gate: GatewayProcess, fake
     after = httpx.head(blob)
 
     assert (before.status_code, uploaded.status_code, after.status_code) == (404, 201, 200)
-    assert digest in fake.blobs
+    assert digest in module_ollama_server.blobs

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import free_port
 from tests.support.fake_ollama_openai import FakeOllamaServer, embedding_of
 from tests.support.gateway import GatewayProcess
@@ -19,38 +18,17 @@ MODEL = "smollm:latest"
 ROOMY = {"MEMBER_RATE_LIMIT": "1000/60", "ANON_RATE_LIMIT": "1000/60"}
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOllamaServer]:
-    with FakeOllamaServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory, fake: FakeOllamaServer) -> Iterator[GatewayProcess]:
-    with GatewayProcess(tmp_path_factory.mktemp("gate"), ollama_url=fake.url, env=ROOMY) as gateway:
-        yield gateway
+gate = gateway_per_module(ROOMY, upstream="module_ollama_server")
 
 
 def new_key(gate: GatewayProcess, user: str) -> str:
-    response = httpx.post(gate.url + "/api/keys", json={"user_id": user}, timeout=10)
-    assert response.status_code == 201, response.text
-    key: str = response.json()["key"]
+    key: str = gate.create_key(user)["key"]
     return key
 
 
 def sdk(gate: GatewayProcess, key: str) -> openai.OpenAI:
     # No retries: the SDK would otherwise retry a 429 after Retry-After and hide it.
     return openai.OpenAI(base_url=gate.url + "/v1", api_key=key, max_retries=0, timeout=10)
-
-
-def usage_rows(gate: GatewayProcess, user: str, expected: int) -> list[Any]:
-    rows: list[Any] = []
-    for _ in range(100):
-        rows = httpx.get(gate.url + "/api/usage", params={"user_id": user}, timeout=10).json()["logs"]
-        if len(rows) >= expected:
-            break
-        time.sleep(0.05)  # a bounded poll: rows are written in the background
-    return rows
 
 
 def test_chat_completions_whole_and_streamed(gate: GatewayProcess) -> None:
@@ -89,14 +67,14 @@ def test_legacy_completions(gate: GatewayProcess) -> None:
     assert answer.choices[0].text == "Echo: finish this"
 
 
-def test_models_and_embeddings(gate: GatewayProcess, fake: FakeOllamaServer) -> None:
+def test_models_and_embeddings(gate: GatewayProcess, module_ollama_server: FakeOllamaServer) -> None:
     client = sdk(gate, new_key(gate, "embedding-user"))
 
     models = client.models.list()
     one = client.models.retrieve(MODEL)
     embedded = client.embeddings.create(model=MODEL, input=["one two", "three"])
 
-    assert sorted(model.id for model in models) == sorted(fake.models)
+    assert sorted(model.id for model in models) == sorted(module_ollama_server.models)
     assert one.id == MODEL
     assert [item.embedding for item in embedded.data] == [embedding_of("one two"), embedding_of("three")]
 
@@ -114,8 +92,12 @@ def test_an_invalid_key_raises_authentication_error(gate: GatewayProcess) -> Non
     assert "API key" in error.value.message
 
 
-def test_an_exhausted_quota_raises_rate_limit_error(tmp_path: Path, fake: FakeOllamaServer) -> None:
-    with GatewayProcess(tmp_path, ollama_url=fake.url, env={"MEMBER_RATE_LIMIT": "1/60"}) as tight:
+def test_an_exhausted_quota_raises_rate_limit_error(
+    tmp_path: Path, module_ollama_server: FakeOllamaServer
+) -> None:
+    with GatewayProcess(
+        tmp_path, ollama_url=module_ollama_server.url, env={"MEMBER_RATE_LIMIT": "1/60"}
+    ) as tight:
         client = sdk(tight, new_key(tight, "quota-user"))
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "one"}])
 
@@ -162,7 +144,7 @@ def test_openai_requests_are_metered_with_tokens_from_usage(gate: GatewayProcess
     client.embeddings.create(model=MODEL, input="f g h i")
     client.models.list()
 
-    rows = sorted(usage_rows(gate, "metered-user", expected=3), key=lambda row: row["id"])
+    rows = sorted(gate.usage_rows(3, "metered-user"), key=lambda row: row["id"])
 
     assert [(r["endpoint"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [
         ("/v1/chat/completions", 3, 4),
@@ -173,12 +155,12 @@ def test_openai_requests_are_metered_with_tokens_from_usage(gate: GatewayProcess
 
 
 def test_sse_is_relayed_as_it_arrives_with_rate_limit_headers(
-    gate: GatewayProcess, fake: FakeOllamaServer
+    gate: GatewayProcess, module_ollama_server: FakeOllamaServer
 ) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "same events"}], "stream": True}
     headers = {"Authorization": f"Bearer {new_key(gate, 'sse-user')}"}
 
-    direct = httpx.post(fake.url + "/v1/chat/completions", json=body)
+    direct = httpx.post(module_ollama_server.url + "/v1/chat/completions", json=body)
     through = httpx.post(gate.url + "/v1/chat/completions", json=body, headers=headers)
 
     assert through.status_code == 200 and through.headers["content-type"].startswith("text/event-stream")

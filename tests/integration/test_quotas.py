@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import FakeOllama
 from tests.support.gateway import GatewayProcess
 
@@ -29,13 +27,6 @@ def chat(
     client: httpx.Client, gate: GatewayProcess, headers: dict[str, str] | None = None, endpoint: str = "/chat"
 ) -> httpx.Response:
     return client.post(gate.url + endpoint, json={"message": "count me"}, headers=headers or {})
-
-
-def create_key(gate: GatewayProcess, user_id: str) -> str:
-    response = httpx.post(gate.url + "/api/keys", params={"user_id": user_id}, timeout=10)
-    assert response.status_code == 201, response.text
-    key: str = response.json()["key"]
-    return key
 
 
 def assert_quota_headers(response: httpx.Response, tier: str, limit: int, remaining: int) -> int:
@@ -89,8 +80,8 @@ def test_a_refused_stream_is_a_plain_429(gateway: GatewayProcess) -> None:
 
 
 def test_members_get_30_requests_independent_of_the_anonymous_quota(gateway: GatewayProcess) -> None:
-    first, second = create_key(gateway, "quota-user"), create_key(gateway, "quota-user")
-    other = create_key(gateway, "another-user")
+    first, second = gateway.create_key("quota-user")["key"], gateway.create_key("quota-user")["key"]
+    other = gateway.create_key("another-user")["key"]
     with client_from("127.0.0.1") as client:
         anonymous = [chat(client, gateway) for _ in range(11)]
         # All keys of one user share one quota: alternate between its two keys.
@@ -111,8 +102,8 @@ def test_members_get_30_requests_independent_of_the_anonymous_quota(gateway: Gat
 
 
 def test_a_bad_key_is_401_even_when_the_quota_is_used_up(gateway: GatewayProcess) -> None:
-    key = create_key(gateway, "exhausted")
-    doomed = httpx.post(gateway.url + "/api/keys", params={"user_id": "exhausted"}, timeout=10).json()
+    key = gateway.create_key("exhausted")["key"]
+    doomed = gateway.create_key("exhausted")
     assert httpx.delete(f"{gateway.url}/api/keys/{doomed['id']}", timeout=10).status_code == 200
     with client_from("127.0.0.1") as client:
         for _ in range(10):
@@ -134,30 +125,12 @@ def test_a_bad_key_is_401_even_when_the_quota_is_used_up(gateway: GatewayProcess
 # -- client identity: addresses and proxies -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def module_ollama() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def direct(tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama) -> Iterator[GatewayProcess]:
-    """No trusted proxies (the default); a small anonymous quota."""
-    workdir = tmp_path_factory.mktemp("direct")
-    with GatewayProcess(workdir, ollama_url=module_ollama.url, env={"ANON_RATE_LIMIT": "3/60"}) as gate:
-        yield gate
-
-
 TRUSTED = "127.0.0.5,10.0.0.0/8,2001:db8:ffff::/48"
 
-
-@pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama) -> Iterator[GatewayProcess]:
-    """127.0.0.5 and 10.0.0.0/8 are trusted proxies; a small anonymous quota."""
-    workdir = tmp_path_factory.mktemp("proxied")
-    env = {"ANON_RATE_LIMIT": "3/60", "TRUSTED_PROXIES": TRUSTED}
-    with GatewayProcess(workdir, ollama_url=module_ollama.url, env=env) as gate:
-        yield gate
+# No trusted proxies (the default); a small anonymous quota.
+direct = gateway_per_module({"ANON_RATE_LIMIT": "3/60"})
+# 127.0.0.5 and 10.0.0.0/8 are trusted proxies; a small anonymous quota.
+proxied = gateway_per_module({"ANON_RATE_LIMIT": "3/60", "TRUSTED_PROXIES": TRUSTED})
 
 
 def statuses(
@@ -197,21 +170,9 @@ def test_forwarding_headers_from_an_untrusted_peer_change_nothing(
     assert usage_client_ips(proxied, {address}) == Counter({address: 3})
 
 
-def usage_rows(gate: GatewayProcess, expected: int) -> list[dict[str, Any]]:
-    """Every usage row, once the background writer has stored at least `expected` of them."""
-    rows: list[dict[str, Any]] = []
-    for _ in range(50):  # the writer flushes every 250 ms
-        rows = httpx.get(gate.url + "/api/usage", params={"limit": 1000}, timeout=10).json()["logs"]
-        if len(rows) >= expected:
-            break
-        time.sleep(0.1)
-    return rows
-
-
 def usage_client_ips(gate: GatewayProcess, addresses: set[str]) -> Counter[str]:
     """How many usage rows each of `addresses` has (rows of other clients are left out)."""
-    status = httpx.get(gate.url + "/api/status", timeout=10).json()["usage"]
-    rows = usage_rows(gate, status["total_requests"])
+    rows = gate.usage_rows(gate.status()["usage"]["total_requests"])
     return Counter(row["client_ip"] for row in rows if row["client_ip"] in addresses)
 
 
@@ -282,7 +243,7 @@ async def test_200_simultaneous_requests_from_one_identity_admit_exactly_the_lim
     env = {"ANON_RATE_LIMIT": "20/60", "MEMBER_RATE_LIMIT": "25/60"}
     upstream_before = len(module_ollama.seen.generate_requests)
     with GatewayProcess(tmp_path_factory.mktemp("burst"), ollama_url=module_ollama.url, env=env) as gate:
-        key = create_key(gate, "bursty")
+        key = gate.create_key("bursty")["key"]
         anonymous = await burst(gate, 200, {}, "127.0.0.21")
         member = await burst(gate, 200, {"X-API-Key": key}, "127.0.0.22")
 

@@ -5,27 +5,19 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.fake_ollama import FakeOllama
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import HIGH_LIMITS, GatewayProcess
 
-HIGH_LIMITS = {"ANON_RATE_LIMIT": "100000/60", "MEMBER_RATE_LIMIT": "100000/60"}
 REQUESTS = 300
 CONNECTIONS = 60
 # The signal goes out once this many answers are back: the rest are queued, in flight or not yet sent.
 SIGNAL_AFTER_ANSWERS = 40
 SLOW_STREAMS = 10
-
-
-@pytest.fixture(scope="module")
-def module_ollama() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake:
-        yield fake
 
 
 async def one_request(client: httpx.AsyncClient, url: str, index: int) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,21 +19,8 @@ from ollama_gate.domain.errors import StoreUnavailable
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.usage import Outcome, UsageRecord
 from tests.support.fake_ollama import free_port
-from tests.support.services import create_postgres_database, drop_postgres_database
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/gate.db"
-        return
-    url = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
 
 
 def usage(user: str, status: int = 200, tokens: int | None = 5) -> UsageRecord:
@@ -53,65 +40,63 @@ def usage(user: str, status: int = 200, tokens: int | None = 5) -> UsageRecord:
     )
 
 
-async def test_migrations_bring_an_empty_database_to_head(database_url: str) -> None:
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """A connection to an empty database on each back end, closed after the test."""
     database = Database(database_url)
     try:
-        assert await database.current_revision() is None
-        assert await database.upgrade() == migrate.head_revision()
-        # Idempotent: a second instance starting later finds nothing to do.
-        assert await Database(database_url).upgrade() == migrate.head_revision()
+        yield database
     finally:
         await database.close()
 
 
-async def test_key_store_round_trip(database_url: str) -> None:
-    database = Database(database_url)
+async def test_migrations_bring_an_empty_database_to_head(database: Database, database_url: str) -> None:
+    assert await database.current_revision() is None
+    assert await database.upgrade() == migrate.head_revision()
+    # Idempotent: a second instance starting later finds nothing to do.
+    assert await Database(database_url).upgrade() == migrate.head_revision()
+
+
+async def test_key_store_round_trip(database: Database) -> None:
     store = SqlKeyStore(database)
-    try:
-        first = await store.add("alice", "laptop", "a" * 64, "oa-aaaaaa", NOW)
-        second = await store.add("alice", "phone", "b" * 64, "oa-bbbbbb", NOW + timedelta(seconds=1))
-        await store.add("bob", "default", "c" * 64, "oa-cccccc", NOW)
+    first = await store.add("alice", "laptop", "a" * 64, "oa-aaaaaa", NOW)
+    second = await store.add("alice", "phone", "b" * 64, "oa-bbbbbb", NOW + timedelta(seconds=1))
+    await store.add("bob", "default", "c" * 64, "oa-cccccc", NOW)
 
-        found = await store.find_by_hash("b" * 64)
-        assert found == second and found.created_at == NOW + timedelta(seconds=1)
-        assert found.created_at.tzinfo is not None
-        assert await store.find_by_hash("d" * 64) is None
-        assert [k.id for k in await store.list("alice")] == [second.id, first.id]
-        assert len(await store.list(None)) == 3
+    found = await store.find_by_hash("b" * 64)
+    assert found == second and found.created_at == NOW + timedelta(seconds=1)
+    assert found.created_at.tzinfo is not None
+    assert await store.find_by_hash("d" * 64) is None
+    assert [k.id for k in await store.list("alice")] == [second.id, first.id]
+    assert len(await store.list(None)) == 3
 
-        revoked = await store.revoke(first.id, NOW + timedelta(minutes=1))
-        again = await store.revoke(first.id, NOW + timedelta(minutes=2))
-        assert revoked is not None and again is not None
-        assert revoked.revoked_at == again.revoked_at == NOW + timedelta(minutes=1)
-        assert await store.revoke(999, NOW) is None
+    revoked = await store.revoke(first.id, NOW + timedelta(minutes=1))
+    again = await store.revoke(first.id, NOW + timedelta(minutes=2))
+    assert revoked is not None and again is not None
+    assert revoked.revoked_at == again.revoked_at == NOW + timedelta(minutes=1)
+    assert await store.revoke(999, NOW) is None
 
-        await store.touch({second.id: NOW + timedelta(hours=1)})
-        touched = await store.get(second.id)
-        assert touched is not None and touched.last_used_at == NOW + timedelta(hours=1)
-    finally:
-        await database.close()
+    await store.touch({second.id: NOW + timedelta(hours=1)})
+    touched = await store.get(second.id)
+    assert touched is not None and touched.last_used_at == NOW + timedelta(hours=1)
 
 
-async def test_usage_store_writes_batches_and_reads_newest_first(database_url: str) -> None:
-    database = Database(database_url)
+async def test_usage_store_writes_batches_and_reads_newest_first(database: Database) -> None:
     store = SqlUsageStore(database)
-    try:
-        await store.add_many([usage("alice"), usage("bob", 502, None), usage("alice", tokens=9)])
-        await store.add_many([usage("anonymous")])
-        assert await store.count() == 4
-        alice = await store.recent(10, "alice")
-        assert [r.prompt_tokens for r in alice] == [9, 5]
-        newest = await store.recent(2, None)
-        assert [r.user for r in newest] == ["anonymous", "alice"]
-        bob = (await store.recent(10, "bob"))[0]
-        assert (bob.status, bob.outcome, bob.prompt_tokens, bob.timestamp) == (
-            502,
-            Outcome.UPSTREAM_ERROR,
-            None,
-            NOW,
-        )
-    finally:
-        await database.close()
+    await store.add_many([usage("alice"), usage("bob", 502, None), usage("alice", tokens=9)])
+    await store.add_many([usage("anonymous")])
+    assert await store.count() == 4
+    alice = await store.recent(10, "alice")
+    assert [r.prompt_tokens for r in alice] == [9, 5]
+    newest = await store.recent(2, None)
+    assert [r.user for r in newest] == ["anonymous", "alice"]
+    bob = (await store.recent(10, "bob"))[0]
+    assert (bob.status, bob.outcome, bob.prompt_tokens, bob.timestamp) == (
+        502,
+        Outcome.UPSTREAM_ERROR,
+        None,
+        NOW,
+    )
 
 
 async def test_unreachable_database_is_store_unavailable(tmp_path: Path) -> None:
@@ -205,8 +190,7 @@ def test_instances_starting_together_migrate_once(database_url: str, tmp_path: P
     assert f"database at revision {migrate.head_revision()}" in current.stdout
 
 
-async def test_a_batch_of_usage_rows_is_one_round_trip(database_url: str) -> None:
-    database = Database(database_url)
+async def test_a_batch_of_usage_rows_is_one_round_trip(database: Database) -> None:
     await database.upgrade()
     statements: list[str] = []
 
@@ -215,9 +199,6 @@ async def test_a_batch_of_usage_rows_is_one_round_trip(database_url: str) -> Non
             statements.append(statement)
 
     event.listen(database.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        await SqlUsageStore(database).add_many([usage(f"user{i}") for i in range(500)])
-        assert len(statements) == 1
-        assert await SqlUsageStore(database).count() == 500
-    finally:
-        await database.close()
+    await SqlUsageStore(database).add_many([usage(f"user{i}") for i in range(500)])
+    assert len(statements) == 1
+    assert await SqlUsageStore(database).count() == 500

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import FakeOllama, free_port
 from tests.support.gateway import GatewayProcess
 
@@ -37,16 +38,13 @@ STATUS_TIMEOUT = 5.0
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama(models=MODELS) as fake_ollama:
-        yield fake_ollama
+def module_ollama() -> Iterator[FakeOllama]:
+    """This module's own fake Ollama: models whose sizes round in telling ways."""
+    with FakeOllama(models=MODELS) as fake:
+        yield fake
 
 
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory, fake: FakeOllama) -> Iterator[GatewayProcess]:
-    env = {"ANON_RATE_LIMIT": "1000/60"}
-    with GatewayProcess(tmp_path_factory.mktemp("status"), ollama_url=fake.url, env=env) as gateway:
-        yield gateway
+gate = gateway_per_module({"ANON_RATE_LIMIT": "1000/60"})
 
 
 def get_status(gate: GatewayProcess) -> dict[str, Any]:
@@ -98,15 +96,15 @@ def test_status_counts_chat_requests_and_anonymous_clients(gate: GatewayProcess)
 
 
 async def test_a_burst_of_status_calls_is_not_a_burst_of_upstream_calls(
-    gate: GatewayProcess, fake: FakeOllama
+    gate: GatewayProcess, module_ollama: FakeOllama
 ) -> None:
-    probes_before = fake.seen.tags_requests
+    probes_before = module_ollama.seen.tags_requests
     async with httpx.AsyncClient(timeout=STATUS_TIMEOUT) as client:
         responses = await asyncio.gather(*(client.get(gate.url + "/api/status") for _ in range(50)))
 
     assert [response.status_code for response in responses] == [200] * 50
     assert all(response.json()["ollama"]["online"] is True for response in responses)
-    assert fake.seen.tags_requests - probes_before <= 2
+    assert module_ollama.seen.tags_requests - probes_before <= 2
 
 
 def test_status_with_ollama_down_says_offline(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import FakeOllama, answer_words
 from tests.support.gateway import GatewayProcess
 
 NDJSON = "application/x-ndjson"
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake_ollama:
-        yield fake_ollama
-
-
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory, fake: FakeOllama) -> Iterator[GatewayProcess]:
-    env = {"ANON_RATE_LIMIT": "1000/60"}
-    with GatewayProcess(tmp_path_factory.mktemp("stream"), ollama_url=fake.url, env=env) as gateway:
-        yield gateway
+gate = gateway_per_module({"ANON_RATE_LIMIT": "1000/60"})
 
 
 def streamed_lines(gate: GatewayProcess, body: dict[str, Any]) -> tuple[httpx.Response, list[dict[str, Any]]]:
@@ -65,13 +54,13 @@ def test_streamed_text_equals_the_json_answer_for_the_same_prompt(gate: GatewayP
 
 
 def test_the_upstream_is_asked_to_stream_with_system_and_options(
-    gate: GatewayProcess, fake: FakeOllama
+    gate: GatewayProcess, module_ollama: FakeOllama
 ) -> None:
     body = {"message": "streamed options", "system": "be kind", "options": {"seed": 7}, "unknown": 1}
     response, lines = streamed_lines(gate, body)
 
     assert response.status_code == 200 and lines[-1]["done"] is True
-    [sent] = fake.seen.requests_with_prompt("streamed options")
+    [sent] = module_ollama.seen.requests_with_prompt("streamed options")
     assert sent == {
         "model": "smollm:latest",
         "prompt": "streamed options",
@@ -82,10 +71,10 @@ def test_the_upstream_is_asked_to_stream_with_system_and_options(
 
 
 def test_the_first_line_arrives_before_the_upstream_has_finished(
-    gate: GatewayProcess, fake: FakeOllama
+    gate: GatewayProcess, module_ollama: FakeOllama
 ) -> None:
-    settle(fake)
-    finished_before = fake.seen.streams_finished
+    settle(module_ollama)
+    finished_before = module_ollama.seen.streams_finished
     # `!held`: the fake sends one chunk, then generates nothing more until released. A gateway that
     # buffers would send nothing, and reading the first line would time out.
     body = {"message": "!held one two three", "model": "smollm:latest"}
@@ -95,22 +84,25 @@ def test_the_first_line_arrives_before_the_upstream_has_finished(
             lines = response.iter_lines()
             first = json.loads(next(lines))
             assert (first["response"], first["done"]) == ("Echo:", False)
-            assert fake.seen.streams_finished == finished_before
-            fake.release_held()
+            assert module_ollama.seen.streams_finished == finished_before
+            module_ollama.release_held()
             rest = [json.loads(line) for line in lines if line]
     finally:
-        fake.release_held()
+        module_ollama.release_held()
 
     assert rest[-1]["done"] is True
     assert "".join(line["response"] for line in [first, *rest]) == "Echo: " + body["message"]
-    assert fake.wait_for(lambda seen: seen.streams_finished == finished_before + 1)
+    assert module_ollama.wait_for(lambda seen: seen.streams_finished == finished_before + 1)
 
 
 def test_a_client_leaving_mid_stream_closes_the_upstream_request(
-    gate: GatewayProcess, fake: FakeOllama
+    gate: GatewayProcess, module_ollama: FakeOllama
 ) -> None:
-    settle(fake)
-    finished_before, abandoned_before = fake.seen.streams_finished, fake.seen.streams_abandoned
+    settle(module_ollama)
+    finished_before, abandoned_before = (
+        module_ollama.seen.streams_finished,
+        module_ollama.seen.streams_abandoned,
+    )
     # `!long`: 200 chunks, 50 ms apart; the client reads three of them and hangs up.
     with (
         httpx.Client(timeout=10) as client,
@@ -124,8 +116,8 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_request(
                 break
     assert [line["done"] for line in received] == [False, False, False]
 
-    assert fake.wait_for(lambda seen: seen.streams_abandoned == abandoned_before + 1)
-    assert fake.seen.streams_finished == finished_before
+    assert module_ollama.wait_for(lambda seen: seen.streams_abandoned == abandoned_before + 1)
+    assert module_ollama.seen.streams_finished == finished_before
 
 
 def test_the_gateway_keeps_serving_after_a_client_walked_away(gate: GatewayProcess) -> None:

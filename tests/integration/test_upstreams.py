@@ -6,16 +6,14 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.fake_ollama_openai import FakeOllamaServer
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import HIGH_LIMITS, GatewayProcess
 
 MODEL = "smollm:latest"
-ROOMY = {"MEMBER_RATE_LIMIT": "10000/60", "ANON_RATE_LIMIT": "10000/60"}
 A_MODELS = {MODEL: 990_000_000, "only-a:latest": 100}
 B_MODELS = {MODEL: 990_000_000, "only-b:latest": 200}
 
@@ -31,7 +29,7 @@ def gate(
     tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeOllamaServer, FakeOllamaServer]
 ) -> Iterator[GatewayProcess]:
     urls = ",".join(fake.url for fake in fakes)
-    with GatewayProcess(tmp_path_factory.mktemp("pool"), ollama_url=urls, env=ROOMY) as gateway:
+    with GatewayProcess(tmp_path_factory.mktemp("pool"), ollama_url=urls, env=HIGH_LIMITS) as gateway:
         yield gateway
 
 
@@ -44,11 +42,6 @@ def chat(
 
 def chats_seen(fake: FakeOllamaServer, model: str = MODEL) -> int:
     return sum(1 for body in list(fake.chat_bodies) if body.get("model") == model)
-
-
-def status(gate: GatewayProcess) -> dict[str, Any]:
-    document: dict[str, Any] = httpx.get(gate.url + "/api/status", timeout=10).json()
-    return document
 
 
 def test_traffic_is_split_between_servers_that_have_the_model(
@@ -130,7 +123,7 @@ def test_listings_and_status_show_every_server(
 
     tags = httpx.get(gate.url + "/api/tags", timeout=10).json()
     models = httpx.get(gate.url + "/v1/models", timeout=10).json()
-    document = status(gate)
+    document = gate.status()
 
     assert sorted(m["name"] for m in tags["models"]) == sorted(everything)
     assert sorted(m["id"] for m in models["data"]) == sorted(everything) and models["object"] == "list"
@@ -151,7 +144,7 @@ def test_a_busy_server_is_passed_over_for_the_idle_one(
         lines = held.iter_lines()
         next(lines)  # the held stream is now in flight on one server
         busy, idle = (a, b) if any("!held" in str(x.get("messages")) for x in a.chat_bodies) else (b, a)
-        in_flight = [u["in_flight"] for u in status(gate)["upstreams"]]
+        in_flight = [u["in_flight"] for u in gate.status()["upstreams"]]
         before = chats_seen(busy), chats_seen(idle)
 
         answers = [chat(gate, prompt=f"meanwhile {i}") for i in range(4)]
@@ -168,7 +161,7 @@ def test_a_busy_server_is_passed_over_for_the_idle_one(
 
 def test_failover_when_a_server_stops_and_recovery_when_it_returns(tmp_path: Path) -> None:
     a, b = FakeOllamaServer(models=A_MODELS), FakeOllamaServer(models=B_MODELS)
-    with a, b, GatewayProcess(tmp_path, ollama_url=f"{a.url},{b.url}", env=ROOMY) as gate:
+    with a, b, GatewayProcess(tmp_path, ollama_url=f"{a.url},{b.url}", env=HIGH_LIMITS) as gate:
         warm = [chat(gate, prompt=f"warm {i}") for i in range(4)]
         assert chats_seen(a) > 0 and chats_seen(b) > 0
 
@@ -176,12 +169,12 @@ def test_failover_when_a_server_stops_and_recovery_when_it_returns(tmp_path: Pat
         b_before = chats_seen(b)
         during = [chat(gate, prompt=f"during {i}") for i in range(6)]
         b_during = chats_seen(b) - b_before
-        offline = status(gate)["upstreams"]
+        offline = gate.status()["upstreams"]
 
         a.start()
         back = False
         for _ in range(100):  # the gateway re-probes a down server every second
-            if all(u["online"] for u in status(gate)["upstreams"]):
+            if all(u["online"] for u in gate.status()["upstreams"]):
                 back = True
                 break
             time.sleep(0.1)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.integration.conftest import gateway_per_module
 from tests.support.fake_ollama import FakeOllama, answer_words
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import HIGH_LIMITS, USAGE_POLLS, GatewayProcess
 
 ROW_FIELDS = {
     "id",
@@ -28,37 +28,15 @@ ROW_FIELDS = {
     "prompt_tokens",
     "completion_tokens",
 }
-HIGH_LIMITS = {"ANON_RATE_LIMIT": "100000/60", "MEMBER_RATE_LIMIT": "100000/60"}
-# The background writer flushes every 250 ms: poll this many times, 100 ms apart, for rows to land.
-ROW_POLLS = 50
 
-
-@pytest.fixture(scope="module")
-def module_ollama() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory, module_ollama: FakeOllama) -> Iterator[GatewayProcess]:
-    """No admin token (this process is the admin through loopback); limits out of the way."""
-    workdir = tmp_path_factory.mktemp("usage-gateway")
-    with GatewayProcess(workdir, ollama_url=module_ollama.url, env=HIGH_LIMITS) as gateway:
-        yield gateway
-
-
-def create_key(gate: GatewayProcess, user_id: str) -> dict[str, Any]:
-    response = httpx.post(gate.url + "/api/keys", params={"user_id": user_id}, timeout=10)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
+# No admin token (this process is the admin through loopback); limits out of the way.
+gate = gateway_per_module(HIGH_LIMITS)
 
 
 def chat(
     gate: GatewayProcess, message: str, key: str | None = None, endpoint: str = "/chat", **extra: str
 ) -> httpx.Response:
-    headers = {"X-API-Key": key} if key else {}
-    return httpx.post(gate.url + endpoint, json={"message": message, **extra}, headers=headers, timeout=10)
+    return gate.chat(message, {"X-API-Key": key} if key else {}, endpoint, **extra)
 
 
 def usage(gate: GatewayProcess, headers: dict[str, str] | None = None, **params: str | int) -> httpx.Response:
@@ -67,25 +45,20 @@ def usage(gate: GatewayProcess, headers: dict[str, str] | None = None, **params:
 
 def rows_of(gate: GatewayProcess, user_id: str, expected: int) -> list[dict[str, Any]]:
     """The user's rows, newest first, once `expected` of them are stored (or the polls run out)."""
-    rows: list[dict[str, Any]] = []
-    for _ in range(ROW_POLLS):
-        rows = usage(gate, user_id=user_id, limit=1000).json()["logs"]
-        if len(rows) >= expected:
-            break
-        time.sleep(0.1)
+    rows = gate.usage_rows(expected, user_id)
     assert len(rows) == expected, rows
     return rows
 
 
 def usage_status(gate: GatewayProcess) -> dict[str, Any]:
-    status: dict[str, Any] = httpx.get(gate.url + "/api/status", timeout=10).json()["usage"]
+    status: dict[str, Any] = gate.status()["usage"]
     return status
 
 
 def settled_status(gate: GatewayProcess) -> dict[str, Any]:
     """The status usage block once the writer has stored every pending row."""
     status = usage_status(gate)
-    for _ in range(ROW_POLLS):
+    for _ in range(USAGE_POLLS):
         if status["usage_rows_pending"] == 0:
             break
         time.sleep(0.1)
@@ -102,7 +75,7 @@ def assert_utc_timestamp(text: str) -> None:
 
 
 def test_json_and_stream_requests_are_recorded_with_their_token_counts(gate: GatewayProcess) -> None:
-    key = create_key(gate, "recorded")
+    key = gate.create_key("recorded")
     json_prompt, stream_prompt = "one two three", "four five"
 
     assert chat(gate, json_prompt, key["key"]).status_code == 200
@@ -148,19 +121,13 @@ def test_an_anonymous_row_names_the_client_address_and_no_key(gate: GatewayProce
 
 def rows_from(gate: GatewayProcess, client_ip: str, expected: int) -> list[dict[str, Any]]:
     """The rows of one client address, once `expected` of them are stored."""
-    rows: list[dict[str, Any]] = []
-    for _ in range(ROW_POLLS):
-        every_row = usage(gate, limit=1000).json()["logs"]
-        rows = [row for row in every_row if row["client_ip"] == client_ip]
-        if len(rows) >= expected:
-            break
-        time.sleep(0.1)
+    rows = gate.usage_rows(expected, where=lambda row: row["client_ip"] == client_ip)
     assert len(rows) == expected, rows
     return rows
 
 
 def test_a_stream_the_client_walks_away_from_is_recorded_as_cancelled(gate: GatewayProcess) -> None:
-    key = create_key(gate, "walker")
+    key = gate.create_key("walker")
 
     with httpx.stream(
         "POST",
@@ -181,7 +148,7 @@ def test_a_stream_the_client_walks_away_from_is_recorded_as_cancelled(gate: Gate
 
 
 def test_upstream_failures_are_recorded_as_upstream_errors(gate: GatewayProcess) -> None:
-    key = create_key(gate, "unlucky")["key"]
+    key = gate.create_key("unlucky")["key"]
 
     failed = chat(gate, "!error500", key)
     broken_stream = chat(gate, "!errorline", key, "/chat/stream")
@@ -204,7 +171,7 @@ def test_rejections_are_counted_in_the_status_but_are_not_rows(
     with GatewayProcess(
         tmp_path_factory.mktemp("rejections"), ollama_url=module_ollama.url, env=env
     ) as small:
-        key = create_key(small, "rejected-later")
+        key = small.create_key("rejected-later")
         answered = [chat(small, "hi").status_code for _ in range(5)]
         unauthorized = [
             chat(small, "hi", "oa-" + "u" * 43).status_code,
@@ -237,7 +204,7 @@ def test_total_requests_in_the_status_equals_the_stored_rows(gate: GatewayProces
 
 
 def test_usage_is_newest_first_filtered_by_user_and_limited(gate: GatewayProcess) -> None:
-    first, second = create_key(gate, "filter-a"), create_key(gate, "filter-b")
+    first, second = gate.create_key("filter-a"), gate.create_key("filter-b")
     for index in range(3):
         chat(gate, f"a {index}", first["key"])
         chat(gate, f"b {index}", second["key"])
@@ -292,7 +259,7 @@ def test_limits_at_the_edges_are_accepted(gate: GatewayProcess) -> None:
 
 
 def test_a_member_sees_only_its_own_rows(gate: GatewayProcess) -> None:
-    mine, theirs = create_key(gate, "private-a"), create_key(gate, "private-b")
+    mine, theirs = gate.create_key("private-a"), gate.create_key("private-b")
     chat(gate, "mine", mine["key"])
     chat(gate, "mine too", mine["key"], "/chat/stream")
     chat(gate, "theirs", theirs["key"])

@@ -17,12 +17,10 @@ An unknown model is a 404 `{"error": "model 'x' not found"}`, as Ollama answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +36,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _compact(value: dict[str, Any]) -> bytes:
+def ndjson_line(value: dict[str, Any]) -> bytes:
     # Ollama (Go) writes compact JSON, one object per line.
     return json.dumps(value, separators=(",", ":")).encode() + b"\n"
 
@@ -234,7 +232,7 @@ class FakeOllama:
                 if index == 2 and ("!errorline" in prompt or "!cut" in prompt or "!stall" in prompt):
                     if "!errorline" in prompt:
                         await response.write(
-                            _compact({"error": "an error was encountered while running the model"})
+                            ndjson_line({"error": "an error was encountered while running the model"})
                         )
                         return response
                     if "!stall" in prompt:
@@ -248,13 +246,13 @@ class FakeOllama:
                     "response": word,
                     "done": False,
                 }
-                await response.write(_compact(chunk))
+                await response.write(ndjson_line(chunk))
                 if index == 0 and "!held" in prompt:
                     await self._until_released()
                 if delay:
                     await asyncio.sleep(delay)
             final = {"model": model, "created_at": "2026-11-25T12:00:00Z", "response": ""}
-            await response.write(_compact({**final, **_final_fields(prompt, len(words))}))
+            await response.write(ndjson_line({**final, **_final_fields(prompt, len(words))}))
             await response.write_eof()
             self.seen.streams_finished += 1
         except (ConnectionResetError, asyncio.CancelledError):
@@ -267,12 +265,3 @@ class FakeOllama:
         deadline = time.monotonic() + bound
         while not self._held_release.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-
-
-@contextlib.contextmanager
-def running_fake_ollama(**kwargs: Any) -> Iterator[FakeOllama]:
-    fake = FakeOllama(**kwargs).start()
-    try:
-        yield fake
-    finally:
-        fake.stop()

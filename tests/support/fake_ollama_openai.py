@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from tests.support.fake_ollama import FakeOllama, answer_words
+from tests.support.fake_ollama import FakeOllama, answer_words, ndjson_line
 
 CREATED_AT = "2026-11-25T12:00:00Z"
 EMBEDDING_SIZE = 4
@@ -36,10 +38,6 @@ class Call:
     method: str
     path: str
     host: str
-
-
-def _ndjson(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
 
 
 def _sse(value: dict[str, Any] | str) -> bytes:
@@ -54,6 +52,17 @@ def embedding_of(text: str) -> list[float]:
 
 def _prompt_tokens(text: str) -> int:
     return len(text.split())
+
+
+def _texts(body: dict[str, Any]) -> list[str]:
+    """The texts to embed: `input` is one string or a list of them."""
+    inputs = body.get("input", "")
+    return [inputs] if isinstance(inputs, str) else [str(text) for text in inputs]
+
+
+def _named_model(body: dict[str, Any]) -> str:
+    # Ollama's model-management calls still accept the older `name`.
+    return str(body.get("model") or body.get("name") or "")
 
 
 class FakeOllamaServer(FakeOllama):
@@ -156,6 +165,38 @@ class FakeOllamaServer(FakeOllama):
             return web.json_response({"error": "expected a JSON object"}, status=400)
         return body
 
+    async def _known_model_body(
+        self, request: web.Request, missing: Callable[[str], web.Response]
+    ) -> tuple[dict[str, Any], str] | web.Response:
+        """The JSON body and its `model`; or the answer to send instead: a bad body, or `missing(model)`
+        for a model this server does not have."""
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        model = str(body.get("model", ""))
+        if self._canonical(model) not in self.models:
+            return missing(model)
+        return body, model
+
+    @contextlib.contextmanager
+    def _counting_abandoned(self) -> Iterator[None]:
+        """Count a stream the client walked away from, in `abandoned`."""
+        try:
+            yield
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.abandoned += 1
+            raise
+
+    async def _ndjson_stream(
+        self, request: web.Request, lines: Iterable[dict[str, Any]]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for line in lines:
+            await response.write(ndjson_line(line))
+        await response.write_eof()
+        return response
+
     def _steered_words(self, prompt: str) -> tuple[list[str], float]:
         if "!long" in prompt:
             return [f" w{i}" for i in range(200)], 0.05
@@ -194,36 +235,30 @@ class FakeOllamaServer(FakeOllama):
             return web.json_response(final)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        try:
+        with self._counting_abandoned():
             for index, word in enumerate(words):
                 if index == 2 and "!errorline" in prompt:
                     await response.write(
-                        _ndjson({"error": "an error was encountered while running the model"})
+                        ndjson_line({"error": "an error was encountered while running the model"})
                     )
                     return response
                 message = {"role": "assistant", "content": word}
                 chunk = {"model": model, "created_at": CREATED_AT, "message": message, "done": False}
-                await response.write(_ndjson(chunk))
+                await response.write(ndjson_line(chunk))
                 if index == 0 and "!held" in prompt:
                     await asyncio.get_running_loop().run_in_executor(None, self._released.wait, 60)
                 if delay:
                     await asyncio.sleep(delay)
-            await response.write(_ndjson(final))
+            await response.write(ndjson_line(final))
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            self.abandoned += 1
-            raise
         return response
 
     async def _embed(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        model = str(body.get("model", ""))
-        if self._canonical(model) not in self.models:
-            return self._missing(model)
-        inputs = body.get("input", "")
-        texts = [inputs] if isinstance(inputs, str) else [str(text) for text in inputs]
+        parsed = await self._known_model_body(request, self._missing)
+        if isinstance(parsed, web.Response):
+            return parsed
+        body, model = parsed
+        texts = _texts(body)
         return web.json_response(
             {
                 "model": model,
@@ -235,19 +270,17 @@ class FakeOllamaServer(FakeOllama):
         )
 
     async def _embeddings(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        model = str(body.get("model", ""))
-        if self._canonical(model) not in self.models:
-            return self._missing(model)
+        parsed = await self._known_model_body(request, self._missing)
+        if isinstance(parsed, web.Response):
+            return parsed
+        body, _ = parsed
         return web.json_response({"embedding": embedding_of(str(body.get("prompt", "")))})
 
     async def _show(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        model = str(body.get("model") or body.get("name") or "")
+        model = _named_model(body)
         if self._canonical(model) not in self.models:
             return self._missing(model)
         return web.json_response(
@@ -282,7 +315,7 @@ class FakeOllamaServer(FakeOllama):
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        model = str(body.get("model") or body.get("name") or "")
+        model = _named_model(body)
         steps: list[dict[str, Any]] = [{"status": "pulling manifest"}]
         steps += [
             {"status": "pulling aaaa", "digest": "sha256:aaaa", "total": 300, "completed": done}
@@ -296,20 +329,10 @@ class FakeOllamaServer(FakeOllama):
         self.models[model] = 1_000
         if body.get("stream", True) is False:
             return web.json_response({"status": "success"})
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        for step in steps:
-            await response.write(_ndjson(step))
-        await response.write_eof()
-        return response
+        return await self._ndjson_stream(request, steps)
 
     async def _status_stream(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        for status in ("working", "success"):
-            await response.write(_ndjson({"status": status}))
-        await response.write_eof()
-        return response
+        return await self._ndjson_stream(request, ({"status": status} for status in ("working", "success")))
 
     async def _copy(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -325,7 +348,7 @@ class FakeOllamaServer(FakeOllama):
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        model = str(body.get("model") or body.get("name") or "")
+        model = _named_model(body)
         if self.models.pop(model, None) is None:
             return self._missing(model)
         return web.Response(status=200)
@@ -344,24 +367,25 @@ class FakeOllamaServer(FakeOllama):
         return self._openai_error(404, f'model "{model}" not found, try pulling it first', "not_found_error")
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
+        parsed = await self._known_model_body(request, self._openai_missing)
+        if isinstance(parsed, web.Response):
+            return parsed
+        body, model = parsed
         messages = body.get("messages") or [{"content": ""}]
-        return await self._openai_answer(request, body, str(messages[-1].get("content", "")), chat=True)
+        return await self._openai_answer(
+            request, body, model, str(messages[-1].get("content", "")), chat=True
+        )
 
     async def _openai_completions(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        return await self._openai_answer(request, body, str(body.get("prompt", "")), chat=False)
+        parsed = await self._known_model_body(request, self._openai_missing)
+        if isinstance(parsed, web.Response):
+            return parsed
+        body, model = parsed
+        return await self._openai_answer(request, body, model, str(body.get("prompt", "")), chat=False)
 
     async def _openai_answer(
-        self, request: web.Request, body: dict[str, Any], prompt: str, *, chat: bool
+        self, request: web.Request, body: dict[str, Any], model: str, prompt: str, *, chat: bool
     ) -> web.StreamResponse:
-        model = str(body.get("model", ""))
-        if self._canonical(model) not in self.models:
-            return self._openai_missing(model)
         if "!error500" in prompt:
             return self._openai_error(500, "llama runner process has terminated", "api_error")
         words, delay = self._steered_words(prompt)
@@ -380,7 +404,7 @@ class FakeOllamaServer(FakeOllama):
             return web.json_response({**head, "object": kind, "choices": [choice], "usage": usage})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        try:
+        with self._counting_abandoned():
             for index, word in enumerate([*words, ""]):
                 last = index == len(words)
                 choice = {"index": 0, "finish_reason": "stop" if last else None}
@@ -392,20 +416,14 @@ class FakeOllamaServer(FakeOllama):
                 await response.write(_sse({**head, "object": kind + ".chunk", "choices": [], "usage": usage}))
             await response.write(_sse("[DONE]"))
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            self.abandoned += 1
-            raise
         return response
 
     async def _openai_embeddings(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        model = str(body.get("model", ""))
-        if self._canonical(model) not in self.models:
-            return self._openai_missing(model)
-        inputs = body.get("input", "")
-        texts = [inputs] if isinstance(inputs, str) else [str(text) for text in inputs]
+        parsed = await self._known_model_body(request, self._openai_missing)
+        if isinstance(parsed, web.Response):
+            return parsed
+        body, model = parsed
+        texts = _texts(body)
         base64_wanted = body.get("encoding_format") == "base64"
         data = []
         for index, text in enumerate(texts):

@@ -8,13 +8,46 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
 from tests.support.fake_ollama import free_port
+
+# Rate limits that never get in the way of tests about something else.
+HIGH_LIMITS = {"ANON_RATE_LIMIT": "100000/60", "MEMBER_RATE_LIMIT": "100000/60"}
+# The background writer stores usage rows every 250 ms: poll this many times, 100 ms apart, for them.
+USAGE_POLLS = 50
+
+
+def prefixed(values: Mapping[str, str]) -> dict[str, str]:
+    """`values` with every name in its OLLAMA_GATE_* form (names without the prefix get it)."""
+    return {
+        name if name.startswith("OLLAMA_GATE_") else "OLLAMA_GATE_" + name: v for name, v in values.items()
+    }
+
+
+def gateway_environment(values: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without any OLLAMA_GATE_* of its own, plus `values` (see `prefixed`)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_GATE_")}
+    return environment | prefixed(values)
+
+
+def run_cli(
+    args: Sequence[str], workdir: Path, values: Mapping[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ollama_gate *args` in `workdir` with gateway_environment(values); its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "ollama_gate", *args],
+        cwd=workdir,
+        env=gateway_environment(values),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class GatewayProcess:
@@ -37,14 +70,10 @@ class GatewayProcess:
         self.workdir = workdir
         self.host = host
         self.port = port or free_port(host)
-        self.env = {
-            "OLLAMA_GATE_OLLAMA_URL": ollama_url,
-            "OLLAMA_GATE_HOST": host,
-            "OLLAMA_GATE_PORT": str(self.port),
-            "OLLAMA_GATE_LOG_LEVEL": log_level,
-        }
-        for name, value in (env or {}).items():
-            self.env[name if name.startswith("OLLAMA_GATE_") else "OLLAMA_GATE_" + name] = value
+        self.env = prefixed(
+            {"OLLAMA_URL": ollama_url, "HOST": host, "PORT": str(self.port), "LOG_LEVEL": log_level}
+            | (env or {})
+        )
         self.args = list(args)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"gateway-{self.port}.log"
@@ -55,13 +84,11 @@ class GatewayProcess:
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_GATE_")}
-        environment.update(self.env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ollama_gate", "serve", *self.args],
             cwd=self.workdir,
-            env=environment,
+            env=gateway_environment(self.env),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -115,3 +142,51 @@ class GatewayProcess:
     ) -> None:
         if self.process is not None:
             self.terminate()
+
+    # -- the API, as the tests call it (every call bounded by a 10 s timeout) ---------------------------
+
+    def create_key(
+        self, user_id: str, name: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """A new key for `user_id` (as the loopback admin unless `headers` say who asks): the 201 body."""
+        params = {"user_id": user_id} | ({"name": name} if name is not None else {})
+        response = httpx.post(self.url + "/api/keys", params=params, headers=headers, timeout=10)
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    def chat(
+        self, message: str, headers: Mapping[str, str] | None = None, endpoint: str = "/chat", **fields: Any
+    ) -> httpx.Response:
+        """POST `message` (and any other body `fields`) to /chat or /chat/stream; a stream is read whole."""
+        return httpx.post(
+            self.url + endpoint, json={"message": message, **fields}, headers=headers, timeout=10
+        )
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`python -m ollama_gate *args` with this gateway's configuration, in its working directory."""
+        return run_cli(args, self.workdir, self.env, timeout=60)
+
+    def status(self) -> dict[str, Any]:
+        document: dict[str, Any] = httpx.get(self.url + "/api/status", timeout=10).json()
+        return document
+
+    def usage_rows(
+        self,
+        expected: int,
+        user_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        where: Callable[[dict[str, Any]], bool] = lambda row: True,
+    ) -> list[dict[str, Any]]:
+        """The usage rows (newest first; one user's with `user_id`; those `where` accepts) once at least
+        `expected` of them are stored: rows land in the background, so this polls, USAGE_POLLS times at
+        most. When the polls run out it returns what it found, for the caller's assertion to show."""
+        params: dict[str, str | int] = {"limit": 1000} | ({"user_id": user_id} if user_id is not None else {})
+        rows: list[dict[str, Any]] = []
+        for _ in range(USAGE_POLLS):
+            response = httpx.get(self.url + "/api/usage", params=params, headers=headers, timeout=10)
+            rows = [row for row in response.json()["logs"] if where(row)]
+            if len(rows) >= expected:
+                break
+            time.sleep(0.1)
+        return rows

@@ -7,12 +7,15 @@ the reason, unless OLLAMA_GATE_TEST_REQUIRE_SERVICES=1 (CI), where a missing ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import asyncpg
 import pytest
@@ -24,18 +27,21 @@ POSTGRES_ENV = "OLLAMA_GATE_TEST_POSTGRES_URL"
 REDIS_ENV = "OLLAMA_GATE_TEST_REDIS_URL"
 
 
-def _missing(variable: str, what: str) -> None:
-    message = f"{what} not configured: set {variable} (CI sets it; see README, Tests)"
+def _unavailable(message: str) -> NoReturn:
+    """Skip the test, or fail it where the services are required (CI)."""
     if os.environ.get("OLLAMA_GATE_TEST_REQUIRE_SERVICES") == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def _missing(variable: str, what: str) -> NoReturn:
+    _unavailable(f"{what} not configured: set {variable} (CI sets it; see README, Tests)")
 
 
 def postgres_admin_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
     if not url:
         _missing(POSTGRES_ENV, "PostgreSQL")
-    assert url is not None
     return url
 
 
@@ -43,39 +49,43 @@ def _asyncpg_dsn(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+def _run_as_admin(admin: str, statement: str) -> None:
+    """Run one statement on the test server's admin database (CREATE/DROP DATABASE need their own)."""
+
+    async def run() -> None:
+        connection = await asyncpg.connect(_asyncpg_dsn(admin), timeout=5)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
 def create_postgres_database() -> str:
     """A new empty database on the test server; returns its SQLAlchemy URL."""
     admin = postgres_admin_url()
     name = f"og_test_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        connection = await asyncpg.connect(_asyncpg_dsn(admin), timeout=5)
-        try:
-            await connection.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await connection.close()
-
     try:
-        asyncio.run(create())
+        _run_as_admin(admin, f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError) as error:
-        if os.environ.get("OLLAMA_GATE_TEST_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"PostgreSQL at {admin} unreachable: {error}")
-        pytest.skip(f"PostgreSQL at {admin} unreachable: {error}")
+        _unavailable(f"PostgreSQL at {admin} unreachable: {error}")
     return admin.rsplit("/", 1)[0] + "/" + name
 
 
 def drop_postgres_database(url: str) -> None:
-    admin = postgres_admin_url()
     name = url.rsplit("/", 1)[1]
+    _run_as_admin(postgres_admin_url(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    async def drop() -> None:
-        connection = await asyncpg.connect(_asyncpg_dsn(admin), timeout=5)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
 
-    asyncio.run(drop())
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new empty database on the test server for the `with` block; its SQLAlchemy URL."""
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
 
 
 def shared_redis_url() -> str:
@@ -83,15 +93,12 @@ def shared_redis_url() -> str:
     url = os.environ.get(REDIS_ENV)
     if not url:
         _missing(REDIS_ENV, "Redis")
-    assert url is not None
     try:
         client = redis.Redis.from_url(url, socket_timeout=2)
         client.flushdb()
         client.close()
     except redis.RedisError as error:
-        if os.environ.get("OLLAMA_GATE_TEST_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"Redis at {url} unreachable: {error}")
-        pytest.skip(f"Redis at {url} unreachable: {error}")
+        _unavailable(f"Redis at {url} unreachable: {error}")
     return url
 
 
@@ -111,7 +118,6 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             _missing("PATH", "redis-server")
-        assert binary is not None
         self.process = subprocess.Popen(
             [
                 binary,

@@ -1,0 +1,245 @@
+"""The processes under test: the fake upstream and the gateway, plus the few admin calls the bench makes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _accepting(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Child:
+    """A child process with its output in a log file; stopped with SIGTERM (SIGKILL if it lingers)."""
+
+    def __init__(self, name: str, command: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.port = 0
+        self._command = command
+        self._cwd = cwd
+        self._env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, port: int, timeout: float = 30.0) -> None:
+        self.port = port
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self._command, cwd=self._cwd, env=self._env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
+            if _accepting(port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start within {timeout}s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _python_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_GATE_")}
+    env.update(extra)
+    return env
+
+
+def fake_upstream(workdir: Path, chunks: int, delay_ms: float) -> Child:
+    port = free_port()
+    child = Child(
+        "fake upstream",
+        [
+            sys.executable,
+            "-m",
+            "bench.fake_upstream",
+            "--port",
+            str(port),
+            "--chunks",
+            str(chunks),
+            "--delay-ms",
+            str(delay_ms),
+        ],
+        REPO,
+        _python_env({}),
+        workdir / "fake-upstream.log",
+    )
+    child.start(port)
+    return child
+
+
+GATEWAY_LOG_LEVEL = "warning"
+
+
+def gateway(workdir: Path, upstream_url: str, database: Path, rate_limit: str) -> Child:
+    """One gateway process, `python -m ollama_gate serve`, in `workdir` with SQLite usage logging."""
+    port = free_port()
+    env = _python_env(
+        {
+            "OLLAMA_GATE_HOST": HOST,
+            "OLLAMA_GATE_PORT": str(port),
+            "OLLAMA_GATE_OLLAMA_URL": upstream_url,
+            "OLLAMA_GATE_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+            "OLLAMA_GATE_LOG_LEVEL": GATEWAY_LOG_LEVEL,
+            "OLLAMA_GATE_MEMBER_RATE_LIMIT": rate_limit,
+            "OLLAMA_GATE_ANON_RATE_LIMIT": rate_limit,
+        }
+    )
+    child = Child(
+        "gateway", [sys.executable, "-m", "ollama_gate", "serve"], workdir, env, workdir / "gateway.log"
+    )
+    child.start(port)
+    return child
+
+
+def http_json(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def create_member_keys(gateway_url: str, users: int) -> list[str]:
+    """One key per user, created through the gateway's API from loopback (loopback callers are admins)."""
+    keys = []
+    for index in range(users):
+        answer = http_json(
+            "POST", gateway_url + "/api/keys", {"user_id": f"bench-user-{index:03d}", "name": "bench"}
+        )
+        keys.append(str(answer["key"]))
+    return keys
+
+
+def usage_rows_by_status(database: Path) -> dict[int, int]:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
+        rows = connection.execute("SELECT status, COUNT(*) FROM usage_logs GROUP BY status").fetchall()
+    return {int(status): int(count) for status, count in rows}
+
+
+def wait_for_usage_rows(database: Path, expected: int, timeout: float = 30.0) -> dict[int, int]:
+    """The usage rows once `expected` of them are written or their count stops growing for 2 s."""
+    deadline = time.monotonic() + timeout
+    last_total, stable_since = -1, time.monotonic()
+    rows: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        rows = usage_rows_by_status(database)
+        total = sum(rows.values())
+        if total >= expected:
+            return rows
+        if total != last_total:
+            last_total, stable_since = total, time.monotonic()
+        elif time.monotonic() - stable_since > 2.0:
+            return rows
+        time.sleep(0.1)
+    return rows
+
+
+def rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The kernel's high-water mark of the resident set (VmHWM), if /proc has it."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class RssSampler:
+    """Samples a process's RSS in a thread (psutil) while a load runs; `peak_mb` is the largest sample."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        self._process = psutil.Process(pid)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.peak_mb = 0.0
+        self.samples = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self._process.memory_info().rss / 2**20
+            except psutil.Error:
+                return
+            self.peak_mb = max(self.peak_mb, rss)
+            self.samples += 1
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,501 @@
+"""The benchmark of issue 5: throughput, added latency, 1,000 streams, accounting, flat memory.
+
+Every run measures the fake upstream directly and then the gateway in front of it, so each comparison is
+made within one run; the headline numbers are medians over the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+from bench import processes
+from bench.load_client import DIRECT_JSON_BODY, GATEWAY_BODY
+from bench.processes import REPO, Child, RssSampler
+from bench.report import Row, Run, evaluate, median, table
+from bench.wrk import find_wrk, run_wrk, wrk_version
+
+USERS = 100
+CONNECTIONS = 20
+# Limits raised so nothing is rejected; the limiter still runs its exact sliding window on every request.
+# A 1 s window: the log then holds at most a second of admissions, as real limits (N per user) bound it;
+# 1e9/60 would hold every request of the last minute (240,000 entries at 4,000 req/s, ~8 MB), memory
+# that no real configuration accumulates, and the flat-memory check would measure the window filling up.
+RAISED_RATE_LIMIT = "1000000/1"
+RESULTS_PATH = REPO / "bench" / "results.json"
+
+Check = Callable[[list[float]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    runs: int
+    json_requests: int
+    single_requests: int
+    streams: int
+    chunks: int
+    chunk_delay_ms: float
+    paced_streams: int
+    pace_ms: float
+    warmup_requests: int
+    warmup_streams: int
+    allow_install: bool
+
+    @classmethod
+    def full(cls, runs: int) -> Profile:
+        return cls("full", runs, 30_000, 5_000, 1_000, 20, 20.0, 200, 10.0, 3_000, 200, True)
+
+    @classmethod
+    def smoke(cls) -> Profile:
+        return cls("smoke", 2, 200, 60, 100, 20, 20.0, 20, 10.0, 40, 20, False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    requests: int
+    answered_200: int
+    other_status: int
+    errors: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+class JsonGenerator(Protocol):
+    description: str
+
+    def run(
+        self, port: int, path: str, body: bytes, keys: list[str], connections: int, total: int
+    ) -> LoadResult: ...
+
+
+class WrkGenerator:
+    def __init__(self, binary: str, how: str) -> None:
+        self._binary = binary
+        self.description = (
+            f"{wrk_version(binary)} ({how}); one wrk thread per connection, exact request count"
+        )
+
+    def run(
+        self, port: int, path: str, body: bytes, keys: list[str], connections: int, total: int
+    ) -> LoadResult:
+        result = run_wrk(
+            self._binary, f"http://{processes.HOST}:{port}", path, body, keys, connections, total
+        )
+        return LoadResult(**asdict(result))
+
+
+def _load_client(mode: str, port: int, path: str, extra: list[str], timeout: float) -> dict[str, object]:
+    command = [sys.executable, "-m", "bench.load_client", mode, "--port", str(port), "--path", path, *extra]
+    completed = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"load client failed ({completed.returncode}):\n{completed.stderr}")
+    decoded: dict[str, object] = msgspec.json.decode(completed.stdout.strip().splitlines()[-1])
+    return decoded
+
+
+def _number(data: dict[str, object], key: str) -> float:
+    value = data[key]
+    assert isinstance(value, int | float)
+    return float(value)
+
+
+class PythonGenerator:
+    """The fallback: bench.load_client's keep-alive JSON generator (tops out far below wrk)."""
+
+    def __init__(self, keys_file: Path, why: str) -> None:
+        self._keys_file = keys_file
+        self.description = f"python asyncio generator (bench.load_client json; wrk {why})"
+
+    def run(
+        self, port: int, path: str, body: bytes, keys: list[str], connections: int, total: int
+    ) -> LoadResult:
+        extra = ["--count", str(total), "--connections", str(connections)]
+        if body == DIRECT_JSON_BODY:
+            extra.append("--direct")
+        if keys:
+            extra += ["--keys-file", str(self._keys_file)]
+        data = _load_client("json", port, path, extra, timeout=600)
+        answered_200 = int(_number(data, "answered_200"))
+        return LoadResult(
+            requests=int(_number(data, "answered")),
+            answered_200=answered_200,
+            other_status=int(_number(data, "answered")) - answered_200,
+            errors=int(_number(data, "errors")),
+            requests_per_s=_number(data, "requests_per_s"),
+            p50_ms=_number(data, "p50_ms"),
+            p99_ms=_number(data, "p99_ms"),
+        )
+
+
+@dataclass(slots=True)
+class Ledger:
+    """What the gateway was sent on its inference endpoints, and how many answers were 200."""
+
+    sent: int = 0
+    answered_200: int = 0
+
+    def add(self, sent: int, answered_200: int) -> None:
+        self.sent += sent
+        self.answered_200 += answered_200
+
+
+@dataclass
+class Bench:
+    profile: Profile
+    generator: JsonGenerator
+    upstream: Child
+    gateway: Child
+    keys: list[str]
+    keys_file: Path
+    database: Path
+    ledger: Ledger
+
+    def json_load(self, direct: bool, connections: int, total: int) -> LoadResult:
+        if direct:
+            return self.generator.run(
+                self.upstream.port, "/api/generate", DIRECT_JSON_BODY, [], connections, total
+            )
+        result = self.generator.run(self.gateway.port, "/chat", GATEWAY_BODY, self.keys, connections, total)
+        self.ledger.add(result.requests + result.errors, result.answered_200)
+        return result
+
+    def streams(self, direct: bool, count: int, pace_ms: float = 0.0) -> dict[str, object]:
+        extra = ["--count", str(count), "--chunks", str(self.profile.chunks), "--timeout", "120"]
+        extra += ["--pace-ms", str(pace_ms)]
+        if direct:
+            return _load_client("streams", self.upstream.port, "/api/generate", [*extra, "--direct"], 300)
+        data = _load_client(
+            "streams", self.gateway.port, "/chat/stream", [*extra, "--keys-file", str(self.keys_file)], 300
+        )
+        self.ledger.add(count, int(_number(data, "answered_200")))
+        return data
+
+    def warm_up(self) -> None:
+        self.json_load(direct=True, connections=CONNECTIONS, total=self.profile.warmup_requests)
+        self.json_load(direct=False, connections=CONNECTIONS, total=self.profile.warmup_requests)
+        self.streams(direct=False, count=self.profile.warmup_streams)
+        self.drained()
+
+    def drained(self) -> dict[int, int]:
+        return processes.wait_for_usage_rows(self.database, self.ledger.sent)
+
+    def run_once(self, index: int) -> Run:
+        profile = self.profile
+        run: Run = {}
+        say(
+            f"run {index}: /chat at {CONNECTIONS} connections, {profile.json_requests} requests (direct, gateway)"
+        )
+        direct = self.json_load(True, CONNECTIONS, profile.json_requests)
+        cpu = processes.cpu_seconds(self.gateway.pid)
+        gateway = self.json_load(False, CONNECTIONS, profile.json_requests)
+        cpu = processes.cpu_seconds(self.gateway.pid) - cpu
+        run.update(
+            gateway_cpu_us_per_request=cpu / max(gateway.requests, 1) * 1e6,
+            direct_rps=direct.requests_per_s,
+            gateway_rps=gateway.requests_per_s,
+            gateway_p50_ms=gateway.p50_ms,
+            gateway_p99_ms=gateway.p99_ms,
+            direct_p50_ms=direct.p50_ms,
+            direct_p99_ms=direct.p99_ms,
+            json_non_200=float(gateway.other_status + gateway.errors + direct.other_status + direct.errors),
+        )
+        say(f"run {index}: one connection, {profile.single_requests} requests (direct, gateway)")
+        direct = self.json_load(True, 1, profile.single_requests)
+        gateway = self.json_load(False, 1, profile.single_requests)
+        run.update(
+            single_direct_p50_ms=direct.p50_ms,
+            single_direct_p99_ms=direct.p99_ms,
+            single_gateway_p50_ms=gateway.p50_ms,
+            single_gateway_p99_ms=gateway.p99_ms,
+            added_p50_ms=gateway.p50_ms - direct.p50_ms,
+            added_p99_ms=gateway.p99_ms - direct.p99_ms,
+            single_non_200=float(gateway.other_status + gateway.errors + direct.other_status + direct.errors),
+        )
+        say(f"run {index}: {profile.streams} concurrent streams (direct, gateway)")
+        direct_streams = self.streams(True, profile.streams)
+        cpu = processes.cpu_seconds(self.gateway.pid)
+        with RssSampler(self.gateway.pid) as sampler:
+            gateway_streams = self.streams(False, profile.streams)
+        cpu = processes.cpu_seconds(self.gateway.pid) - cpu
+        errors = gateway_streams["errors"]
+        assert isinstance(errors, dict)
+        if errors:
+            say(f"run {index}: stream errors {errors}")
+        run.update(
+            streams_complete=_number(gateway_streams, "complete"),
+            streams_failed=float(profile.streams - _number(gateway_streams, "complete")),
+            direct_streams_failed=float(profile.streams - _number(direct_streams, "complete")),
+            direct_fb_p50_ms=_number(direct_streams, "first_byte_p50_ms"),
+            direct_fb_p99_ms=_number(direct_streams, "first_byte_p99_ms"),
+            gateway_fb_p50_ms=_number(gateway_streams, "first_byte_p50_ms"),
+            gateway_fb_p99_ms=_number(gateway_streams, "first_byte_p99_ms"),
+            added_fb_p50_ms=_number(gateway_streams, "first_byte_p50_ms")
+            - _number(direct_streams, "first_byte_p50_ms"),
+            added_fb_p99_ms=_number(gateway_streams, "first_byte_p99_ms")
+            - _number(direct_streams, "first_byte_p99_ms"),
+            direct_streams_s=_number(direct_streams, "elapsed_s"),
+            gateway_streams_s=_number(gateway_streams, "elapsed_s"),
+            peak_rss_mb=sampler.peak_mb,
+            gateway_cpu_ms_per_stream=cpu / profile.streams * 1000,
+        )
+        say(
+            f"run {index}: {profile.paced_streams} streams, one every {profile.pace_ms:g} ms (direct, gateway)"
+        )
+        direct_paced = self.streams(True, profile.paced_streams, profile.pace_ms)
+        gateway_paced = self.streams(False, profile.paced_streams, profile.pace_ms)
+        run.update(
+            streams_failed=run["streams_failed"] + profile.paced_streams - _number(gateway_paced, "complete"),
+            direct_streams_failed=run["direct_streams_failed"]
+            + profile.paced_streams
+            - _number(direct_paced, "complete"),
+            paced_gateway_fb_p50_ms=_number(gateway_paced, "first_byte_p50_ms"),
+            paced_direct_fb_p50_ms=_number(direct_paced, "first_byte_p50_ms"),
+            paced_added_fb_p50_ms=_number(gateway_paced, "first_byte_p50_ms")
+            - _number(direct_paced, "first_byte_p50_ms"),
+            paced_added_fb_p99_ms=_number(gateway_paced, "first_byte_p99_ms")
+            - _number(direct_paced, "first_byte_p99_ms"),
+        )
+        self.drained()
+        run["rss_after_round_mb"] = processes.rss_mb(self.gateway.pid)
+        return run
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+def raise_open_file_limit() -> int:
+    """A thousand streams need two thousand sockets in the gateway: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def choose_generator(profile: Profile, requested: str, keys_file: Path) -> JsonGenerator:
+    if requested == "python":
+        return PythonGenerator(keys_file, "not used: --generator python")
+    binary, how = find_wrk(profile.allow_install)
+    if binary is not None:
+        return WrkGenerator(binary, how)
+    if requested == "wrk":
+        raise SystemExit(f"bench: wrk is required (--generator wrk) but {how}")
+    return PythonGenerator(keys_file, how)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def rows(profile: Profile) -> list[Row]:
+    """The table: correctness checks always count; performance targets only in the full mode."""
+    full = profile.name == "full"
+    json, single, memory = "1 /chat, 20 conns", "2 added latency, 1 conn", "5 memory flat"
+    burst = f"3 {profile.streams} streams"
+    paced = f"  {profile.paced_streams} paced streams"
+
+    def target(
+        scenario: str, label: str, key: str, unit: str, text: str, met: Check, summary: str = "median"
+    ) -> Row:
+        return Row(scenario, label, key, unit, text if full else "", met if full else None, summary, "target")
+
+    def check(scenario: str, label: str, key: str) -> Row:
+        return Row(scenario, label, key, "count", "0", _none_at_all, "sum", "check")
+
+    return [
+        target(json, "gateway throughput", "gateway_rps", "req/s", ">= 3,000", lambda v: median(v) >= 3000),
+        Row(json, "direct upstream throughput", "direct_rps", "req/s"),
+        Row(json, "gateway latency p50", "gateway_p50_ms", "ms"),
+        Row(json, "gateway latency p99", "gateway_p99_ms", "ms"),
+        Row(json, "gateway CPU per request", "gateway_cpu_us_per_request", "us"),
+        check(json, "answers other than 200", "json_non_200"),
+        Row(single, "gateway p50", "single_gateway_p50_ms", "ms"),
+        Row(single, "direct p50", "single_direct_p50_ms", "ms"),
+        target(single, "added p50", "added_p50_ms", "ms", "<= 0.5", lambda v: median(v) <= 0.5),
+        Row(single, "gateway p99", "single_gateway_p99_ms", "ms"),
+        Row(single, "direct p99", "single_direct_p99_ms", "ms"),
+        target(single, "added p99", "added_p99_ms", "ms", "<= 2", lambda v: median(v) <= 2.0),
+        check(single, "answers other than 200", "single_non_200"),
+        check(burst, "gateway streams incomplete (burst + paced)", "streams_failed"),
+        check(burst, "direct streams incomplete (burst + paced)", "direct_streams_failed"),
+        Row(burst, "gateway first byte p50", "gateway_fb_p50_ms", "ms"),
+        Row(burst, "direct first byte p50", "direct_fb_p50_ms", "ms"),
+        target(burst, "added first byte p50", "added_fb_p50_ms", "ms", "<= 5", lambda v: median(v) <= 5.0),
+        Row(burst, "gateway first byte p99", "gateway_fb_p99_ms", "ms"),
+        Row(burst, "direct first byte p99", "direct_fb_p99_ms", "ms"),
+        Row(burst, "added first byte p99", "added_fb_p99_ms", "ms"),
+        Row(burst, "gateway: last stream done after", "gateway_streams_s", "s"),
+        Row(burst, "direct: last stream done after", "direct_streams_s", "s"),
+        Row(burst, "gateway CPU per stream", "gateway_cpu_ms_per_stream", "ms"),
+        target(burst, "gateway peak RSS", "peak_rss_mb", "MB", "<= 150", lambda v: max(v) <= 150, "max"),
+        Row(
+            paced,
+            f"gateway first byte p50 (one every {profile.pace_ms:g} ms)",
+            "paced_gateway_fb_p50_ms",
+            "ms",
+        ),
+        Row(paced, "direct first byte p50", "paced_direct_fb_p50_ms", "ms"),
+        Row(paced, "added first byte p50", "paced_added_fb_p50_ms", "ms"),
+        Row(paced, "added first byte p99", "paced_added_fb_p99_ms", "ms"),
+        Row(memory, "RSS after each round", "rss_after_round_mb", "MB"),
+        target(
+            memory, "RSS round 2 vs round 1", "rss_growth_pct", "%", "within 10%", lambda v: abs(v[0]) <= 10.0
+        ),
+        Row(memory, "RSS last round vs round 2", "rss_later_growth_pct", "%"),
+    ]
+
+
+def _none_at_all(values: list[float]) -> bool:
+    return sum(values) == 0
+
+
+def run_bench(profile: Profile, generator_choice: str, output: Path | None, strict: bool) -> int:
+    fd_limit = raise_open_file_limit()
+    cores = os.cpu_count() or 1
+    started_at = dt.datetime.now(dt.UTC)
+    with tempfile.TemporaryDirectory(prefix="ollama-gate-bench-") as temporary:
+        workdir = Path(temporary)
+        keys_file = workdir / "keys.txt"
+        database = workdir / "gate.db"
+        generator = choose_generator(profile, generator_choice, keys_file)
+        say(f"{profile.name} mode, {profile.runs} runs; load generator: {generator.description}")
+        upstream = processes.fake_upstream(workdir, profile.chunks, profile.chunk_delay_ms)
+        with upstream:
+            gateway = processes.gateway(workdir, upstream.url, database, RAISED_RATE_LIMIT)
+            with gateway:
+                say(
+                    f"gateway pid {gateway.pid} on {gateway.url}; creating {USERS} member keys through /api/keys"
+                )
+                keys = processes.create_member_keys(gateway.url, USERS)
+                keys_file.write_text("\n".join(keys) + "\n")
+                bench = Bench(profile, generator, upstream, gateway, keys, keys_file, database, Ledger())
+                say("warming up")
+                bench.warm_up()
+                runs = [bench.run_once(index + 1) for index in range(profile.runs)]
+                say("load done; waiting for the usage writer to drain")
+                usage = bench.drained()
+                gateway_log = gateway.log()
+    rows_total = sum(usage.values())
+    accounting_ok = usage.get(200, 0) == bench.ledger.answered_200 and rows_total == bench.ledger.sent
+    after = [run["rss_after_round_mb"] for run in runs]
+    if len(after) >= 2:
+        runs[0]["rss_growth_pct"] = (after[1] / after[0] - 1) * 100
+    if len(after) >= 3:
+        runs[0]["rss_later_growth_pct"] = (after[-1] / after[1] - 1) * 100
+    results = evaluate(rows(profile), runs)
+    accounting_row: dict[str, object] = {
+        "scenario": "4 accounting",
+        "measurement": f"usage rows with status 200 == answers 200 ({bench.ledger.answered_200:,})",
+        "key": "usage_rows_200",
+        "unit": "count",
+        "target": "equal",
+        "summary": "total",
+        "value": float(usage.get(200, 0)),
+        "runs": [],
+        "passed": accounting_ok,
+        "kind": "check",
+    }
+    results.insert(next(i for i, r in enumerate(results) if r["scenario"] == "5 memory flat"), accounting_row)
+    machine = {
+        "cpu_count": cores,
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "open_file_limit": fd_limit,
+    }
+    print()
+    print(f"ollama-gate benchmark ({profile.name}), {started_at:%Y-%m-%d %H:%M} UTC")
+    print(
+        f"machine: {cores} cores ({machine['cpu_model']}), {machine['platform']}, Python {machine['python']}"
+    )
+    print(f"load generator (/chat): {generator.description}")
+    print("streams and first byte: bench.load_client (asyncio Protocols on uvloop, its own process)")
+    print(
+        f"gateway: one process, `python -m ollama_gate serve`, OLLAMA_GATE_LOG_LEVEL={processes.GATEWAY_LOG_LEVEL},"
+        f" SQLite usage logging, {USERS} member keys, limits {RAISED_RATE_LIMIT} (per user and per address)"
+    )
+    print(
+        f"upstream: bench.fake_upstream (uvloop, raw Protocol); streams of {profile.chunks} lines "
+        f"{profile.chunk_delay_ms:g} ms apart"
+    )
+    print(
+        f"runs: {profile.runs}, each measuring the direct upstream and the gateway; headline = median of runs "
+        "(the machine is shared with other jobs: numbers are noisy)"
+    )
+    print(
+        f"accounting: {bench.ledger.sent:,} inference requests sent, {bench.ledger.answered_200:,} answered 200; "
+        f"usage rows by status {usage}"
+    )
+    print()
+    print(table(results))
+    checks = [r for r in results if r["passed"] is not None]
+    missed = [str(r["measurement"]) for r in checks if not r["passed"]]
+    print()
+    print(
+        f"targets and checks: {len(checks) - len(missed)} of {len(checks)} met"
+        + (f"; missed: {', '.join(missed)}" if missed else "")
+    )
+    document = {
+        "profile": asdict(profile),
+        "started_at": started_at.isoformat(),
+        "machine": machine,
+        "generator": generator.description,
+        "gateway": {"processes": 1, "log_level": processes.GATEWAY_LOG_LEVEL, "users": USERS},
+        "accounting": {
+            "sent": bench.ledger.sent,
+            "answered_200": bench.ledger.answered_200,
+            "usage_rows_by_status": {str(k): v for k, v in usage.items()},
+            "equal": accounting_ok,
+        },
+        "runs": runs,
+        "results": results,
+    }
+    if output is not None:
+        output.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
+        print(f"results written to {output}")
+    if "ERROR" in gateway_log or "Traceback" in gateway_log:
+        print("gateway log has errors:\n" + gateway_log[-4000:])
+    broken = [r for r in checks if r["kind"] == "check" and not r["passed"]]
+    if broken or (strict and missed):
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few hundred requests, no apt-get, no thresholds"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs in full mode (default 3)")
+    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--output", type=Path, help="results file (default bench/results.json; none in smoke mode)"
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a performance target is missed")
+    args = parser.parse_args(argv)
+    profile = Profile.smoke() if args.smoke else Profile.full(max(2, args.runs))
+    output = args.output if args.output is not None else (None if args.smoke else RESULTS_PATH)
+    return run_bench(profile, args.generator, output, args.strict and not args.smoke)
