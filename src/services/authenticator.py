@@ -101,6 +101,10 @@ class Authenticator:
         if key_hash not in self._known and len(self._known) >= self._max_cached:
             # Drop the oldest entry; it is reloaded from the store on its next use.
             self._forget_hash(next(iter(self._known)))
+        cached = self._known.get(key_hash)
+        if cached is not None and cached[0].revoked_at is not None and key.revoked_at is None:
+            # Revocation is final: a read that began before it and ended after it must not undo it.
+            key = cached[0]
         self._known[key_hash] = (key, now + self._revalidate_after)
         self._hash_by_id[key.id] = key_hash
 
