@@ -20,6 +20,7 @@ from ollama_gate.entrypoints.controllers.chat import chat, chat_stream
 from ollama_gate.entrypoints.controllers.keys import create_key, list_keys, revoke_key
 from ollama_gate.entrypoints.controllers.status import status
 from ollama_gate.entrypoints.controllers.usage import list_usage
+from ollama_gate.entrypoints.heap import settle_after_startup
 from ollama_gate.entrypoints.http_errors import exception_handlers
 
 log = logging.getLogger("ollama_gate")
@@ -36,6 +37,7 @@ def create_app(container: Container) -> Litestar:
             for component in container.lifecycle():
                 await component.start()
                 started.append(component)
+            settle_after_startup()
             yield
         finally:
             # Reverse order: in-flight requests are already drained by the server, then the usage

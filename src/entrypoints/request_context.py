@@ -6,7 +6,6 @@ from typing import Any
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 
 from ollama_gate.domain.access import Principal
 from ollama_gate.domain.client_address import client_address
@@ -42,8 +41,9 @@ def client_ip_of(connection: AnyConnection) -> str:
     )
 
 
-async def identify_caller(connection: AnyConnection, _handler: BaseRouteHandler) -> None:
-    """Guard of the inference routes: runs before the body is read, so a bad key is 401 before all else."""
+async def identify_caller(connection: AnyConnection) -> None:
+    """`before_request` hook of the metered routes: it runs before the body is read, so a bad key is 401
+    before all else. (A guard would too, but Litestar copies the route handler for every guard call.)"""
     headers = connection.headers
     caller = (
         await container_of(connection)

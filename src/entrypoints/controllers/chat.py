@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, post
-from litestar.background_tasks import BackgroundTask
-from litestar.response import Stream
+from litestar import Request, post
 
 from ollama_gate.domain.chat import ChatRequest
+from ollama_gate.entrypoints.asgi_answers import JsonAnswer, NdjsonStream
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 from ollama_gate.entrypoints.request_context import caller_of, container_of, identify_caller
-
-NDJSON = "application/x-ndjson"
 
 
 class ChatBody(msgspec.Struct):
@@ -28,24 +25,19 @@ class ChatBody(msgspec.Struct):
         return ChatRequest(self.message, self.model, self.system, self.options)
 
 
-@post("/chat", status_code=200, guards=[identify_caller], summary="Chat (one JSON answer)")
-async def chat(request: Request[Any, Any, Any], data: ChatBody) -> Response[bytes]:
+@post("/chat", status_code=200, before_request=identify_caller, summary="Chat (one JSON answer)")
+async def chat(request: Request[Any, Any, Any], data: ChatBody) -> JsonAnswer:
     container = container_of(request)
     caller = caller_of(request)
     decision = request.state.decision = await container.gatekeeper().admit(caller)
     body = await container.chat().complete(caller, data.to_request(), "/chat")
-    return Response(body, media_type="application/json", headers=rate_limit_headers(decision))
+    return JsonAnswer(body, rate_limit_headers(decision))
 
 
-@post("/chat/stream", status_code=200, guards=[identify_caller], summary="Chat (streamed as NDJSON)")
-async def chat_stream(request: Request[Any, Any, Any], data: ChatBody) -> Stream:
+@post("/chat/stream", status_code=200, before_request=identify_caller, summary="Chat (streamed as NDJSON)")
+async def chat_stream(request: Request[Any, Any, Any], data: ChatBody) -> NdjsonStream:
     container = container_of(request)
     caller = caller_of(request)
     decision = request.state.decision = await container.gatekeeper().admit(caller)
     relay = await container.chat().open_stream(caller, data.to_request(), "/chat/stream")
-    return Stream(
-        relay.lines(),
-        media_type=NDJSON,
-        headers=rate_limit_headers(decision),
-        background=BackgroundTask(relay.abandon),
-    )
+    return NdjsonStream(relay.lines(), rate_limit_headers(decision), relay.abandon)

@@ -49,7 +49,7 @@ async def relay_inference(request: Request[Any, Any, Any], dialect: Dialect) -> 
     return as_response(relayed, rate_limit_headers(decision))
 
 
-async def identify_reader(connection: AnyConnection, handler: BaseRouteHandler) -> None:
+async def identify_reader(connection: AnyConnection, _handler: BaseRouteHandler) -> None:
     """Guard of the unmetered paths: a wrong key is 401 as on inference, but an admin's credential (the
     admin token, which an admin's Ollama client sends as its Bearer) is accepted too."""
     if isinstance(connection, Request):
@@ -58,7 +58,7 @@ async def identify_reader(connection: AnyConnection, handler: BaseRouteHandler) 
                 return
         except (Unauthorized, Forbidden):
             pass  # identify_caller below answers, and counts, the wrong credential
-    await identify_caller(connection, handler)
+    await identify_caller(connection)
 
 
 async def require_admin(request: Request[Any, Any, Any]) -> None:
@@ -66,7 +66,7 @@ async def require_admin(request: Request[Any, Any, Any]) -> None:
         raise Forbidden(ADMINS_ONLY)
 
 
-@post(INFERENCE_PATHS, status_code=200, guards=[identify_caller], summary="Ollama inference (metered)")
+@post(INFERENCE_PATHS, status_code=200, before_request=identify_caller, summary="Ollama inference (metered)")
 async def ollama_inference(request: Request[Any, Any, Any]) -> Response[Any]:
     return await relay_inference(request, OLLAMA)
 

@@ -18,7 +18,7 @@ from ollama_gate.services.passthrough import OPENAI
 INFERENCE_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 
 
-@post(INFERENCE_PATHS, status_code=200, guards=[identify_caller], summary="OpenAI-compatible inference")
+@post(INFERENCE_PATHS, status_code=200, before_request=identify_caller, summary="OpenAI-compatible inference")
 async def openai_inference(request: Request[Any, Any, Any]) -> Response[Any]:
     return await relay_inference(request, OPENAI)
 
