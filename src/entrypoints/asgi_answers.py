@@ -1,20 +1,21 @@
-"""The answers of the metered routes as bare ASGI apps that a handler returns.
+"""The answers of the forwarding routes as bare ASGI apps that a handler returns.
 
 Litestar's `Response` and `Stream` cost a measurable share of a request on the hot path: the response is
 rebuilt from a dict of headers, and every `Stream` runs an anyio task group to listen for a disconnect.
 These send the same bytes with the headers encoded once, and listen for a disconnect with one plain task.
+Content types go out as given: an upstream's `text/event-stream; charset=utf-8` stays what it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-JSON_CONTENT_TYPE = (b"content-type", b"application/json")
-NDJSON_CONTENT_TYPE = (b"content-type", b"application/x-ndjson")
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
 
 EncodedHeaders = list[tuple[bytes, bytes]]
 
@@ -23,21 +24,36 @@ def encode_headers(headers: Mapping[str, str]) -> EncodedHeaders:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
-class JsonAnswer:
-    """A complete JSON body with a status and extra headers."""
+def _head(content_type: str, headers: Mapping[str, str] | None) -> EncodedHeaders:
+    head = [(b"content-type", content_type.encode("latin-1"))]
+    if headers:
+        head += encode_headers(headers)
+    return head
+
+
+class Answer:
+    """What a forwarding handler returns: Litestar sends an async-callable result as the ASGI app itself."""
+
+    __slots__ = ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class BodyAnswer(Answer):
+    """A whole body with its status, content type and extra headers."""
 
     __slots__ = ("_body", "_headers", "_status")
 
-    def __init__(self, body: bytes, headers: Mapping[str, str], status: int = 200) -> None:
+    def __init__(
+        self, body: bytes, content_type: str, headers: Mapping[str, str] | None = None, status: int = 200
+    ) -> None:
         self._body = body
         self._status = status
-        self._headers = [
-            JSON_CONTENT_TYPE,
-            (b"content-length", str(len(body)).encode()),
-            *encode_headers(headers),
-        ]
+        self._headers = _head(content_type, headers)
+        self._headers.append((b"content-length", str(len(body)).encode()))
 
-    async def __call__(self, _scope: Scope, _receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": self._status,
@@ -48,26 +64,29 @@ class JsonAnswer:
         await send(body)
 
 
-class NdjsonStream:
-    """A 200 NDJSON stream of `lines`, cut short when the client disconnects; `on_end` runs however it ends.
+class StreamAnswer(Answer):
+    """A 200 stream of `chunks`, cut short when the client disconnects; `on_end` runs however it ends.
 
-    A client that leaves cancels the iteration (the lines generator sees `CancelledError`, as with
-    Litestar's `Stream`), and the answer then ends quietly: there is nobody left to answer.
+    A client that leaves cancels the iteration (the chunks generator sees `CancelledError`, as with
+    Litestar's `Stream`), and the answer then ends quietly: there is nobody left to answer. `on_end` is
+    synchronous so that it completes even while the task is being cancelled: it is where a relay that was
+    dropped before its first chunk closes its upstream and records its usage.
     """
 
-    __slots__ = ("_headers", "_lines", "_on_end")
+    __slots__ = ("_chunks", "_headers", "_on_end")
 
     def __init__(
         self,
-        lines: AsyncIterator[bytes],
-        headers: Mapping[str, str],
-        on_end: Callable[[], Awaitable[None]],
+        chunks: AsyncIterator[bytes],
+        content_type: str,
+        headers: Mapping[str, str] | None,
+        on_end: Callable[[], None],
     ) -> None:
-        self._lines = lines
-        self._headers = [NDJSON_CONTENT_TYPE, *encode_headers(headers)]
+        self._chunks = chunks
+        self._headers = _head(content_type, headers)
         self._on_end = on_end
 
-    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         streaming = asyncio.current_task()
         assert streaming is not None
         left = asyncio.Event()
@@ -81,7 +100,7 @@ class NdjsonStream:
             streaming.uncancel()
         finally:
             listener.cancel()
-            await self._on_end()
+            self._on_end()
 
     async def _send_all(self, send: Send) -> None:
         start: HTTPResponseStartEvent = {
@@ -90,8 +109,8 @@ class NdjsonStream:
             "headers": self._headers,
         }
         await send(start)
-        async for line in self._lines:
-            chunk: HTTPResponseBodyEvent = {"type": "http.response.body", "body": line, "more_body": True}
+        async for data in self._chunks:
+            chunk: HTTPResponseBodyEvent = {"type": "http.response.body", "body": data, "more_body": True}
             await send(chunk)
         end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
         await send(end)

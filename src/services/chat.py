@@ -14,6 +14,7 @@ from ollama_gate.domain.identity import Caller
 from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMBackend, UpstreamResponse
+from ollama_gate.services.stream_end import StreamEnd
 from ollama_gate.services.usage_recorder import UsageRecorder
 
 # Nothing was sent: the client went away before its answer was ready (nginx's convention).
@@ -66,29 +67,14 @@ def _error_message(line: bytes) -> str | None:
 
 
 class StreamRelay:
-    """One relayed stream: its lines, and the bookkeeping that must happen exactly once when it ends.
-
-    However it ends (completed, failed, cancelled mid-line, or dropped by a client that left before the
-    first line was sent, when the lines generator never even started) the upstream is closed and one
-    usage row is recorded: `lines()` finishes it from its `finally`, and the response's background task
-    calls `abandon()`, which finishes it as cancelled if nothing else did.
-    """
+    """One relayed stream: its lines, ended exactly once by its `StreamEnd` (see there)."""
 
     def __init__(self, upstream: UpstreamResponse, on_finish: Callable[[Outcome, TokenCounts], None]) -> None:
         self._upstream = upstream
-        self._on_finish = on_finish
-        self.finished = False
+        self.end = StreamEnd(upstream, on_finish)
 
-    def finish(self, outcome: Outcome, tokens: TokenCounts) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        # Synchronous on purpose: cleanup must complete even while the task is being cancelled.
-        self._upstream.close()
-        self._on_finish(outcome, tokens)
-
-    async def abandon(self) -> None:
-        self.finish(Outcome.CANCELLED, TokenCounts())
+    def abandon(self) -> None:
+        self.end.abandon()
 
     async def lines(self) -> AsyncGenerator[bytes, None]:
         outcome, tokens = Outcome.UPSTREAM_ERROR, TokenCounts()
@@ -117,7 +103,7 @@ class StreamRelay:
             outcome = Outcome.CANCELLED
             raise
         finally:
-            self.finish(outcome, tokens)
+            self.end(outcome, tokens)
 
 
 class ChatService:

@@ -8,7 +8,6 @@ arrives in, never re-split or re-encoded. Only the last lines are kept aside, to
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ from ollama_gate.domain.identity import Caller
 from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMRouter, ProxyResponse, RequestBody
+from ollama_gate.services.stream_end import StreamEnd
 from ollama_gate.services.usage_recorder import UsageRecorder
 
 # Nothing was sent: the client went away before its answer was ready (nginx's convention).
@@ -164,12 +164,20 @@ OPENAI = OpenAIDialect()
 
 @dataclass(frozen=True, slots=True)
 class Relayed:
-    """An upstream answer for the client: a whole body, or a stream (then `body` is empty)."""
+    """An upstream answer for the client: a whole body, or a stream (then `body` is empty).
+
+    The answer that sends a stream calls `abandon` when it is done, however it ended.
+    """
 
     status: int
     content_type: str
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
+    abandon: Callable[[], None] = lambda: None
+
+
+def _unmetered(_outcome: Outcome, _tokens: TokenCounts) -> None:
+    """Listings and model management write no usage row."""
 
 
 def is_streamed(content_type: str) -> bool:
@@ -193,25 +201,6 @@ def merge_listings(bodies: list[bytes], list_field: str, id_field: str) -> bytes
                 items.append(item)
     merged[list_field] = items
     return _encode(merged)
-
-
-class _Ending:
-    """Runs a stream's cleanup exactly once: from the relay when it ends, or when the relay is dropped
-    without ever being started (the client left before the first byte)."""
-
-    __slots__ = ("_action",)
-
-    def __init__(self, action: Callable[[Outcome, TokenCounts], None]) -> None:
-        self._action: Callable[[Outcome, TokenCounts], None] | None = action
-
-    @property
-    def done(self) -> bool:
-        return self._action is None
-
-    def __call__(self, outcome: Outcome, tokens: TokenCounts) -> None:
-        action, self._action = self._action, None
-        if action is not None:
-            action(outcome, tokens)
 
 
 class PassthroughService:
@@ -243,8 +232,9 @@ class PassthroughService:
             record(STATUS_CLIENT_CLOSED, Outcome.CANCELLED, TokenCounts())
             raise
         if upstream.status == 200 and is_streamed(upstream.content_type):
-            ending = _Ending(lambda outcome, tokens: record(200, outcome, tokens))
-            return Relayed(200, upstream.content_type, stream=self._relay(upstream, dialect, ending))
+            return self._relayed_stream(
+                upstream, dialect, StreamEnd(upstream, lambda outcome, tokens: record(200, outcome, tokens))
+            )
         return await self._whole(upstream, dialect, record)
 
     async def _whole(
@@ -266,18 +256,12 @@ class PassthroughService:
             upstream.close()
             record(status, outcome, tokens)
 
-    def _relay(self, upstream: ProxyResponse, dialect: Dialect, ending: _Ending) -> AsyncIterator[bytes]:
-        def abandoned() -> None:
-            if not ending.done:
-                upstream.close()
-                ending(Outcome.CANCELLED, TokenCounts())
-
-        relay = self._pieces(upstream, dialect, ending)
-        weakref.finalize(relay, abandoned)
-        return relay
+    def _relayed_stream(self, upstream: ProxyResponse, dialect: Dialect, end: StreamEnd) -> Relayed:
+        stream = self._pieces(upstream, dialect, end)
+        return Relayed(200, upstream.content_type, stream=stream, abandon=end.abandon)
 
     async def _pieces(
-        self, upstream: ProxyResponse, dialect: Dialect, ending: _Ending
+        self, upstream: ProxyResponse, dialect: Dialect, end: StreamEnd
     ) -> AsyncIterator[bytes]:
         tail = StreamTail()
         outcome, tokens = Outcome.UPSTREAM_ERROR, TokenCounts()
@@ -294,9 +278,7 @@ class PassthroughService:
             outcome = Outcome.CANCELLED
             raise
         finally:
-            # Synchronous on purpose: cleanup must finish even while the task is being cancelled.
-            upstream.close()
-            ending(outcome, tokens)
+            end(outcome, tokens)
 
     async def forward(
         self, method: str, path: str, body: RequestBody, model: str | None, *, sticky: bool = False
@@ -304,8 +286,7 @@ class PassthroughService:
         """Forward a request that is not metered (listings, model management): no usage row."""
         upstream = await self._router.request(method, path, body, model=model, sticky=sticky)
         if upstream.status == 200 and is_streamed(upstream.content_type):
-            ending = _Ending(lambda _outcome, _tokens: None)
-            return Relayed(200, upstream.content_type, stream=self._relay(upstream, OLLAMA, ending))
+            return self._relayed_stream(upstream, OLLAMA, StreamEnd(upstream, _unmetered))
         try:
             return Relayed(upstream.status, upstream.content_type, await upstream.read())
         finally:

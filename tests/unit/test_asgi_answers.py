@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ollama_gate.entrypoints.asgi_answers import JsonAnswer, NdjsonStream
+from ollama_gate.entrypoints.asgi_answers import JSON, NDJSON, BodyAnswer, StreamAnswer
 
 SCOPE: Any = {"type": "http", "method": "POST", "path": "/chat/stream"}
 
@@ -39,13 +39,23 @@ class Ends:
     def __init__(self) -> None:
         self.count = 0
 
-    async def __call__(self) -> None:
+    def __call__(self) -> None:
         self.count += 1
+
+
+async def test_an_upstream_content_type_goes_out_as_it_came() -> None:
+    client = Client()
+    await BodyAnswer(b"oops", "text/plain; charset=utf-8", None, status=502)(
+        SCOPE, client.receive, client.send
+    )
+    start = client.sent[0]
+    assert start["status"] == 502
+    assert start["headers"] == [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"4")]
 
 
 async def test_a_json_answer_sends_its_status_headers_and_whole_body() -> None:
     client = Client()
-    await JsonAnswer(b'{"ok":true}', {"X-RateLimit-Remaining": "9"}, status=200)(
+    await BodyAnswer(b'{"ok":true}', JSON, {"X-RateLimit-Remaining": "9"}, status=200)(
         SCOPE, client.receive, client.send
     )
     start, body = client.sent
@@ -62,7 +72,7 @@ async def test_a_stream_sends_every_line_then_ends_once() -> None:
             yield b'{"n":%d}\n' % number
 
     client, ends = Client(), Ends()
-    await NdjsonStream(lines(), {"RateLimit": "r=1"}, ends)(SCOPE, client.receive, client.send)
+    await StreamAnswer(lines(), NDJSON, {"RateLimit": "r=1"}, ends)(SCOPE, client.receive, client.send)
     start = client.sent[0]
     assert start["status"] == 200
     assert (b"content-type", b"application/x-ndjson") in start["headers"]
@@ -87,7 +97,9 @@ async def test_a_client_that_leaves_cancels_the_lines_and_the_stream_ends_quietl
             raise
 
     client, ends = Client(), Ends()
-    streaming = asyncio.create_task(NdjsonStream(lines(), {}, ends)(SCOPE, client.receive, client.send))
+    streaming = asyncio.create_task(
+        StreamAnswer(lines(), NDJSON, {}, ends)(SCOPE, client.receive, client.send)
+    )
     await first_sent.wait()
     client.leave()
     await asyncio.wait_for(streaming, 5)  # returns: no CancelledError escapes to the server
@@ -106,7 +118,9 @@ async def test_a_server_cancelling_the_request_still_cancels_it_and_ends_the_str
         yield b"never\n"
 
     client, ends = Client(), Ends()
-    streaming = asyncio.create_task(NdjsonStream(lines(), {}, ends)(SCOPE, client.receive, client.send))
+    streaming = asyncio.create_task(
+        StreamAnswer(lines(), NDJSON, {}, ends)(SCOPE, client.receive, client.send)
+    )
     await started.wait()
     streaming.cancel()
     with pytest.raises(asyncio.CancelledError):

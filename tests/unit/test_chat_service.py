@@ -367,7 +367,7 @@ async def test_a_stream_dropped_before_its_first_line_still_closes_upstream_and_
     never_started = relay.lines()
     await never_started.aclose()
     assert not is_closed(upstream)
-    await relay.abandon()
+    relay.abandon()
     assert is_closed(upstream)
     [row] = await harness.rows()
     assert (row.outcome, row.status, row.user) == (Outcome.CANCELLED, 200, "alice")
@@ -378,6 +378,6 @@ async def test_abandon_after_a_completed_stream_changes_nothing() -> None:
     harness = Harness(upstream)
     relay = await harness.service.open_stream(ALICE, ChatRequest("hi"), "/chat/stream")
     await collect(relay.lines())
-    await relay.abandon()
+    relay.abandon()
     [row] = await harness.rows()
     assert row.outcome is Outcome.OK

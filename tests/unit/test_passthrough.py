@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -304,16 +303,29 @@ async def test_a_client_that_leaves_mid_stream_closes_the_upstream_and_is_record
 
 
 async def test_a_stream_dropped_before_its_first_byte_still_closes_the_upstream() -> None:
+    """The answer calls `abandon` however it ended, also when the stream never started."""
     upstream = ScriptedProxyResponse(pieces=[b'{"done":false}\n'])
     harness = Harness(upstream)
 
     relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
-    del relayed
-    gc.collect()
+    relayed.abandon()
 
     assert upstream.closed
     [row] = await harness.rows()
     assert row.outcome is Outcome.CANCELLED
+
+
+async def test_abandoning_a_finished_stream_changes_nothing() -> None:
+    upstream = ScriptedProxyResponse(pieces=[b'{"done":true,"prompt_eval_count":2,"eval_count":3}\n'])
+    harness = Harness(upstream)
+
+    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
+    assert relayed.stream is not None
+    _ = [piece async for piece in relayed.stream]
+    relayed.abandon()
+
+    [row] = await harness.rows()
+    assert row.outcome is Outcome.OK
 
 
 async def test_forwarding_a_listing_writes_no_usage_row() -> None:

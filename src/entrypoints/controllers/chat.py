@@ -8,7 +8,7 @@ import msgspec
 from litestar import Request, post
 
 from ollama_gate.domain.chat import ChatRequest
-from ollama_gate.entrypoints.asgi_answers import JsonAnswer, NdjsonStream
+from ollama_gate.entrypoints.asgi_answers import JSON, NDJSON, BodyAnswer, StreamAnswer
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 from ollama_gate.entrypoints.request_context import caller_of, container_of, identify_caller
 
@@ -26,18 +26,18 @@ class ChatBody(msgspec.Struct):
 
 
 @post("/chat", status_code=200, before_request=identify_caller, summary="Chat (one JSON answer)")
-async def chat(request: Request[Any, Any, Any], data: ChatBody) -> JsonAnswer:
+async def chat(request: Request[Any, Any, Any], data: ChatBody) -> BodyAnswer:
     container = container_of(request)
     caller = caller_of(request)
     decision = request.state.decision = await container.gatekeeper().admit(caller)
     body = await container.chat().complete(caller, data.to_request(), "/chat")
-    return JsonAnswer(body, rate_limit_headers(decision))
+    return BodyAnswer(body, JSON, rate_limit_headers(decision))
 
 
 @post("/chat/stream", status_code=200, before_request=identify_caller, summary="Chat (streamed as NDJSON)")
-async def chat_stream(request: Request[Any, Any, Any], data: ChatBody) -> NdjsonStream:
+async def chat_stream(request: Request[Any, Any, Any], data: ChatBody) -> StreamAnswer:
     container = container_of(request)
     caller = caller_of(request)
     decision = request.state.decision = await container.gatekeeper().admit(caller)
     relay = await container.chat().open_stream(caller, data.to_request(), "/chat/stream")
-    return NdjsonStream(relay.lines(), rate_limit_headers(decision), relay.abandon)
+    return StreamAnswer(relay.lines(), NDJSON, rate_limit_headers(decision), relay.abandon)

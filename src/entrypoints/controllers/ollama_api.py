@@ -11,9 +11,9 @@ from typing import Any
 
 from litestar import Request, Response, delete, get, head, post
 from litestar.handlers.base import BaseRouteHandler
-from litestar.response import Stream
 
 from ollama_gate.domain.errors import Forbidden, Unauthorized
+from ollama_gate.entrypoints.asgi_answers import JSON, Answer, BodyAnswer, StreamAnswer
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 from ollama_gate.entrypoints.request_context import (
     AnyConnection,
@@ -29,16 +29,15 @@ MANAGEMENT_PATHS = ["/api/pull", "/api/push", "/api/create", "/api/copy"]
 ADMINS_ONLY = "model management is for admins only"
 
 
-def as_response(relayed: Relayed, headers: dict[str, str] | None = None) -> Response[Any]:
+def as_response(relayed: Relayed, headers: dict[str, str] | None = None) -> Answer:
     """The upstream's status, content type and body (or stream) as they came."""
-    # Litestar appends its own charset to text/* types: hand it the bare type.
-    media_type = relayed.content_type.split(";", 1)[0].strip() or "application/json"
+    content_type = relayed.content_type or JSON
     if relayed.stream is not None:
-        return Stream(relayed.stream, status_code=relayed.status, media_type=media_type, headers=headers)
-    return Response(relayed.body, status_code=relayed.status, media_type=media_type, headers=headers)
+        return StreamAnswer(relayed.stream, content_type, headers, relayed.abandon)
+    return BodyAnswer(relayed.body, content_type, headers, relayed.status)
 
 
-async def relay_inference(request: Request[Any, Any, Any], dialect: Dialect) -> Response[Any]:
+async def relay_inference(request: Request[Any, Any, Any], dialect: Dialect) -> Answer:
     """Read the body, take a slot of the caller's quota, forward; rate-limit headers on the answer."""
     container = container_of(request)
     body = await request.body()
@@ -67,7 +66,7 @@ async def require_admin(request: Request[Any, Any, Any]) -> None:
 
 
 @post(INFERENCE_PATHS, status_code=200, before_request=identify_caller, summary="Ollama inference (metered)")
-async def ollama_inference(request: Request[Any, Any, Any]) -> Response[Any]:
+async def ollama_inference(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OLLAMA)
 
 
@@ -84,19 +83,19 @@ async def ollama_ps(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @get("/api/version", guards=[identify_reader], summary="Ollama's version")
-async def ollama_version(request: Request[Any, Any, Any]) -> Response[Any]:
+async def ollama_version(request: Request[Any, Any, Any]) -> Answer:
     return as_response(await container_of(request).passthrough().forward("GET", "/api/version", None, None))
 
 
 @post("/api/show", status_code=200, guards=[identify_reader], summary="A model's details")
-async def ollama_show(request: Request[Any, Any, Any]) -> Response[Any]:
+async def ollama_show(request: Request[Any, Any, Any]) -> Answer:
     body = await request.body()
     model = model_named_in(body)
     return as_response(await container_of(request).passthrough().forward("POST", "/api/show", body, model))
 
 
 @get("/", guards=[identify_reader], summary="'Ollama is running'", include_in_schema=False)
-async def ollama_root(request: Request[Any, Any, Any]) -> Response[Any]:
+async def ollama_root(request: Request[Any, Any, Any]) -> Answer:
     return as_response(await container_of(request).passthrough().forward("GET", "/", None, None))
 
 
@@ -106,7 +105,7 @@ async def ollama_root_head(request: Request[Any, Any, Any]) -> Response[None]:
     return Response(None, status_code=relayed.status, media_type=relayed.content_type.split(";")[0] or None)
 
 
-async def _manage(request: Request[Any, Any, Any], method: str) -> Response[Any]:
+async def _manage(request: Request[Any, Any, Any], method: str) -> Answer:
     await require_admin(request)
     body = await request.body()
     model = managed_model_in(body)
@@ -117,12 +116,12 @@ async def _manage(request: Request[Any, Any, Any], method: str) -> Response[Any]
 
 
 @post(MANAGEMENT_PATHS, status_code=200, summary="Model management (admins only; pull progress streamed)")
-async def ollama_manage(request: Request[Any, Any, Any]) -> Response[Any]:
+async def ollama_manage(request: Request[Any, Any, Any]) -> Answer:
     return await _manage(request, "POST")
 
 
 @delete("/api/delete", status_code=200, summary="Delete a model (admins only)")
-async def ollama_delete(request: Request[Any, Any, Any]) -> Response[Any]:
+async def ollama_delete(request: Request[Any, Any, Any]) -> Answer:
     return await _manage(request, "DELETE")
 
 
@@ -132,7 +131,7 @@ async def ollama_delete(request: Request[Any, Any, Any]) -> Response[Any]:
     request_max_body_size=None,
     summary="Upload a model blob (admins only)",
 )
-async def ollama_blob_upload(request: Request[Any, Any, Any], digest: str) -> Response[Any]:
+async def ollama_blob_upload(request: Request[Any, Any, Any], digest: str) -> Answer:
     await require_admin(request)
     relayed = await (
         container_of(request)

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from litestar import Request, Response, get, post
 
+from ollama_gate.entrypoints.asgi_answers import Answer
 from ollama_gate.entrypoints.controllers.ollama_api import as_response, identify_reader, relay_inference
 from ollama_gate.entrypoints.request_context import container_of, identify_caller
 from ollama_gate.services.passthrough import OPENAI
@@ -19,7 +20,7 @@ INFERENCE_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 
 
 @post(INFERENCE_PATHS, status_code=200, before_request=identify_caller, summary="OpenAI-compatible inference")
-async def openai_inference(request: Request[Any, Any, Any]) -> Response[Any]:
+async def openai_inference(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OPENAI)
 
 
@@ -30,7 +31,7 @@ async def openai_models(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @get("/v1/models/{model:path}", guards=[identify_reader], summary="One model (OpenAI shape)")
-async def openai_model(request: Request[Any, Any, Any], model: str) -> Response[Any]:
+async def openai_model(request: Request[Any, Any, Any], model: str) -> Answer:
     name = model.lstrip("/")
     path = "/v1/models/" + quote(name, safe=":@")
     return as_response(await container_of(request).passthrough().forward("GET", path, None, name))
