@@ -1,4 +1,4 @@
-"""The processes under test: the fake upstream and the gateway, plus the few admin calls the bench makes."""
+"""The processes under test (the fake upstream, the bare forwarder, the gateway) and the bench's admin calls."""
 
 from __future__ import annotations
 
@@ -103,27 +103,29 @@ def _python_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def fake_upstream(workdir: Path, chunks: int, delay_ms: float) -> Child:
+def _bench_module(name: str, module: str, workdir: Path, arguments: list[str]) -> Child:
+    """A started `python -m bench.<module> --port P ...` process, its output in `workdir`."""
     port = free_port()
     child = Child(
-        "fake upstream",
-        [
-            sys.executable,
-            "-m",
-            "bench.fake_upstream",
-            "--port",
-            str(port),
-            "--chunks",
-            str(chunks),
-            "--delay-ms",
-            str(delay_ms),
-        ],
+        name,
+        [sys.executable, "-m", f"bench.{module}", "--port", str(port), *arguments],
         REPO,
         _python_env({}),
-        workdir / "fake-upstream.log",
+        workdir / f"{module.replace('_', '-')}.log",
     )
     child.start(port)
     return child
+
+
+def fake_upstream(workdir: Path, chunks: int, delay_ms: float) -> Child:
+    return _bench_module(
+        "fake upstream", "fake_upstream", workdir, ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
+    )
+
+
+def bare_forwarder(workdir: Path, upstream_url: str) -> Child:
+    """The reference the targets are scaled by: see bench.bare_forwarder."""
+    return _bench_module("bare forwarder", "bare_forwarder", workdir, ["--upstream", upstream_url])
 
 
 GATEWAY_LOG_LEVEL = "warning"

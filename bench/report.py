@@ -22,7 +22,8 @@ class Row:
     check: Callable[[list[float]], bool] | None = None
     # How the headline number is formed from the per-run values (median unless said otherwise).
     summary: str = "median"
-    # "info", "target" (a performance goal) or "check" (correctness: a miss fails the bench).
+    # "info", "target" (a performance goal), "calibrated" (a goal scaled to this machine, informational)
+    # or "check" (correctness: a miss fails the bench).
     kind: str = "info"
 
 
@@ -49,6 +50,8 @@ def _format(value: float, unit: str) -> str:
         return f"{value:,.0f}"
     if unit == "%":
         return f"{value:+.1f}%"
+    if unit == "x":
+        return f"{value:.2f}x"
     if unit == "MB":
         return f"{value:.1f}"
     return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"

@@ -55,10 +55,20 @@ def assert_exact(results: dict[str, Any], printed: str) -> None:
         assert run["streams_failed"] == 0 and run["direct_streams_failed"] == 0, printed
         assert run["json_non_200"] == 0 and run["single_non_200"] == 0, printed
         assert run["peak_rss_mb"] > 0
+        # The bare forwarder, the calibration reference, took the same load and answered all of it.
+        assert run["bare_json_non_200"] == 0 and run["bare_single_non_200"] == 0, printed
+        assert run["bare_streams_complete"] == profile["streams"], printed
+        assert run["bare_streams_failed"] == 0, printed
+        assert run["bare_rps"] > 0 and run["machine_speed"] > 0
     checks = [r for r in results["results"] if r["kind"] == "check"]
     assert checks and all(r["passed"] for r in checks), printed
-    # Smoke mode holds nothing to a performance target.
-    assert all(r["passed"] is None for r in results["results"] if r["kind"] == "target")
+    # Smoke mode holds nothing to a performance target, absolute or scaled to the machine.
+    assert all(r["passed"] is None for r in results["results"] if r["kind"] in ("target", "calibrated"))
+    assert {r["key"] for r in results["results"] if r["scenario"] == "6 calibration"} >= {
+        "machine_speed",
+        "scaled_rps_target",
+        "scaled_added_p50_target_ms",
+    }
     assert "usage rows with status 200 == answers 200" in printed
 
 
