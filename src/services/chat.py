@@ -100,7 +100,9 @@ class StreamRelay:
         except GatewayError as error:
             yield error_line(error.detail)
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = Outcome.CANCELLED
+            # Cancelled while its final chunk was being sent: the client has its whole answer.
+            if outcome is not Outcome.OK:
+                outcome = Outcome.CANCELLED
             raise
         finally:
             self.end(outcome, tokens)

@@ -275,7 +275,12 @@ class PassthroughService:
             # The status line is long gone: the failure can only be the stream's last line.
             yield dialect.error_event(error.detail, tail.ends_mid_line)
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = Outcome.CANCELLED
+            # A client may hang up as soon as it has the last event, before the upstream's own end
+            # arrives: what it was sent was complete, and its tokens count.
+            tail.finish()
+            outcome, tokens = dialect.outcome(tail)
+            if outcome is not Outcome.OK:
+                outcome, tokens = Outcome.CANCELLED, TokenCounts()
             raise
         finally:
             end(outcome, tokens)

@@ -21,6 +21,7 @@ from ollama_gate.ports.llm import RequestBody, UpstreamState
 from ollama_gate.services.passthrough import (
     OLLAMA,
     OPENAI,
+    Dialect,
     PassthroughService,
     StreamTail,
     managed_model_in,
@@ -300,6 +301,34 @@ async def test_a_client_that_leaves_mid_stream_closes_the_upstream_and_is_record
     assert upstream.closed
     [row] = await harness.rows()
     assert (row.status, row.outcome) == (200, Outcome.CANCELLED)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "content_type", "body"),
+    [
+        (OPENAI, SSE, sse_stream(["a"], {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12})),
+        (OLLAMA, NDJSON, b'{"done":false}\n{"done":true,"prompt_eval_count":9,"eval_count":3}\n'),
+    ],
+)
+async def test_a_client_that_leaves_after_the_last_event_is_recorded_complete_with_its_tokens(
+    dialect: Dialect, content_type: str, body: bytes
+) -> None:
+    """The SDKs hang up on `[DONE]` (or the done chunk), often before the upstream's own end arrives."""
+    upstream = ScriptedProxyResponse(pieces=[body], content_type=content_type, hang_after=True)
+    harness = Harness(upstream)
+    relayed = await harness.service.infer(CALLER, dialect, "/v1/chat/completions", b"{}", "m")
+    task = asyncio.create_task(drain(relayed.stream))
+    while upstream.sent < 1:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert upstream.closed
+    [row] = await harness.rows()
+    assert (row.outcome, row.prompt_tokens, row.completion_tokens) == (Outcome.OK, 9, 3)
 
 
 async def test_a_stream_dropped_before_its_first_byte_still_closes_the_upstream() -> None:
