@@ -112,7 +112,7 @@ class Container(containers.DeclarativeContainer):
     shared_counters = providers.Singleton(_shared_counters, redis_client)
     key_events = providers.Singleton(_key_events, redis_client)
 
-    usage_recorder = providers.Singleton(UsageRecorder, usage_store)
+    usage_recorder = providers.Singleton(UsageRecorder, usage_store, clock)
     authenticator = providers.Singleton(Authenticator, key_store, clock)
     gatekeeper = providers.Singleton(
         Gatekeeper,

@@ -139,7 +139,7 @@ class ChatService:
             status, outcome = error.status, Outcome.UPSTREAM_ERROR
             raise
         finally:
-            self._record(caller, endpoint, model, status, outcome, started, tokens)
+            self._recorder.record_request(caller, endpoint, model, status, outcome, started, tokens)
 
     async def open_stream(self, caller: Caller, request: ChatRequest, endpoint: str) -> StreamRelay:
         """Open the upstream stream and check its status before anything is sent to the client.
@@ -152,18 +152,18 @@ class ChatService:
         try:
             upstream = await self._open(request.generate_payload(self.default_model, stream=True), model)
         except GatewayError as error:
-            self._record(
+            self._recorder.record_request(
                 caller, endpoint, model, error.status, Outcome.UPSTREAM_ERROR, started, TokenCounts()
             )
             raise
         except asyncio.CancelledError:
-            self._record(
+            self._recorder.record_request(
                 caller, endpoint, model, STATUS_CLIENT_CLOSED, Outcome.CANCELLED, started, TokenCounts()
             )
             raise
 
         def finish(outcome: Outcome, tokens: TokenCounts) -> None:
-            self._record(caller, endpoint, model, 200, outcome, started, tokens)
+            self._recorder.record_request(caller, endpoint, model, 200, outcome, started, tokens)
 
         return StreamRelay(upstream, finish)
 
@@ -172,15 +172,3 @@ class ChatService:
         if upstream.status != 200:
             raise upstream_failure(upstream.status, error_text(await upstream.read()), model)
         return upstream
-
-    def _record(
-        self,
-        caller: Caller,
-        endpoint: str,
-        model: str,
-        status: int,
-        outcome: Outcome,
-        started: float,
-        tokens: TokenCounts,
-    ) -> None:
-        self._recorder.record_request(self._clock, caller, endpoint, model, status, outcome, started, tokens)

@@ -221,7 +221,7 @@ class PassthroughService:
         started = self._clock.monotonic()
 
         def record(status: int, outcome: Outcome, tokens: TokenCounts) -> None:
-            self._record(caller, path, model, status, outcome, started, tokens)
+            self._recorder.record_request(caller, path, model, status, outcome, started, tokens)
 
         try:
             upstream = await self._router.request("POST", path, body, model=model)
@@ -303,15 +303,3 @@ class PassthroughService:
         if not bodies:
             raise UpstreamUnavailable("no Ollama server answered")
         return merge_listings(bodies, list_field, id_field)
-
-    def _record(
-        self,
-        caller: Caller,
-        endpoint: str,
-        model: str | None,
-        status: int,
-        outcome: Outcome,
-        started: float,
-        tokens: TokenCounts,
-    ) -> None:
-        self._recorder.record_request(self._clock, caller, endpoint, model, status, outcome, started, tokens)

@@ -27,12 +27,14 @@ class UsageRecorder:
     def __init__(
         self,
         store: UsageStore,
+        clock: Clock,
         max_pending: int = 100_000,
         batch_size: int = 500,
         flush_interval: float = 0.25,
         max_retry_interval: float = 5.0,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._max_pending = max_pending
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -68,7 +70,6 @@ class UsageRecorder:
 
     def record_request(
         self,
-        clock: Clock,
         caller: Caller,
         endpoint: str,
         model: str | None,
@@ -80,7 +81,7 @@ class UsageRecorder:
         """Record the end of an admitted request that began at `started` (the clock's monotonic time)."""
         self.record(
             UsageRecord(
-                timestamp=clock.now(),
+                timestamp=self._clock.now(),
                 user=caller.user,
                 tier=caller.tier,
                 key_id=caller.key_id,
@@ -89,7 +90,7 @@ class UsageRecorder:
                 model=model,
                 status=status,
                 outcome=outcome,
-                latency_ms=round((clock.monotonic() - started) * 1000, 3),
+                latency_ms=round((self._clock.monotonic() - started) * 1000, 3),
                 prompt_tokens=tokens.prompt,
                 completion_tokens=tokens.completion,
             )

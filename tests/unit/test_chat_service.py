@@ -56,7 +56,7 @@ class Harness:
     def __init__(self, respond: ScriptedResponse | None = None) -> None:
         self.clock = FakeClock()
         self.store = InMemoryUsageStore()
-        self.recorder = UsageRecorder(self.store)
+        self.recorder = UsageRecorder(self.store, self.clock)
         self.llm = FakeLLM(None if respond is None else self.answer)
         self.scripted = respond
         self.service = ChatService(self.llm, self.recorder, self.clock, default_model=MODEL)

@@ -126,8 +126,9 @@ class Harness:
     def __init__(self, response: ScriptedProxyResponse | Exception | None = None) -> None:
         self.router = FakeRouter(response)
         self.store = InMemoryUsageStore()
-        self.recorder = UsageRecorder(self.store)
-        self.service = PassthroughService(self.router, self.recorder, FakeClock())
+        clock = FakeClock()
+        self.recorder = UsageRecorder(self.store, clock)
+        self.service = PassthroughService(self.router, self.recorder, clock)
 
     async def rows(self) -> list[UsageRecord]:
         await self.recorder.flush()

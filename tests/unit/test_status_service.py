@@ -65,8 +65,8 @@ def llm() -> FakeLLM:
 
 
 @pytest.fixture
-def recorder(usage_store: InMemoryUsageStore) -> UsageRecorder:
-    return UsageRecorder(usage_store)
+def recorder(usage_store: InMemoryUsageStore, clock: FakeClock) -> UsageRecorder:
+    return UsageRecorder(usage_store, clock)
 
 
 @pytest.fixture

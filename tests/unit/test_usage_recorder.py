@@ -13,6 +13,7 @@ from ollama_gate.adapters.memory_stores import InMemoryUsageStore
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.services.usage_recorder import UsageRecorder
+from tests.unit.fakes import FakeClock
 
 
 def row(n: int) -> UsageRecord:
@@ -56,7 +57,7 @@ async def running(recorder: UsageRecorder) -> AsyncIterator[UsageRecorder]:
 
 
 async def test_flush_writes_in_batches_of_batch_size(usage_store: InMemoryUsageStore) -> None:
-    recorder = UsageRecorder(usage_store, batch_size=4)
+    recorder = UsageRecorder(usage_store, FakeClock(), batch_size=4)
     for n in range(10):
         recorder.record(row(n))
     assert usage_store.rows == [] and recorder.unsaved == 10
@@ -69,7 +70,7 @@ async def test_flush_writes_in_batches_of_batch_size(usage_store: InMemoryUsageS
 async def test_a_full_batch_is_written_without_waiting_for_the_interval(
     usage_store: InMemoryUsageStore,
 ) -> None:
-    recorder = UsageRecorder(usage_store, batch_size=5, flush_interval=3600)
+    recorder = UsageRecorder(usage_store, FakeClock(), batch_size=5, flush_interval=3600)
     async with running(recorder):
         for n in range(4):
             recorder.record(row(n))
@@ -82,7 +83,7 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(
 
 
 async def test_a_partial_batch_is_written_after_the_flush_interval(usage_store: InMemoryUsageStore) -> None:
-    recorder = UsageRecorder(usage_store, batch_size=500, flush_interval=0.005)
+    recorder = UsageRecorder(usage_store, FakeClock(), batch_size=500, flush_interval=0.005)
     async with running(recorder):
         recorder.record(row(1))
         await eventually(lambda: len(usage_store.rows) == 1)
@@ -93,7 +94,9 @@ async def test_a_partial_batch_is_written_after_the_flush_interval(usage_store: 
 
 
 async def test_rows_wait_out_an_outage_and_are_retried(usage_store: InMemoryUsageStore) -> None:
-    recorder = UsageRecorder(usage_store, batch_size=3, flush_interval=0.002, max_retry_interval=0.004)
+    recorder = UsageRecorder(
+        usage_store, FakeClock(), batch_size=3, flush_interval=0.002, max_retry_interval=0.004
+    )
     async with running(recorder):
         usage_store.available = False
         for n in range(7):
@@ -110,7 +113,7 @@ async def test_rows_wait_out_an_outage_and_are_retried(usage_store: InMemoryUsag
 
 
 async def test_flush_during_an_outage_keeps_rows_in_order(usage_store: InMemoryUsageStore) -> None:
-    recorder = UsageRecorder(usage_store, batch_size=2)
+    recorder = UsageRecorder(usage_store, FakeClock(), batch_size=2)
     for n in range(5):
         recorder.record(row(n))
     usage_store.available = False
@@ -125,7 +128,7 @@ async def test_flush_during_an_outage_keeps_rows_in_order(usage_store: InMemoryU
 async def test_overflow_drops_the_oldest_and_counts_them(
     usage_store: InMemoryUsageStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    recorder = UsageRecorder(usage_store, max_pending=5, batch_size=100)
+    recorder = UsageRecorder(usage_store, FakeClock(), max_pending=5, batch_size=100)
     usage_store.available = False
     for n in range(8):
         recorder.record(row(n))
@@ -140,7 +143,7 @@ async def test_overflow_drops_the_oldest_and_counts_them(
 
 
 async def test_close_writes_everything_pending(usage_store: InMemoryUsageStore) -> None:
-    recorder = UsageRecorder(usage_store, batch_size=100, flush_interval=3600)
+    recorder = UsageRecorder(usage_store, FakeClock(), batch_size=100, flush_interval=3600)
     await recorder.start()
     for n in range(250):
         recorder.record(row(n))
@@ -150,7 +153,7 @@ async def test_close_writes_everything_pending(usage_store: InMemoryUsageStore) 
 
 
 async def test_close_retries_a_briefly_unavailable_store(usage_store: InMemoryUsageStore) -> None:
-    recorder = UsageRecorder(usage_store, flush_interval=3600)
+    recorder = UsageRecorder(usage_store, FakeClock(), flush_interval=3600)
     await recorder.start()
     recorder.record(row(1))
     usage_store.available = False
@@ -166,7 +169,7 @@ async def test_close_retries_a_briefly_unavailable_store(usage_store: InMemoryUs
 async def test_close_gives_up_on_a_dead_store_and_says_so(
     usage_store: InMemoryUsageStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    recorder = UsageRecorder(usage_store)
+    recorder = UsageRecorder(usage_store, FakeClock())
     recorder.record(row(1))
     usage_store.available = False
     await recorder.close(timeout=0.01)
@@ -191,7 +194,7 @@ class SlowUsageStore(InMemoryUsageStore):
 async def test_close_during_a_write_loses_no_row() -> None:
     """A stop (SIGTERM) that arrives while a batch is being written must not lose that batch."""
     store = SlowUsageStore()
-    recorder = UsageRecorder(store, batch_size=2, flush_interval=3600)
+    recorder = UsageRecorder(store, FakeClock(), batch_size=2, flush_interval=3600)
     await recorder.start()
     for n in range(3):
         recorder.record(row(n))
