@@ -27,7 +27,7 @@ from bench import processes
 from bench.load_client import DIRECT_JSON_BODY, GATEWAY_BODY
 from bench.processes import REPO, Child, RssSampler
 from bench.report import Row, Run, evaluate, median, table
-from bench.wrk import find_wrk, run_wrk, wrk_version
+from bench.wrk import LoadResult, find_wrk, run_wrk, wrk_version
 
 USERS = 100
 CONNECTIONS = 20
@@ -77,17 +77,6 @@ class Profile:
         return cls("smoke", 2, 200, 60, 100, 20, 20.0, 20, 10.0, 40, 20, False)
 
 
-@dataclass(frozen=True, slots=True)
-class LoadResult:
-    requests: int
-    answered_200: int
-    other_status: int
-    errors: int
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-
-
 class JsonGenerator(Protocol):
     description: str
 
@@ -106,10 +95,7 @@ class WrkGenerator:
     def run(
         self, port: int, path: str, body: bytes, keys: list[str], connections: int, total: int
     ) -> LoadResult:
-        result = run_wrk(
-            self._binary, f"http://{processes.HOST}:{port}", path, body, keys, connections, total
-        )
-        return LoadResult(**asdict(result))
+        return run_wrk(self._binary, f"http://{processes.HOST}:{port}", path, body, keys, connections, total)
 
 
 def _load_client(mode: str, port: int, path: str, extra: list[str], timeout: float) -> dict[str, object]:

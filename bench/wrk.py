@@ -96,7 +96,9 @@ end
 
 
 @dataclass(frozen=True, slots=True)
-class WrkResult:
+class LoadResult:
+    """What one load run measured, whichever generator made it."""
+
     requests: int
     answered_200: int
     other_status: int
@@ -196,7 +198,7 @@ def run_wrk(
     connections: int,
     total_requests: int,
     max_seconds: int = 600,
-) -> WrkResult:
+) -> LoadResult:
     """Exactly `connections * (total_requests // connections)` requests, one wrk thread per connection."""
     quota = max(1, total_requests // connections)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -212,7 +214,7 @@ def run_wrk(
     data = msgspec.json.decode(line[len(_MARKER) :])
     seconds = data["seconds"]
     errors = data["connect_errors"] + data["read_errors"] + data["write_errors"] + data["timeouts"]
-    return WrkResult(
+    return LoadResult(
         requests=data["requests"],
         answered_200=data["ok"],
         other_status=data["other"],

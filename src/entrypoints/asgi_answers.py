@@ -9,7 +9,6 @@ Content types go out as given: an upstream's `text/event-stream; charset=utf-8` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
@@ -20,14 +19,14 @@ NDJSON = "application/x-ndjson"
 EncodedHeaders = list[tuple[bytes, bytes]]
 
 
-def encode_headers(headers: Mapping[str, str]) -> EncodedHeaders:
+def _encode_headers(headers: Mapping[str, str]) -> EncodedHeaders:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
 def _head(content_type: str, headers: Mapping[str, str] | None) -> EncodedHeaders:
     head = [(b"content-type", content_type.encode("latin-1"))]
     if headers:
-        head += encode_headers(headers)
+        head += _encode_headers(headers)
     return head
 
 
@@ -89,12 +88,13 @@ class StreamAnswer(Answer):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         streaming = asyncio.current_task()
         assert streaming is not None
-        left = asyncio.Event()
-        listener = asyncio.create_task(_cancel_on_disconnect(receive, streaming, left))
+        listener = asyncio.create_task(_cancel_on_disconnect(receive, streaming))
         try:
             await self._send_all(send)
         except asyncio.CancelledError:
-            if not left.is_set():
+            # The listener returns (rather than being cancelled) only once the client has left.
+            client_left = listener.done() and not listener.cancelled()
+            if not client_left:
                 raise
             # Our own cancellation, because the client left: nothing to propagate.
             streaming.uncancel()
@@ -116,11 +116,7 @@ class StreamAnswer(Answer):
         await send(end)
 
 
-async def _cancel_on_disconnect(receive: Receive, streaming: asyncio.Task[None], left: asyncio.Event) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                left.set()
-                streaming.cancel()
-                return
+async def _cancel_on_disconnect(receive: Receive, streaming: asyncio.Task[None]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    streaming.cancel()

@@ -23,6 +23,7 @@ from ollama_gate.services.passthrough import (
     OPENAI,
     Dialect,
     PassthroughService,
+    Relayed,
     StreamTail,
     managed_model_in,
     merge_listings,
@@ -286,18 +287,23 @@ async def test_a_stream_ending_without_its_final_chunk_counts_as_a_failure() -> 
     assert row.outcome is Outcome.UPSTREAM_ERROR
 
 
+async def leave_after(upstream: ScriptedProxyResponse, pieces: int, relayed: Relayed) -> None:
+    """Relay until the upstream has sent `pieces`, then cancel, as the server does when the client leaves."""
+    task = asyncio.create_task(drain(relayed.stream))
+    while upstream.sent < pieces:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_a_client_that_leaves_mid_stream_closes_the_upstream_and_is_recorded_cancelled() -> None:
     upstream = ScriptedProxyResponse(pieces=[b'{"done":false}\n'] * 2, hang_after=True)
     harness = Harness(upstream)
     relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
-    task = asyncio.create_task(drain(relayed.stream))
-    while upstream.sent < 2:
-        await asyncio.sleep(0)
-    await asyncio.sleep(0)
 
-    task.cancel()  # what the server does when the client disconnects
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await leave_after(upstream, 2, relayed)
 
     assert upstream.closed
     [row] = await harness.rows()
@@ -318,14 +324,8 @@ async def test_a_client_that_leaves_after_the_last_event_is_recorded_complete_wi
     upstream = ScriptedProxyResponse(pieces=[body], content_type=content_type, hang_after=True)
     harness = Harness(upstream)
     relayed = await harness.service.infer(CALLER, dialect, "/v1/chat/completions", b"{}", "m")
-    task = asyncio.create_task(drain(relayed.stream))
-    while upstream.sent < 1:
-        await asyncio.sleep(0)
-    await asyncio.sleep(0)
 
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await leave_after(upstream, 1, relayed)
 
     assert upstream.closed
     [row] = await harness.rows()
