@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 
 class NoSharedCounters:
-    async def increment(self, name: str) -> None:
+    def add(self, name: str) -> None:
         return None
 
     async def read(self, names: list[str]) -> dict[str, int] | None:

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 
+from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.errors import StoreUnavailable
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.usage import UsageRecord
@@ -73,10 +74,12 @@ class InMemoryUsageStore:
         for record in records:
             self.rows.append(dataclasses.replace(record, id=len(self.rows) + 1))
 
-    async def recent(self, limit: int, user_id: str | None) -> list[UsageRecord]:
+    async def recent(self, limit: int, scope: UsageScope | None) -> list[UsageRecord]:
         if not self.available:
             raise StoreUnavailable()
-        rows = [r for r in reversed(self.rows) if user_id is None or r.user == user_id]
+        rows = [
+            r for r in reversed(self.rows) if scope is None or (r.user == scope.user and r.tier is scope.tier)
+        ]
         return rows[:limit]
 
     async def count(self) -> int:

@@ -20,25 +20,26 @@ class _Tags(msgspec.Struct):
     models: list[dict[str, Any]] = []
 
 
-def _offline(url: str, error: BaseException) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"Ollama is offline: cannot connect to {url} ({error.__class__.__name__})")
+def _offline(name: str, error: BaseException) -> UpstreamUnavailable:
+    # The server's name, never its address: this text reaches every caller in a 503.
+    return UpstreamUnavailable(f"Ollama is offline: cannot connect to {name} ({error.__class__.__name__})")
 
 
-def _translate(url: str, error: BaseException) -> Exception:
+def _translate(name: str, error: BaseException) -> Exception:
     """aiohttp's failures as the domain's: silent upstream, unreachable upstream, or a broken exchange."""
     if isinstance(error, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
-        return _offline(url, error)
+        return _offline(name, error)
     if isinstance(error, asyncio.TimeoutError):
         return UpstreamTimeout("Ollama did not answer within the read timeout")
     return UpstreamError(f"connection to Ollama lost ({error.__class__.__name__})")
 
 
 class AiohttpUpstreamResponse:
-    __slots__ = ("_response", "_url")
+    __slots__ = ("_name", "_response")
 
-    def __init__(self, response: aiohttp.ClientResponse, url: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, name: str) -> None:
         self._response = response
-        self._url = url
+        self._name = name
 
     @property
     def status(self) -> int:
@@ -48,7 +49,7 @@ class AiohttpUpstreamResponse:
         try:
             return await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise _translate(self._url, error) from error
+            raise _translate(self._name, error) from error
         finally:
             self._response.release()
 
@@ -66,7 +67,7 @@ class AiohttpUpstreamResponse:
                     if line:
                         yield line
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise _translate(self._url, error) from error
+            raise _translate(self._name, error) from error
         if pending.strip():
             yield pending
 
@@ -80,7 +81,7 @@ class AiohttpUpstreamResponse:
             async for data in self._response.content.iter_any():
                 yield data
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise _translate(self._url, error) from error
+            raise _translate(self._name, error) from error
 
     def close(self) -> None:
         # close(), not release(): an unfinished body must drop the connection so Ollama stops generating.
@@ -91,8 +92,11 @@ class AiohttpUpstreamResponse:
 
 
 class OllamaHttpBackend:
-    def __init__(self, base_url: str, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self, base_url: str, connect_timeout: float, read_timeout: float, name: str = "ollama-1"
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.name = name
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
@@ -123,8 +127,8 @@ class OllamaHttpBackend:
         try:
             response = await self.session.post(url, data=body, headers=_JSON_HEADERS)
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise _translate(url, error) from error
-        return AiohttpUpstreamResponse(response, url)
+            raise _translate(self.name, error) from error
+        return AiohttpUpstreamResponse(response, self.name)
 
     async def request(
         self, method: str, path: str, body: bytes | AsyncIterable[bytes] | None
@@ -135,8 +139,8 @@ class OllamaHttpBackend:
         try:
             response = await self.session.request(method, url, data=body, headers=headers)
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise _translate(url, error) from error
-        return AiohttpUpstreamResponse(response, url)
+            raise _translate(self.name, error) from error
+        return AiohttpUpstreamResponse(response, self.name)
 
     async def models(self, timeout: float) -> list[ModelInfo]:
         url = self.base_url + "/api/tags"
@@ -147,7 +151,7 @@ class OllamaHttpBackend:
                     raise UpstreamError(f"Ollama answered {response.status} to /api/tags")
                 tags = msgspec.json.decode(await response.read(), type=_Tags)
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise _translate(url, error) from error
+            raise _translate(self.name, error) from error
         except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise UpstreamError("Ollama sent an unreadable model list") from error
         return [

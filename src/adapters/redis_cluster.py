@@ -3,37 +3,71 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
 from ollama_gate.adapters.redis_ratelimit import REDIS_DOWN
+from ollama_gate.services.background import BackgroundTask
+from ollama_gate.services.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
 
 class RedisCounters:
-    def __init__(self, client: aioredis.Redis, prefix: str = "ollama-gate") -> None:
+    """Counts gather in memory and reach Redis in one pipeline every `flush_interval` seconds, so a
+    rejection never waits for Redis (a stalled Redis used to add its socket timeout to every 429).
+    Counts that could not be written are kept for the next flush; `read` adds what is still unwritten."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "ollama-gate",
+        flush_interval: float = 1.0,
+        read_timeout: float = 0.25,
+    ) -> None:
         self._client = client
         self._prefix = prefix
+        self._read_timeout = read_timeout
+        self._unwritten: Counter[str] = Counter()
+        self._flusher = Periodic("shared-counters", self.flush, flush_interval)
 
     def _key(self, name: str) -> str:
         return f"{self._prefix}:counter:{name}"
 
-    async def increment(self, name: str) -> None:
+    def add(self, name: str) -> None:
+        self._unwritten[name] += 1
+
+    async def flush(self) -> None:
+        if not self._unwritten:
+            return
+        batch, self._unwritten = self._unwritten, Counter()
         try:
-            await self._client.incr(self._key(name))
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name, count in batch.items():
+                    pipe.incrby(self._key(name), count)
+                await pipe.execute()
         except REDIS_DOWN:
-            log.debug("Redis down: shared counter %s not incremented", name)
+            self._unwritten.update(batch)
+            log.debug("Redis down: %d shared counts kept for the next flush", sum(batch.values()))
 
     async def read(self, names: list[str]) -> dict[str, int] | None:
         try:
-            values = await self._client.mget([self._key(n) for n in names])
-        except REDIS_DOWN:
+            async with asyncio.timeout(self._read_timeout):
+                values = await self._client.mget([self._key(n) for n in names])
+        except (*REDIS_DOWN, TimeoutError):
             return None
-        return {name: int(value or 0) for name, value in zip(names, values, strict=True)}
+        return {
+            name: int(value or 0) + self._unwritten[name] for name, value in zip(names, values, strict=True)
+        }
+
+    async def start(self) -> None:
+        await self._flusher.start()
+
+    async def close(self) -> None:
+        await self._flusher.close()
 
 
 class RedisKeyEvents:
@@ -43,7 +77,7 @@ class RedisKeyEvents:
         self._client = client
         self._channel = f"{prefix}:key-revoked"
         self._handlers: list[Callable[[int], None]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._listener = BackgroundTask("key-revocations", self._listen_forever)
         self.listening = asyncio.Event()
 
     async def publish_revoked(self, key_id: int) -> None:
@@ -58,15 +92,10 @@ class RedisKeyEvents:
         self._handlers.append(on_revoked)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._listen_forever(), name="key-revocations")
+        self._listener.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._listener.stop()
 
     async def _listen_forever(self) -> None:
         while True:

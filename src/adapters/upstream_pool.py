@@ -8,7 +8,6 @@ connect (nothing was sent, so nothing can have run twice) is retried on the next
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -18,6 +17,7 @@ import msgspec
 from ollama_gate.domain.errors import GatewayError, UpstreamUnavailable
 from ollama_gate.domain.status import ModelInfo
 from ollama_gate.ports.llm import ProxyBackend, ProxyResponse, RequestBody, UpstreamResponse, UpstreamState
+from ollama_gate.services.background import BackgroundTask
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ class Upstream:
         return key is None or self.models is None or key in self.models
 
     def state(self) -> UpstreamState:
-        return UpstreamState(self.url, self.online, self.in_flight, tuple(sorted(self.models or ())))
+        return UpstreamState(
+            self.url, self.backend.name, self.online, self.in_flight, tuple(sorted(self.models or ()))
+        )
 
 
 class _Counted:
@@ -131,7 +133,8 @@ class UpstreamPool:
         self._retry_interval = retry_interval
         self._probe_timeout = probe_timeout
         self._turn = 0
-        self._task: asyncio.Task[None] | None = None
+        self.health_version = 0
+        self._watcher = BackgroundTask("upstream-watch", self._watch)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -141,15 +144,10 @@ class UpstreamPool:
         if self._routes_by_model:
             # Route the first requests by model too; bounded by the probe timeout.
             await self.refresh()
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch(), name="upstream-watch")
+        self._watcher.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._watcher.stop()
         for upstream in self.upstreams:
             await upstream.backend.close()
 
@@ -192,11 +190,13 @@ class UpstreamPool:
     def _mark_down(self, upstream: Upstream, error: BaseException) -> None:
         if upstream.online:
             log.warning("Ollama server %s is down (%s): skipping it until it answers", upstream.url, error)
+            self.health_version += 1
         upstream.online = False
 
     def _mark_up(self, upstream: Upstream) -> None:
         if not upstream.online:
             log.warning("Ollama server %s is back", upstream.url)
+            self.health_version += 1
         upstream.online = True
 
     # -- routing -----------------------------------------------------------------------------------

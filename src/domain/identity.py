@@ -1,4 +1,4 @@
-"""Who is calling: the two tiers and the caller a request resolves to."""
+"""Who is calling: the tiers and the caller a request resolves to."""
 
 from __future__ import annotations
 
@@ -6,11 +6,25 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 ANONYMOUS_USER = "anonymous"
+ADMIN_USER = "admin"
+# The users the gateway records by itself: no member may be called like them, or its usage would mix
+# with theirs.
+RESERVED_USERS = frozenset({ANONYMOUS_USER, ADMIN_USER})
 
 
 class Tier(StrEnum):
     ANONYMOUS = "anonymous"
     MEMBER = "member"
+    ADMIN = "admin"
+
+
+def tier_of_user(user_id: str) -> Tier:
+    """The tier whose usage rows carry `user_id`: the reserved names are their own tiers."""
+    if user_id == ANONYMOUS_USER:
+        return Tier.ANONYMOUS
+    if user_id == ADMIN_USER:
+        return Tier.ADMIN
+    return Tier.MEMBER
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +44,7 @@ class Caller:
     def member(cls, user_id: str, key_id: int, client_ip: str) -> Caller:
         return cls(user_id, Tier.MEMBER, key_id, client_ip)
 
-    @property
-    def quota_identity(self) -> str:
-        """The rate-limit identity: anonymous callers per address, members per user (all keys share it)."""
-        if self.tier is Tier.MEMBER:
-            return f"user:{self.user}"
-        return f"ip:{self.client_ip}"
+    @classmethod
+    def admin(cls, client_ip: str) -> Caller:
+        """Whoever presents the admin token: recorded as user `admin`, never rate-limited."""
+        return cls(ADMIN_USER, Tier.ADMIN, None, client_ip)

@@ -8,7 +8,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from ollama_gate.domain.errors import InvalidRequest, Unauthorized
+from ollama_gate.domain.errors import InvalidRequest, NotFound, Unauthorized
+from ollama_gate.domain.identity import RESERVED_USERS
 
 KEY_PREFIX = "oa-"
 # token_urlsafe(32) gives 43 characters (256 bits); the format accepts any 32+ URL-safe characters.
@@ -100,10 +101,30 @@ def parse_key_headers(x_api_key: str | None, authorization: str | None) -> str |
     return token
 
 
+# Ids are 64-bit in both databases: a larger number from a URL names no key (and must not reach SQL).
+MAX_KEY_ID = 2**63 - 1
+
+
 def validate_user_id(user_id: str | None) -> str:
+    """A well-formed user id (to read by); see `validate_member_id` for one that may hold keys."""
     if user_id is None or _USER_ID_PATTERN.fullmatch(user_id) is None:
         raise InvalidRequest("user_id must be 1-128 characters: letters, digits, '_', '.', '@', '-'")
     return user_id
+
+
+def validate_member_id(user_id: str | None) -> str:
+    """A user id that may become a member: well-formed and not one of the reserved names."""
+    user_id = validate_user_id(user_id)
+    if user_id.lower() in RESERVED_USERS:
+        raise InvalidRequest(f"user_id {user_id!r} is reserved: choose another name")
+    return user_id
+
+
+def validate_key_id(key_id: int) -> int:
+    """A key id that can exist; anything else is NotFound before it reaches a store."""
+    if not 1 <= key_id <= MAX_KEY_ID:
+        raise NotFound(f"key {key_id} not found")
+    return key_id
 
 
 def validate_key_name(name: str | None) -> str:

@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from ollama_gate import __version__
+from ollama_gate.entrypoints.access_log import access_log_middleware
 from ollama_gate.entrypoints.config import load_settings
 from ollama_gate.entrypoints.container import Container, build_container
 from ollama_gate.entrypoints.controllers import ollama_api, openai_api
@@ -22,6 +23,8 @@ from ollama_gate.entrypoints.controllers.status import status
 from ollama_gate.entrypoints.controllers.usage import list_usage
 from ollama_gate.entrypoints.heap import settle_after_startup
 from ollama_gate.entrypoints.http_errors import exception_handlers
+from ollama_gate.entrypoints.log_setup import configure_logging
+from ollama_gate.entrypoints.request_context import decided_client_ip
 
 log = logging.getLogger("ollama_gate")
 
@@ -48,6 +51,10 @@ def create_app(container: Container) -> Litestar:
                 except Exception:
                     log.exception("error while closing %s", type(component).__name__)
 
+    middleware = []
+    if settings.log_level in ("info", "debug"):
+        middleware.append(access_log_middleware(lambda scope: decided_client_ip(scope, settings)))
+
     return Litestar(
         route_handlers=[
             chat,
@@ -62,6 +69,7 @@ def create_app(container: Container) -> Litestar:
         ],
         state=State({"container": container}),
         lifespan=[lifespan],
+        middleware=middleware,
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -76,4 +84,6 @@ def create_app(container: Container) -> Litestar:
 
 def app_from_environment() -> Litestar:
     """Factory for `uvicorn --factory` and worker processes: settings from the environment."""
-    return create_app(build_container(load_settings()))
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(build_container(settings))

@@ -2,13 +2,13 @@
 
 Litestar's `Response` and `Stream` cost a measurable share of a request on the hot path: the response is
 rebuilt from a dict of headers, and every `Stream` runs an anyio task group to listen for a disconnect.
-These send the same bytes with the headers encoded once, and listen for a disconnect with one plain task.
+These send the same bytes with the headers encoded once; a client that leaves is noticed by the route's
+`cancel_on_disconnect` middleware, which cancels the whole request (handler and answer) at once.
 Content types go out as given: an upstream's `text/event-stream; charset=utf-8` stays what it was.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
@@ -64,12 +64,12 @@ class BodyAnswer(Answer):
 
 
 class StreamAnswer(Answer):
-    """A 200 stream of `chunks`, cut short when the client disconnects; `on_end` runs however it ends.
+    """A 200 stream of `chunks`; `on_end` runs however it ends.
 
-    A client that leaves cancels the iteration (the chunks generator sees `CancelledError`, as with
-    Litestar's `Stream`), and the answer then ends quietly: there is nobody left to answer. `on_end` is
-    synchronous so that it completes even while the task is being cancelled: it is where a relay that was
-    dropped before its first chunk closes its upstream and records its usage.
+    A client that leaves cancels the request's task (see `client_presence`): the chunks generator sees
+    `CancelledError`, as with Litestar's `Stream`. `on_end` is synchronous so that it completes even while
+    the task is being cancelled: it is where a relay that was dropped before its first chunk closes its
+    upstream and records its usage.
     """
 
     __slots__ = ("_chunks", "_headers", "_on_end")
@@ -86,20 +86,9 @@ class StreamAnswer(Answer):
         self._on_end = on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streaming = asyncio.current_task()
-        assert streaming is not None
-        listener = asyncio.create_task(_cancel_on_disconnect(receive, streaming))
         try:
             await self._send_all(send)
-        except asyncio.CancelledError:
-            # The listener returns (rather than being cancelled) only once the client has left.
-            client_left = listener.done() and not listener.cancelled()
-            if not client_left:
-                raise
-            # Our own cancellation, because the client left: nothing to propagate.
-            streaming.uncancel()
         finally:
-            listener.cancel()
             self._on_end()
 
     async def _send_all(self, send: Send) -> None:
@@ -114,9 +103,3 @@ class StreamAnswer(Answer):
             await send(chunk)
         end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
         await send(end)
-
-
-async def _cancel_on_disconnect(receive: Receive, streaming: asyncio.Task[None]) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    streaming.cancel()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -17,6 +16,7 @@ from ollama_gate.domain.errors import GatewayError
 from ollama_gate.entrypoints.config import ConfigError, Settings, load_settings
 from ollama_gate.entrypoints.container import build_container
 from ollama_gate.entrypoints.controllers.keys import key_view
+from ollama_gate.entrypoints.log_setup import configure_logging
 from ollama_gate.services.keys import KeyService
 
 T = TypeVar("T")
@@ -50,12 +50,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-
-
 SINGLE_PROCESS_LIMITS = (
     "--workers {n} needs OLLAMA_GATE_REDIS_URL: without a shared Redis every worker keeps its own rate "
     "limits, so a limit of N per minute would become {n}xN per minute"
@@ -83,7 +77,12 @@ def _serve(settings: Settings, workers: int) -> int:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "access_log": settings.log_level in ("info", "debug"),
+        # The gateway writes its own access lines (entrypoints/access_log.py), with the client address its
+        # trusted-proxy rule decided on.
+        "access_log": False,
+        # uvicorn's own proxy-header middleware trusts 127.0.0.1 by default: the gateway's trusted-proxy
+        # rule must be the only one that reads forwarding headers.
+        "proxy_headers": False,
         "loop": "uvloop",
         "http": "httptools",
         "lifespan": "on",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ollama_gate.domain.client_address import Network, parse_networks
+from ollama_gate.domain.client_address import DEFAULT_IPV6_PREFIX, ForwardedHeader, Network, parse_networks
 from ollama_gate.domain.ratelimit import RateLimit
 
 PREFIX = "OLLAMA_GATE_"
@@ -30,10 +31,23 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class UpstreamSetting:
+    """One Ollama server: its URL, the name errors, logs and metrics call it by (never its address), and
+    the slots per model it gets when its URL says so (`#slots=2`; None: `OLLAMA_GATE_SLOTS`)."""
+
+    url: str
+    name: str
+    slots: int | None = None
+
+
+_UPSTREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
-    ollama_urls: tuple[str, ...] = ("http://127.0.0.1:11434",)
+    upstreams: tuple[UpstreamSetting, ...] = (UpstreamSetting("http://127.0.0.1:11434", "ollama-1"),)
     database_url: str = field(default="sqlite+aiosqlite:///./data/ollama-gate.db", repr=False)
     default_model: str = "smollm:latest"
     max_body_bytes: int = 10 * 1024 * 1024
@@ -43,10 +57,18 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     anon_rate_limit: RateLimit = RateLimit("anonymous", 10, 60)
     member_rate_limit: RateLimit = RateLimit("member", 30, 60)
+    listing_rate_limit: RateLimit = RateLimit("listing", 120, 60)
     trusted_proxies: tuple[Network, ...] = ()
+    forwarded_header: ForwardedHeader = ForwardedHeader.X_FORWARDED_FOR
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    database_timeout: float = 2.0
     auto_migrate: bool = True
     redis_url: str | None = field(default=None, repr=False)
     rate_limit_fallback: str = "local"
+
+    @property
+    def ollama_urls(self) -> tuple[str, ...]:
+        return tuple(upstream.url for upstream in self.upstreams)
 
     @property
     def ollama_url(self) -> str:
@@ -55,7 +77,7 @@ class Settings:
     def public_view(self) -> dict[str, str]:
         """The effective configuration for the start-up banner: no secrets, no database password."""
         return {
-            "OLLAMA_GATE_OLLAMA_URL": ",".join(self.ollama_urls),
+            "OLLAMA_GATE_OLLAMA_URL": ",".join(_upstream_text(u) for u in self.upstreams),
             "OLLAMA_GATE_DATABASE_URL": make_url(self.database_url).render_as_string(hide_password=True),
             "OLLAMA_GATE_DEFAULT_MODEL": self.default_model,
             "OLLAMA_GATE_MAX_BODY_BYTES": str(self.max_body_bytes),
@@ -67,7 +89,11 @@ class Settings:
             else "(not set: loopback callers are admins)",
             "OLLAMA_GATE_ANON_RATE_LIMIT": f"{self.anon_rate_limit.limit}/{self.anon_rate_limit.window_text}",
             "OLLAMA_GATE_MEMBER_RATE_LIMIT": f"{self.member_rate_limit.limit}/{self.member_rate_limit.window_text}",
+            "OLLAMA_GATE_LISTING_RATE_LIMIT": f"{self.listing_rate_limit.limit}/{self.listing_rate_limit.window_text}",
             "OLLAMA_GATE_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies) or "(none)",
+            "OLLAMA_GATE_FORWARDED_HEADER": self.forwarded_header.value,
+            "OLLAMA_GATE_IPV6_PREFIX": str(self.ipv6_prefix),
+            "OLLAMA_GATE_DATABASE_TIMEOUT": f"{self.database_timeout:g}",
             "OLLAMA_GATE_AUTO_MIGRATE": str(self.auto_migrate).lower(),
             "OLLAMA_GATE_REDIS_URL": _hide_password(self.redis_url)
             if self.redis_url
@@ -118,11 +144,40 @@ def _http_url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
-def _urls(text: str) -> tuple[str, ...]:
-    urls = tuple(_http_url(part) for part in text.split(",") if part.strip())
-    if not urls:
+def _upstream(text: str, position: int) -> UpstreamSetting:
+    """`http://gpu1:11434#name=gpu1&slots=2`: the options ride in the URL's fragment."""
+    url, _, fragment = text.strip().partition("#")
+    options: dict[str, str] = {}
+    for option in filter(None, re.split(r"[&;]", fragment)):
+        key, equals, value = option.partition("=")
+        if not equals or key.strip() not in ("name", "slots"):
+            raise ValueError(f"unknown option {option!r} after '#' (use name=... and slots=N)")
+        options[key.strip()] = value.strip()
+    name = options.get("name", f"ollama-{position}")
+    if _UPSTREAM_NAME.fullmatch(name) is None:
+        raise ValueError(f"an upstream name is 1-64 letters, digits, '_', '.', '-', got {name!r}")
+    slots = None
+    if "slots" in options:
+        slots = int(options["slots"])
+        if slots < 0:
+            raise ValueError(f"slots must be 0 or more, got {options['slots']!r}")
+    return UpstreamSetting(_http_url(url), name, slots)
+
+
+def _upstreams(text: str) -> tuple[UpstreamSetting, ...]:
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
         raise ValueError("at least one URL is required")
-    return urls
+    upstreams = tuple(_upstream(part, position) for position, part in enumerate(parts, start=1))
+    names = [upstream.name for upstream in upstreams]
+    if len(set(names)) != len(names):
+        raise ValueError(f"upstream names must differ, got {', '.join(names)}")
+    return upstreams
+
+
+def _upstream_text(upstream: UpstreamSetting) -> str:
+    options = [f"name={upstream.name}"] + ([f"slots={upstream.slots}"] if upstream.slots is not None else [])
+    return f"{upstream.url}#{'&'.join(options)}"
 
 
 def _database_url(text: str) -> str:
@@ -154,6 +209,21 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise ValueError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _forwarded_header(text: str) -> ForwardedHeader:
+    try:
+        return ForwardedHeader(text.strip().lower())
+    except ValueError:
+        names = ", ".join(header.value for header in ForwardedHeader)
+        raise ValueError(f"expected one of {names}, got {text!r}") from None
+
+
+def _ipv6_prefix(text: str) -> int:
+    prefix = int(text)
+    if not 1 <= prefix <= 128:
+        raise ValueError(f"expected a prefix length between 1 and 128, got {text!r}")
+    return prefix
 
 
 def _log_level(text: str) -> str:
@@ -197,7 +267,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     return Settings(
         host=get("HOST", _non_empty, defaults.host),
         port=get("PORT", _port, defaults.port),
-        ollama_urls=get("OLLAMA_URL", _urls, defaults.ollama_urls),
+        upstreams=get("OLLAMA_URL", _upstreams, defaults.upstreams),
         database_url=get("DATABASE_URL", _database_url, defaults.database_url),
         default_model=get("DEFAULT_MODEL", _non_empty, defaults.default_model),
         max_body_bytes=get("MAX_BODY_BYTES", _positive_int, defaults.max_body_bytes),
@@ -211,7 +281,13 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         member_rate_limit=get(
             "MEMBER_RATE_LIMIT", lambda t: RateLimit.parse("member", t), defaults.member_rate_limit
         ),
+        listing_rate_limit=get(
+            "LISTING_RATE_LIMIT", lambda t: RateLimit.parse("listing", t), defaults.listing_rate_limit
+        ),
         trusted_proxies=get("TRUSTED_PROXIES", parse_networks, defaults.trusted_proxies),
+        forwarded_header=get("FORWARDED_HEADER", _forwarded_header, defaults.forwarded_header),
+        ipv6_prefix=get("IPV6_PREFIX", _ipv6_prefix, defaults.ipv6_prefix),
+        database_timeout=get("DATABASE_TIMEOUT", _positive_seconds, defaults.database_timeout),
         auto_migrate=get("AUTO_MIGRATE", _boolean, defaults.auto_migrate),
         redis_url=get("REDIS_URL", _redis_url, defaults.redis_url),
         rate_limit_fallback=get("RATE_LIMIT_FALLBACK", _fallback, defaults.rate_limit_fallback),

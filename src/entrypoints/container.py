@@ -32,14 +32,25 @@ from ollama_gate.services.status import StatusService
 from ollama_gate.services.usage_recorder import UsageRecorder
 from ollama_gate.services.usage_reports import UsageReports
 
+# Connections to Redis per process. A burst waits for a free one (a bounded wait) rather than opening
+# one per request: redis-py's default pool raises when full, which the limiter took for an outage.
+REDIS_MAX_CONNECTIONS = 50
+REDIS_POOL_WAIT = 2.0
+
 
 def _redis_client(settings: Settings) -> aioredis.Redis | None:
     if settings.redis_url is None:
         return None
     # Short socket timeouts: an unreachable Redis must cost a request milliseconds, not seconds.
-    return aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_POOL_WAIT,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        health_check_interval=10,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def _rate_limiter(settings: Settings, clock: Clock, client: aioredis.Redis | None) -> RateLimiter:
@@ -48,6 +59,10 @@ def _rate_limiter(settings: Settings, clock: Clock, client: aioredis.Redis | Non
         return local
     fallback = local if settings.rate_limit_fallback == "local" else None
     return RedisRateLimiter(client, clock, fallback)
+
+
+def _uses_redis(settings: Settings) -> bool:
+    return settings.redis_url is not None
 
 
 def _shared_counters(client: aioredis.Redis | None) -> SharedCounters:
@@ -60,8 +75,8 @@ def _key_events(client: aioredis.Redis | None) -> KeyEvents:
 
 def _ollama_servers(settings: Settings) -> UpstreamPool:
     backends = [
-        OllamaHttpBackend(url, settings.connect_timeout, settings.read_timeout)
-        for url in settings.ollama_urls
+        OllamaHttpBackend(upstream.url, settings.connect_timeout, settings.read_timeout, upstream.name)
+        for upstream in settings.upstreams
     ]
     return UpstreamPool(backends)
 
@@ -80,13 +95,16 @@ class _RedisConnection:
 
 
 def _lifecycle(
-    redis_client: aioredis.Redis | None, key_events: KeyEvents, authenticator: Authenticator, *components: Any
+    redis_client: aioredis.Redis | None,
+    key_events: KeyEvents,
+    shared_counters: SharedCounters,
+    authenticator: Authenticator,
+    *components: Any,
 ) -> list[Any]:
     """What the app starts in order and closes in reverse."""
     key_events.subscribe(authenticator.forget)
     managed: list[Any] = [] if redis_client is None else [_RedisConnection(redis_client)]
-    if isinstance(key_events, RedisKeyEvents):
-        managed.append(key_events)
+    managed += [c for c in (key_events, shared_counters) if isinstance(c, RedisKeyEvents | RedisCounters)]
     return [*components[:1], *managed, *components[1:]]
 
 
@@ -102,6 +120,7 @@ class Container(containers.DeclarativeContainer):
         url=settings.provided.database_url,
         connect_timeout=settings.provided.connect_timeout,
         auto_migrate=settings.provided.auto_migrate,
+        query_timeout=settings.provided.database_timeout,
     )
     key_store = providers.Singleton(SqlKeyStore, database)
     usage_store = providers.Singleton(SqlUsageStore, database)
@@ -113,7 +132,9 @@ class Container(containers.DeclarativeContainer):
     key_events = providers.Singleton(_key_events, redis_client)
 
     usage_recorder = providers.Singleton(UsageRecorder, usage_store, clock)
-    authenticator = providers.Singleton(Authenticator, key_store, clock)
+    authenticator = providers.Singleton(
+        Authenticator, key_store, clock, lookup_timeout=settings.provided.database_timeout
+    )
     gatekeeper = providers.Singleton(
         Gatekeeper,
         authenticator,
@@ -121,6 +142,9 @@ class Container(containers.DeclarativeContainer):
         anonymous_rate=settings.provided.anon_rate_limit,
         member_rate=settings.provided.member_rate_limit,
         shared_counters=shared_counters,
+        admin_token=settings.provided.admin_token,
+        listing_rate=settings.provided.listing_rate_limit,
+        ipv6_prefix=settings.provided.ipv6_prefix,
     )
     access = providers.Singleton(AccessPolicy, authenticator, admin_token=settings.provided.admin_token)
     chat = providers.Singleton(
@@ -129,7 +153,16 @@ class Container(containers.DeclarativeContainer):
     passthrough = providers.Singleton(PassthroughService, llm, usage_recorder, clock)
     keys = providers.Singleton(KeyService, key_store, authenticator, clock, key_events)
     usage_reports = providers.Singleton(UsageReports, usage_store)
-    status = providers.Singleton(StatusService, llm, metrics, usage_store, usage_recorder, gatekeeper, clock)
+    status = providers.Singleton(
+        StatusService,
+        llm,
+        metrics,
+        usage_store,
+        usage_recorder,
+        gatekeeper,
+        clock,
+        shares_state=providers.Callable(_uses_redis, settings),
+    )
     last_used_writer = providers.Singleton(
         Periodic, "last-used-writer", authenticator.provided.flush_last_used, interval=5.0
     )
@@ -137,7 +170,15 @@ class Container(containers.DeclarativeContainer):
     # Started in this order with the app, closed in reverse: the usage writer drains before the
     # database closes.
     lifecycle = providers.Singleton(
-        _lifecycle, redis_client, key_events, authenticator, database, llm, usage_recorder, last_used_writer
+        _lifecycle,
+        redis_client,
+        key_events,
+        shared_counters,
+        authenticator,
+        database,
+        llm,
+        usage_recorder,
+        last_used_writer,
     )
 
 

@@ -62,6 +62,11 @@ def undecodable_body_response(_request: Request[Any, Any, Any], _error: UnicodeD
     return Response({"detail": "invalid request: the body is not valid UTF-8"}, status_code=400)
 
 
+def too_deep_response(_request: Request[Any, Any, Any], _error: RecursionError) -> Response[Any]:
+    # The last line of defence: bodies are checked for depth before they are decoded (see body_depth).
+    return Response({"detail": "invalid request: the body is nested too deeply"}, status_code=400)
+
+
 def unexpected_error_response(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
     return Response({"detail": "internal server error"}, status_code=HTTP_500_INTERNAL_SERVER_ERROR)
@@ -71,6 +76,7 @@ exception_handlers: Any = {
     GatewayError: gateway_error_response,
     HTTPException: http_error_response,
     UnicodeDecodeError: undecodable_body_response,
+    RecursionError: too_deep_response,
     Exception: unexpected_error_response,
 }
 

@@ -7,7 +7,10 @@ import math
 from ollama_gate.domain.ratelimit import Decision
 
 
-def rate_limit_headers(decision: Decision) -> dict[str, str]:
+def rate_limit_headers(decision: Decision | None) -> dict[str, str]:
+    """The headers for `decision`; none for a caller without a quota (the admin)."""
+    if decision is None:
+        return {}
     rate = decision.rate
     reset = str(math.ceil(decision.reset_after))
     remaining = str(decision.remaining)

@@ -6,10 +6,13 @@ from typing import Any
 
 from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.types import Scope
 
 from ollama_gate.domain.access import Principal
-from ollama_gate.domain.client_address import client_address
+from ollama_gate.domain.client_address import FORWARDING_HEADERS, client_address
 from ollama_gate.domain.identity import Caller
+from ollama_gate.domain.json_depth import check_nesting
+from ollama_gate.entrypoints.config import Settings
 from ollama_gate.entrypoints.container import Container
 
 AnyConnection = ASGIConnection[Any, Any, Any, Any]
@@ -26,19 +29,30 @@ def peer_of(connection: AnyConnection) -> str:
 
 
 def is_relayed(connection: AnyConnection) -> bool:
+    """Whether the request carries any forwarding header: then it came through a proxy."""
     headers = connection.headers
-    return "x-forwarded-for" in headers or "forwarded" in headers
+    return any(name in headers for name in FORWARDING_HEADERS)
+
+
+def decided_client_ip(scope: Scope, settings: Settings) -> str:
+    """The client address by the gateway's trusted-proxy rule, decided once per request (and cached in
+    its state, so the access log shows the address the limits and usage rows used)."""
+    state = scope.setdefault("state", {})
+    decided: str | None = state.get("client_ip")
+    if decided is None:
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        values: list[str] = []
+        if settings.trusted_proxies:
+            wanted = settings.forwarded_header.value.encode()
+            values = [value.decode("latin-1") for name, value in scope["headers"] if name.lower() == wanted]
+        decided = client_address(peer, values, settings.trusted_proxies, settings.forwarded_header)
+        state["client_ip"] = decided
+    return decided
 
 
 def client_ip_of(connection: AnyConnection) -> str:
-    peer = peer_of(connection)
-    trusted = container_of(connection).settings().trusted_proxies
-    if not trusted:
-        return peer
-    headers = connection.headers
-    return client_address(
-        peer, headers.getall("x-forwarded-for", []), headers.getall("forwarded", []), trusted
-    )
+    return decided_client_ip(connection.scope, container_of(connection).settings())
 
 
 async def identify_caller(connection: AnyConnection) -> None:
@@ -48,9 +62,28 @@ async def identify_caller(connection: AnyConnection) -> None:
     caller = (
         await container_of(connection)
         .gatekeeper()
-        .identify(headers.get("x-api-key"), headers.get("authorization"), client_ip_of(connection))
+        .identify(
+            headers.get("x-api-key"),
+            headers.get("authorization"),
+            client_ip_of(connection),
+            headers.get("x-admin-token"),
+        )
     )
     connection.state.caller = caller
+
+
+async def identify_caller_then_check_body(request: Request[Any, Any, Any]) -> None:
+    """`before_request` hook of `/chat`: the caller first (a bad key is 401 whatever the body), then the
+    body's nesting, before Litestar decodes it into the handler's `data`."""
+    await identify_caller(request)
+    check_nesting(await request.body())
+
+
+async def identify_lister(connection: AnyConnection) -> None:
+    """`before_request` hook of the listing paths: the caller as on inference (the admin token included),
+    then one admission of the listing paths' own per-identity quota."""
+    await identify_caller(connection)
+    await container_of(connection).gatekeeper().admit_listing(connection.state.caller)
 
 
 def caller_of(request: Request[Any, Any, Any]) -> Caller:

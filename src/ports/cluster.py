@@ -7,12 +7,12 @@ from typing import Protocol
 class SharedCounters(Protocol):
     """Counters every gateway instance adds to (rejections, for the status page)."""
 
-    async def increment(self, name: str) -> None:
-        """Add one; never raises (a lost increment is better than a failed request)."""
+    def add(self, name: str) -> None:
+        """Add one, without waiting: counters are never on an answer's path, and never raise."""
         ...
 
     async def read(self, names: list[str]) -> dict[str, int] | None:
-        """Current values, or None when the shared store is unreachable."""
+        """Current values within a short bound, or None when the shared store cannot answer in time."""
         ...
 
 

@@ -66,6 +66,11 @@ class ProxyBackend(LLMBackend, Protocol):
     @property
     def base_url(self) -> str: ...
 
+    @property
+    def name(self) -> str:
+        """What answers and metrics call this server: never its address."""
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -84,6 +89,7 @@ class UpstreamState:
     """One Ollama server as the gateway sees it: reachable or not, requests in flight, models it lists."""
 
     url: str
+    name: str
     online: bool
     in_flight: int
     models: tuple[str, ...]
@@ -92,6 +98,12 @@ class UpstreamState:
 @runtime_checkable
 class UpstreamInventory(Protocol):
     def upstream_states(self) -> list[UpstreamState]: ...
+
+    @property
+    def health_version(self) -> int:
+        """Changes whenever a server is found down or back, by a probe or by a request: whoever caches
+        the upstreams' health (the status) knows its copy is out of date."""
+        ...
 
 
 class LLMRouter(LLMBackend, UpstreamInventory, Protocol):

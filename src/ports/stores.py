@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.usage import UsageRecord
 
@@ -41,8 +42,8 @@ class UsageStore(Protocol):
         """Write a batch in one round trip."""
         ...
 
-    async def recent(self, limit: int, user_id: str | None) -> list[UsageRecord]:
-        """Newest first, optionally for one user."""
+    async def recent(self, limit: int, scope: UsageScope | None) -> list[UsageRecord]:
+        """Newest first; only the rows of `scope` (one user of one tier) when given."""
         ...
 
     async def count(self) -> int: ...

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
-
-from ollama_gate.domain.access import Principal, is_local_admin
+from ollama_gate.domain.access import AdminToken, Principal, is_local_admin, presented_admin_token
 from ollama_gate.domain.errors import Forbidden
-from ollama_gate.domain.keys import bearer_token, is_key_shaped, parse_key_headers
+from ollama_gate.domain.keys import parse_key_headers
 from ollama_gate.services.authenticator import Authenticator
 
 
@@ -16,7 +14,7 @@ class AccessPolicy:
 
     def __init__(self, authenticator: Authenticator, admin_token: str | None) -> None:
         self._authenticator = authenticator
-        self._admin_token = admin_token.encode() if admin_token else None
+        self._admin_token = AdminToken(admin_token) if admin_token else None
 
     async def principal(
         self,
@@ -27,11 +25,9 @@ class AccessPolicy:
         peer: str,
         relayed: bool,
     ) -> Principal:
-        presented_admin = self._presented_admin_token(authorization, x_admin_token)
+        presented_admin = presented_admin_token(authorization, x_admin_token, self._admin_token is not None)
         if presented_admin is not None:
-            if self._admin_token is not None and hmac.compare_digest(
-                presented_admin.encode(), self._admin_token
-            ):
+            if self._admin_token is not None and self._admin_token.matches(presented_admin):
                 return Principal.admin()
             raise Forbidden("invalid admin token")
         secret = parse_key_headers(x_api_key, authorization)
@@ -41,14 +37,3 @@ class AccessPolicy:
         if self._admin_token is None and is_local_admin(peer, relayed):
             return Principal.admin()
         return Principal.nobody()
-
-    def _presented_admin_token(self, authorization: str | None, x_admin_token: str | None) -> str | None:
-        if x_admin_token is not None:
-            return x_admin_token.strip()
-        if self._admin_token is None or authorization is None:
-            return None
-        # A Bearer token that is not key-shaped is an attempt at the admin token.
-        token = bearer_token(authorization)
-        if token and not is_key_shaped(token):
-            return token
-        return None

@@ -17,10 +17,13 @@ log = logging.getLogger(__name__)
 class Authenticator:
     """A cache in front of the KeyStore.
 
-    - A known key is served from memory and re-read from the store at most every `revalidate_after`
-      seconds, which bounds how long a revocation made elsewhere (the CLI, another instance) takes.
-      A revocation made through this process's KeyService takes effect at once.
+    - A known key is served from memory and re-read from the store in the background once it is older
+      than `revalidate_after` seconds: a cached key never waits for the database (a stalled one
+      included), and a revocation made elsewhere (the CLI, another instance) takes effect within
+      `revalidate_after` seconds plus one store round trip. A revocation made through this process's
+      KeyService takes effect at once.
     - If the store is down when a key is due for re-reading, the cached entry keeps serving.
+    - An unknown key waits for the store at most `lookup_timeout` seconds, then StoreUnavailable (503).
     - Unknown hashes are remembered for `unknown_ttl` seconds, so a flood of made-up keys is not a flood
       of queries.
     - Concurrent requests for a key that is due for (re-)reading share one store lookup, so a burst of
@@ -35,12 +38,14 @@ class Authenticator:
         revalidate_after: float = 5.0,
         unknown_ttl: float = 5.0,
         max_cached: int = 100_000,
+        lookup_timeout: float = 2.0,
     ) -> None:
         self._store = store
         self._clock = clock
         self._revalidate_after = revalidate_after
         self._unknown_ttl = unknown_ttl
         self._max_cached = max_cached
+        self._lookup_timeout = lookup_timeout
         self._known: dict[str, tuple[ApiKey, float]] = {}
         self._hash_by_id: dict[int, str] = {}
         self._unknown: dict[str, float] = {}
@@ -53,24 +58,31 @@ class Authenticator:
         key_hash = hash_secret(secret)
         now = self._clock.monotonic()
         cached = self._known.get(key_hash)
-        if cached is not None and cached[1] > now:
+        if cached is not None:
             key = cached[0]
+            if cached[1] <= now:
+                self._load_once(key_hash, now, key)  # stale: served now, refreshed behind the answer
         else:
-            key = await self._load_once(key_hash, now, cached[0] if cached else None)
+            try:
+                key = await asyncio.wait_for(
+                    asyncio.shield(self._load_once(key_hash, now, None)), self._lookup_timeout
+                )
+            except TimeoutError:
+                raise StoreUnavailable() from None
         if key.revoked_at is not None:
             raise InvalidCredentials("API key revoked")
         self._last_used[key.id] = self._clock.now()
         return key
 
-    async def _load_once(self, key_hash: str, now: float, stale: ApiKey | None) -> ApiKey:
-        """The store's answer for `key_hash`, shared by every caller that asks while it is on its way."""
+    def _load_once(self, key_hash: str, now: float, stale: ApiKey | None) -> asyncio.Task[ApiKey]:
+        """The store's answer for `key_hash`, shared by every caller that asks while it is on its way.
+        Callers await it shielded: one that goes away must not cancel the lookup the others wait for."""
         loading = self._loading.get(key_hash)
         if loading is None:
             loading = asyncio.ensure_future(self._load(key_hash, now, stale))
             self._loading[key_hash] = loading
             loading.add_done_callback(lambda task: self._load_done(key_hash, task))
-        # Shielded: a caller that goes away must not cancel the lookup the others wait for.
-        return await asyncio.shield(loading)
+        return loading
 
     def _load_done(self, key_hash: str, task: asyncio.Task[ApiKey]) -> None:
         if self._loading.get(key_hash) is task:
@@ -87,6 +99,8 @@ class Authenticator:
         except StoreUnavailable:
             if stale is None:
                 raise
+            # Served as it was, and not asked for again before the next revalidation is due.
+            self._remember(key_hash, stale, now)
             return stale
         if key is None:
             self._forget_hash(key_hash)

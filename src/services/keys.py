@@ -9,8 +9,9 @@ from ollama_gate.domain.keys import (
     display_prefix,
     generate_secret,
     hash_secret,
+    validate_key_id,
     validate_key_name,
-    validate_user_id,
+    validate_member_id,
 )
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.cluster import KeyEvents
@@ -31,7 +32,7 @@ class KeyService:
         self._events = events
 
     async def create(self, user_id: str, name: str | None) -> IssuedKey:
-        user_id = validate_user_id(user_id)
+        user_id = validate_member_id(user_id)
         name = validate_key_name(name)
         secret = generate_secret()
         key_hash = hash_secret(secret)
@@ -44,7 +45,7 @@ class KeyService:
 
     async def revoke(self, key_id: int, user_id: str | None) -> ApiKey:
         """Revoke (idempotently) a key, of `user_id` when given; NotFound otherwise."""
-        key = await self._store.get(key_id)
+        key = await self._store.get(validate_key_id(key_id))
         if key is None or (user_id is not None and key.user_id != user_id):
             raise NotFound(f"key {key_id} not found")
         revoked = await self._store.revoke(key_id, self._clock.now())

@@ -16,6 +16,7 @@ import msgspec
 
 from ollama_gate.domain.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from ollama_gate.domain.identity import Caller
+from ollama_gate.domain.json_depth import check_nesting
 from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMRouter, ProxyResponse, RequestBody
@@ -41,6 +42,7 @@ class _Envelope(msgspec.Struct):
 def _envelope(body: bytes) -> _Envelope:
     if not body.strip():
         raise InvalidRequest("missing request body")
+    check_nesting(body)
     try:
         return _decode(body, type=_Envelope)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:

@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from ollama_gate.services.background import BackgroundTask
 
 log = logging.getLogger(__name__)
 
 
 class Periodic:
+    """Runs `action` every `interval` seconds while started, and once more on close (a last flush)."""
+
     def __init__(self, name: str, action: Callable[[], Awaitable[None]], interval: float) -> None:
         self._name = name
         self._action = action
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(name, self._run)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=self._name)
+        self._task.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         await self._run_once()
 
     async def _run_once(self) -> None:

@@ -26,8 +26,14 @@ class OllamaProbe:
 
 
 class StatusService:
-    """Builds the status document. The Ollama probe is bounded in time and shared by concurrent callers
-    for `probe_ttl` seconds, so a flood of status calls is not a flood of upstream calls."""
+    """Builds the status document within a bound, whatever its dependencies do.
+
+    The Ollama probe is bounded in time and shared by concurrent callers for `probe_ttl` seconds, so a
+    flood of status calls is not a flood of upstream calls; but what requests learn about a server
+    (refused, back) invalidates it at once, so the status never contradicts the answer a request just
+    got. The database and the shared counters each get `dependency_timeout` seconds; one that does not
+    answer in time is reported unhealthy instead of holding the status back.
+    """
 
     def __init__(
         self,
@@ -39,6 +45,8 @@ class StatusService:
         clock: Clock,
         probe_timeout: float = 1.5,
         probe_ttl: float = 2.0,
+        dependency_timeout: float = 1.0,
+        shares_state: bool = False,
     ) -> None:
         self._llm = llm
         self._metrics = metrics
@@ -48,16 +56,28 @@ class StatusService:
         self._clock = clock
         self._probe_timeout = probe_timeout
         self._probe_ttl = probe_ttl
+        self._dependency_timeout = dependency_timeout
+        self._shares_state = shares_state
         self._started = clock.monotonic()
         self._probe: OllamaProbe | None = None
         self._probe_expires = 0.0
+        self._probe_health = -1
         self._probe_lock = asyncio.Lock()
+
+    def _health_version(self) -> int:
+        return self._llm.health_version if isinstance(self._llm, UpstreamInventory) else 0
 
     async def ollama(self) -> OllamaProbe:
         async with self._probe_lock:
-            if self._probe is None or self._clock.monotonic() >= self._probe_expires:
+            if (
+                self._probe is None
+                or self._clock.monotonic() >= self._probe_expires
+                or self._probe_health != self._health_version()
+            ):
                 self._probe = await self._fetch_probe()
                 self._probe_expires = self._clock.monotonic() + self._probe_ttl
+                # Read after the probe: the probe itself marks servers up or down.
+                self._probe_health = self._health_version()
             return self._probe
 
     async def _fetch_probe(self) -> OllamaProbe:
@@ -70,16 +90,30 @@ class StatusService:
 
     async def _stored_requests(self) -> int | None:
         try:
-            return await self._usage_store.count()
-        except StoreUnavailable:
+            return await asyncio.wait_for(self._usage_store.count(), self._dependency_timeout)
+        except (StoreUnavailable, TimeoutError):
             return None
 
-    async def status(self) -> dict[str, Any]:
+    async def _shared(self) -> tuple[int | None, dict[str, int]]:
+        """Active anonymous identities and rejection counts, or this instance's own when the shared
+        store is slow (`None` for the identities then: they are not known here)."""
+        gatekeeper = self._gatekeeper
+        try:
+            async with asyncio.timeout(self._dependency_timeout):
+                return await gatekeeper.active_anonymous_identities(), await gatekeeper.rejection_counts()
+        except TimeoutError:
+            return None, gatekeeper.local_rejection_counts()
+
+    async def status(self, include_upstreams: bool = False) -> dict[str, Any]:
+        """The status document; `include_upstreams` (for admins) adds each server with its address."""
         uptime = self._clock.monotonic() - self._started
         system = self._metrics.snapshot()
-        probe, stored = await asyncio.gather(self.ollama(), self._stored_requests())
+        probe, stored, (active, rejections) = await asyncio.gather(
+            self.ollama(), self._stored_requests(), self._shared()
+        )
         gatekeeper = self._gatekeeper
-        return {
+        limiter = gatekeeper.limiter_health
+        document = {
             "server": {"uptime_seconds": int(uptime), "uptime_human": humanize_uptime(uptime)},
             "system": {
                 "ram_total_gb": system.ram_total_gb,
@@ -95,23 +129,37 @@ class StatusService:
                 # Rows in the store plus rows still on their way there; since start if the store is down.
                 "total_requests": (stored if stored is not None else self._recorder.recorded)
                 + (self._recorder.unsaved if stored is not None else 0),
-                "active_anonymous_ips": await gatekeeper.active_anonymous_identities(),
+                "active_anonymous_ips": active,
                 "anon_rate_limit": gatekeeper.anonymous_rate.describe(),
                 "member_rate_limit": gatekeeper.member_rate.describe(),
-                **await gatekeeper.rejection_counts(),
+                **rejections,
                 "usage_rows_pending": self._recorder.unsaved,
                 "usage_rows_dropped": self._recorder.dropped,
                 "database_online": stored is not None,
             },
-            "rate_limiter": gatekeeper.limiter_health,
-            "upstreams": self._upstreams(),
+            "rate_limiter": limiter,
+            "dependencies": {
+                "database": {"online": stored is not None},
+                "redis": {"online": bool(limiter["healthy"]) and active is not None}
+                if self._shares_state
+                else None,
+            },
         }
+        if include_upstreams:
+            document["upstreams"] = self._upstreams()
+        return document
 
     def _upstreams(self) -> list[dict[str, Any]]:
         """Each Ollama server, as the probe just left it (none for a backend that does not list them)."""
         if not isinstance(self._llm, UpstreamInventory):
             return []
         return [
-            {"url": s.url, "online": s.online, "in_flight": s.in_flight, "models": list(s.models)}
+            {
+                "name": s.name,
+                "url": s.url,
+                "online": s.online,
+                "in_flight": s.in_flight,
+                "models": list(s.models),
+            }
             for s in self._llm.upstream_states()
         ]

@@ -12,6 +12,7 @@ from ollama_gate.domain.identity import Caller
 from ollama_gate.domain.usage import Outcome, TokenCounts, UsageRecord
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.stores import UsageStore
+from ollama_gate.services.background import BackgroundTask
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class UsageRecorder:
         self._writing = 0
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._writer = BackgroundTask("usage-recorder", self._run)
         self._store_down = False
         self.recorded = 0
         self.dropped = 0
@@ -97,18 +98,14 @@ class UsageRecorder:
         )
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="usage-recorder")
+        self._writer.start()
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop the loop and write what is pending, retrying for up to `timeout` seconds."""
-        if self._task is not None:
-            # Cancel the loop between writes only: a batch cancelled mid-write would be lost.
-            async with self._lock:
-                self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        # Cancel the loop between writes only: a batch cancelled mid-write would be lost.
+        async with self._lock:
+            self._writer.cancel()
+        await self._writer.stop()
         deadline = asyncio.get_running_loop().time() + timeout
         while self._pending and not await self.flush():
             if asyncio.get_running_loop().time() >= deadline:

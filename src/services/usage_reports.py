@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ollama_gate.domain.access import Principal, scope_user
+from ollama_gate.domain.access import Principal, usage_scope
 from ollama_gate.domain.errors import InvalidRequest
 from ollama_gate.domain.usage import UsageRecord
 from ollama_gate.ports.stores import UsageStore
@@ -15,8 +15,8 @@ class UsageReports:
         self._store = store
 
     async def recent(self, principal: Principal, limit: int, user_id: str | None) -> list[UsageRecord]:
-        """Newest first. Admins see everyone (optionally one user); members see only their own rows."""
+        """Newest first. Admins see everyone (optionally one user); members see only their own rows, of
+        their own tier: a member that shares a name with the anonymous callers never sees theirs."""
         if not 1 <= limit <= MAX_USAGE_LIMIT:
             raise InvalidRequest(f"limit must be between 1 and {MAX_USAGE_LIMIT}")
-        scope = scope_user(principal, user_id, required_for_admin=False)
-        return await self._store.recent(limit, scope)
+        return await self._store.recent(limit, usage_scope(principal, user_id))

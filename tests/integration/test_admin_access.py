@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import ollama
 import pytest
 
 from tests.integration.conftest import gateway_per_module
@@ -145,6 +146,8 @@ RELAY_HEADERS = {
     "x-forwarded-for loopback": {"X-Forwarded-For": "127.0.0.1"},
     "forwarded": {"Forwarded": "for=203.0.113.9;proto=https"},
     "forwarded loopback": {"Forwarded": "for=127.0.0.1"},
+    "x-real-ip": {"X-Real-IP": "127.0.0.1"},
+    "via": {"Via": "1.1 nginx"},
 }
 
 
@@ -154,6 +157,58 @@ def test_a_relayed_loopback_request_is_not_local(
     tokenless: GatewayProcess, call: tuple[str, str, dict[str, str]], headers: dict[str, str]
 ) -> None:
     assert_explains_admin_access(request(tokenless, call, headers))
+
+
+# -- the admin token on inference ----------------------------------------------------------------------
+
+# Tiny quotas: anything the admin does beyond them shows that the admin is not rate-limited.
+tight_tokened = gateway_per_module(
+    {"ADMIN_TOKEN": ADMIN_TOKEN, "ANON_RATE_LIMIT": "2/60", "MEMBER_RATE_LIMIT": "2/60"},
+    upstream="module_ollama_server",
+)
+tight_tokenless = gateway_per_module(
+    {"ANON_RATE_LIMIT": "2/60", "MEMBER_RATE_LIMIT": "2/60"}, upstream="module_ollama_server"
+)
+
+
+def test_one_ollama_client_with_the_admin_token_both_manages_and_uses_models(
+    tight_tokened: GatewayProcess,
+) -> None:
+    """The ollama client sends the token as its Bearer on every call: listing, pulling and chatting."""
+    client = ollama.Client(host=tight_tokened.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert client.pull("smollm:latest").status == "success"
+    assert "smollm:latest" in [m.model for m in client.list().models]
+    answers = [
+        client.chat("smollm:latest", messages=[{"role": "user", "content": f"admin {n}"}]) for n in range(5)
+    ]
+    assert all(answer.done for answer in answers)  # 5 > the quota of 2: the admin has none
+    direct = [
+        httpx.post(tight_tokened.url + "/chat", json={"message": "hi"}, headers=ADMIN, timeout=10)
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in direct] == [200] * 3
+    assert direct[0].json()["user"] == "admin" and direct[0].json()["tier"] == "admin"
+    assert "RateLimit" not in direct[0].headers
+    rows = tight_tokened.usage_rows(8, headers=ADMIN, where=lambda row: row["user"] == "admin")
+    assert len(rows) == 8
+    assert {(row["user"], row["tier"], row["key_id"]) for row in rows} == {("admin", "admin", None)}
+
+
+def test_a_wrong_admin_token_on_inference_is_401(tight_tokened: GatewayProcess) -> None:
+    for headers in ({"Authorization": "Bearer not-the-token"}, {"X-Admin-Token": "not-the-token"}):
+        response = httpx.post(
+            tight_tokened.url + "/chat", json={"message": "hi"}, headers=headers, timeout=10
+        )
+        assert response.status_code == 401, response.text
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_without_a_token_loopback_inference_stays_anonymous(tight_tokenless: GatewayProcess) -> None:
+    """The loopback rule opens the management paths only: chatting from the box is still anonymous."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.20"), timeout=10) as client:
+        statuses = [client.post(tight_tokenless.url + "/chat", json={"message": "hi"}) for _ in range(3)]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    assert statuses[0].json()["tier"] == "anonymous"
 
 
 # -- a real remote peer: a network namespace on a veth pair made by the test --------------------------

@@ -197,3 +197,28 @@ def test_at_warning_there_are_no_access_lines(tmp_path: Path) -> None:
 
     assert access_lines(log) == []
     assert secret not in log
+
+
+ACCESS_ADDRESS = re.compile(r'^.*?(\S+) "(?:GET|POST) (\S+) HTTP/1\.1" (\d{3})', re.MULTILINE)
+
+
+def test_the_access_line_shows_the_address_the_gateway_decided_on(tmp_path: Path) -> None:
+    """Behind a trusted proxy, the forwarded client; from anyone else, the peer, whatever it claims.
+    (The audit found the spoofed X-Forwarded-For of a loopback caller in the access log.)"""
+    with FakeOllama() as fake:
+        gate = GatewayProcess(
+            tmp_path, ollama_url=fake.url, log_level="info", env={"TRUSTED_PROXIES": "127.0.0.5"}
+        ).start()
+        try:
+            for address, claimed in (("127.0.0.5", "198.51.100.7"), ("127.0.0.1", "203.0.113.66")):
+                transport = httpx.HTTPTransport(local_address=address)
+                with httpx.Client(transport=transport, timeout=10) as client:
+                    headers = {"X-Forwarded-For": claimed}
+                    assert (
+                        client.post(gate.url + "/chat", json={"message": "hi"}, headers=headers).status_code
+                        == 200
+                    )
+        finally:
+            gate.terminate()
+    lines = [(m[1], m[2]) for m in ACCESS_ADDRESS.finditer(gate.log()) if m[2] == "/chat"]
+    assert lines == [("198.51.100.7", "/chat"), ("127.0.0.1", "/chat")]

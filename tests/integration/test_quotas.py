@@ -129,8 +129,12 @@ TRUSTED = "127.0.0.5,10.0.0.0/8,2001:db8:ffff::/48"
 
 # No trusted proxies (the default); a small anonymous quota.
 direct = gateway_per_module({"ANON_RATE_LIMIT": "3/60"})
-# 127.0.0.5 and 10.0.0.0/8 are trusted proxies; a small anonymous quota.
+# 127.0.0.5 and 10.0.0.0/8 are trusted proxies that set X-Forwarded-For; a small anonymous quota.
 proxied = gateway_per_module({"ANON_RATE_LIMIT": "3/60", "TRUSTED_PROXIES": TRUSTED})
+# The same proxies, setting `Forwarded` (RFC 7239) instead.
+proxied_rfc7239 = gateway_per_module(
+    {"ANON_RATE_LIMIT": "3/60", "TRUSTED_PROXIES": TRUSTED, "FORWARDED_HEADER": "forwarded"}
+)
 
 
 def statuses(
@@ -176,12 +180,15 @@ def usage_client_ips(gate: GatewayProcess, addresses: set[str]) -> Counter[str]:
     return Counter(row["client_ip"] for row in rows if row["client_ip"] in addresses)
 
 
-def test_a_trusted_proxy_chain_names_the_right_most_untrusted_address(proxied: GatewayProcess) -> None:
+def test_a_trusted_proxy_chain_names_the_right_most_untrusted_address(
+    proxied: GatewayProcess, proxied_rfc7239: GatewayProcess
+) -> None:
     chains = {
         # left-most entries are whatever the client claimed; the first untrusted hop from the right wins
         "203.0.113.7, 10.1.2.3": "203.0.113.7",
         "198.51.100.66, 203.0.113.8": "203.0.113.8",
         "203.0.113.9": "203.0.113.9",
+        "::ffff:203.0.113.11": "203.0.113.11",  # one spelling per address
     }
     forwarded = {
         'for=198.51.100.1, for="[2001:db8::1]:4711", for=10.0.0.9': "2001:db8::1",
@@ -191,10 +198,30 @@ def test_a_trusted_proxy_chain_names_the_right_most_untrusted_address(proxied: G
         for chain in chains:
             assert chat(proxy, proxied, {"X-Forwarded-For": chain}).status_code == 200
         for chain in forwarded:
-            assert chat(proxy, proxied, {"Forwarded": chain}).status_code == 200
+            assert chat(proxy, proxied_rfc7239, {"Forwarded": chain}).status_code == 200
 
-    expected = Counter(chains.values()) + Counter(forwarded.values())
-    assert usage_client_ips(proxied, set(expected)) == expected
+    assert usage_client_ips(proxied, set(chains.values())) == Counter(chains.values())
+    assert usage_client_ips(proxied_rfc7239, set(forwarded.values())) == Counter(forwarded.values())
+
+
+def test_only_the_configured_forwarding_header_is_believed(proxied: GatewayProcess) -> None:
+    """Behind a proxy that sets X-Forwarded-For, a client's own `Forwarded` (or X-Real-IP) header rides
+    through untouched; it must not name the client (the audit got 15 of 15 through a quota of 10)."""
+    with client_from("127.0.0.5") as client_behind_proxy:
+        forged = [
+            chat(
+                client_behind_proxy,
+                proxied,
+                {
+                    "X-Forwarded-For": "198.51.100.30",
+                    "Forwarded": f"for=203.0.113.{i}",
+                    "X-Real-IP": f"203.0.114.{i}",
+                },
+            ).status_code
+            for i in range(5)
+        ]
+    assert forged == [200, 200, 200, 429, 429]  # one client, 198.51.100.30, with a quota of 3
+    assert usage_client_ips(proxied, {"198.51.100.30"}) == Counter({"198.51.100.30": 3})
 
 
 def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota(proxied: GatewayProcess) -> None:

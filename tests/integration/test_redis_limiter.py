@@ -126,8 +126,12 @@ async def test_counters_and_revocations_are_shared() -> None:
     events_b.subscribe(received.append)
     await events_b.start()
     try:
-        await counters_a.increment("rejected_rate_limited")
-        await counters_b.increment("rejected_rate_limited")
+        counters_a.add("rejected_rate_limited")
+        counters_b.add("rejected_rate_limited")
+        # Counted before they are written: a rejection never waits for Redis.
+        assert await counters_a.read(["rejected_rate_limited"]) == {"rejected_rate_limited": 1}
+        await counters_a.flush()
+        await counters_b.flush()
         assert await counters_a.read(["rejected_rate_limited", "rejected_unauthorized"]) == {
             "rejected_rate_limited": 2,
             "rejected_unauthorized": 0,

@@ -15,6 +15,7 @@ from ollama_gate.adapters.sql import migrate
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
 from ollama_gate.adapters.sql.tables import api_keys, metadata, usage_logs
+from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.errors import StoreUnavailable
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.usage import Outcome, UsageRecord
@@ -86,11 +87,16 @@ async def test_usage_store_writes_batches_and_reads_newest_first(database: Datab
     await store.add_many([usage("alice"), usage("bob", 502, None), usage("alice", tokens=9)])
     await store.add_many([usage("anonymous")])
     assert await store.count() == 4
-    alice = await store.recent(10, "alice")
+    alice = await store.recent(10, UsageScope("alice", Tier.MEMBER))
     assert [r.prompt_tokens for r in alice] == [9, 5]
     newest = await store.recent(2, None)
     assert [r.user for r in newest] == ["anonymous", "alice"]
-    bob = (await store.recent(10, "bob"))[0]
+    bob = (await store.recent(10, UsageScope("bob", Tier.MEMBER)))[0]
+    # Scoped by tier too: the anonymous callers' rows are not a member's called "anonymous".
+    assert await store.recent(10, UsageScope("anonymous", Tier.MEMBER)) == []
+    assert [r.tier for r in await store.recent(10, UsageScope("anonymous", Tier.ANONYMOUS))] == [
+        Tier.ANONYMOUS
+    ]
     assert (bob.status, bob.outcome, bob.prompt_tokens, bob.timestamp) == (
         502,
         Outcome.UPSTREAM_ERROR,

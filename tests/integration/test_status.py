@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -129,3 +131,45 @@ def test_status_with_ollama_hanging_still_answers_offline(
     assert fake_ollama.seen.tags_requests >= 1
     # The cached probe answers the next caller too.
     assert get_status(gateway)["ollama"]["online"] is False
+
+
+def test_a_request_that_finds_ollama_offline_is_reflected_by_the_next_status(tmp_path: Path) -> None:
+    """The status's probe is cached for 2 s; a /chat that just got 503 "offline" must not be contradicted
+    by a cached `online: true` the next moment."""
+    fake = FakeOllama().start()
+    with GatewayProcess(tmp_path, ollama_url=fake.url, env={"ANON_RATE_LIMIT": "1000/60"}) as gateway:
+        assert get_status(gateway)["ollama"]["online"] is True  # probed and cached
+        fake.stop()
+        answer = httpx.post(gateway.url + "/chat", json={"message": "hi"}, timeout=10)
+        assert answer.status_code == 503, answer.text
+        assert get_status(gateway)["ollama"]["online"] is False
+        # And back: a request that finds it again makes the status say so at once too.
+        fake = FakeOllama(port=fake.port).start()
+        try:
+            assert httpx.post(gateway.url + "/chat", json={"message": "hi"}, timeout=10).status_code == 200
+            assert get_status(gateway)["ollama"]["online"] is True
+        finally:
+            fake.stop()
+
+
+ADMIN_TOKEN = "status-admin-token"
+
+
+def test_anonymous_callers_never_see_the_upstream_addresses(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = {"ANON_RATE_LIMIT": "1000/60", "ADMIN_TOKEN": ADMIN_TOKEN}
+    with GatewayProcess(tmp_path, ollama_url=closed, env=env) as gateway:
+        anonymous = get_status(gateway)
+        admin = httpx.get(
+            gateway.url + "/api/status", headers={"X-Admin-Token": ADMIN_TOKEN}, timeout=5
+        ).json()
+        failed = httpx.post(gateway.url + "/chat", json={"message": "hi"}, timeout=10)
+
+    assert "upstreams" not in anonymous
+    assert closed not in json.dumps(anonymous)
+    assert admin["upstreams"] == [
+        {"name": "ollama-1", "url": closed, "online": False, "in_flight": 0, "models": []}
+    ]
+    assert failed.status_code == 503
+    assert closed.removeprefix("http://") not in failed.text
+    assert "ollama-1" in failed.json()["detail"]

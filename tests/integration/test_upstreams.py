@@ -130,8 +130,8 @@ def test_listings_and_status_show_every_server(
     assert document["ollama"]["online"] is True
     assert {m["name"] for m in document["ollama"]["models"]} == everything
     assert document["upstreams"] == [
-        {"url": a.url, "online": True, "in_flight": 0, "models": sorted(A_MODELS)},
-        {"url": b.url, "online": True, "in_flight": 0, "models": sorted(B_MODELS)},
+        {"name": "ollama-1", "url": a.url, "online": True, "in_flight": 0, "models": sorted(A_MODELS)},
+        {"name": "ollama-2", "url": b.url, "online": True, "in_flight": 0, "models": sorted(B_MODELS)},
     ]
 
 

@@ -1,7 +1,12 @@
 """A fake Ollama speaking its real wire format, run in a thread so tests can watch what it sees.
 
+It generates like Ollama under load: at most `parallel` generations of one model at once (None: no
+limit), the others waiting first-in first-out; it records the order in which generations started and
+which ones their client abandoned (it notices a client that leaves, as Ollama does, and stops).
+
 The prompt steers the behaviour, so concurrent tests never need to reconfigure it:
-- `!hang`        accept the request, then never send a byte
+- `!hang`        accept the request, then never send a byte (until the client leaves: `seen.abandoned`)
+- `!wait=S`      generate for S seconds before the answer (or a stream's first chunk) is sent
 - `!error500`    500 `{"error": "..."}`;   `!busy`  503 (Ollama's queue-full answer);  `!bad` 400
 - `!errorline`   (stream) two chunks, then an `{"error": ...}` line without a done chunk
 - `!cut`         (stream) two chunks, then the connection is dropped
@@ -17,10 +22,13 @@ An unknown model is a 404 `{"error": "model 'x' not found"}`, as Ollama answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,17 +79,32 @@ class Observed:
     streams_finished: int = 0
     streams_abandoned: int = 0  # the client (the gateway) went away mid-stream
     hosts: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)  # prompts, in the order their generation began
+    abandoned: list[str] = field(default_factory=list)  # prompts whose client left before the end
+    generating: dict[str, int] = field(default_factory=dict)  # model -> generations running now
+    most_generating: dict[str, int] = field(default_factory=dict)  # model -> the most ever at once
 
     def requests_with_prompt(self, prompt: str) -> list[dict[str, Any]]:
         """The /api/generate bodies that carried `prompt`: tests sharing one fake use unique prompts."""
         return [body for body in self.generate_requests if body.get("prompt") == prompt]
 
 
+def wait_seconds(prompt: str) -> float:
+    """The S of a `!wait=S` in `prompt` (0 without one)."""
+    match = re.search(r"!wait=(\d+(?:\.\d+)?)", prompt)
+    return float(match.group(1)) if match else 0.0
+
+
 class FakeOllama:
-    def __init__(self, models: dict[str, int] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, models: dict[str, int] | None = None, port: int | None = None, parallel: int | None = None
+    ) -> None:
         self.models = dict(DEFAULT_MODELS if models is None else models)
         self.port = port or free_port()
+        self.parallel = parallel
+        self.loaded: set[str] = set(self.models)  # what /api/ps lists
         self.seen = Observed()
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self.tags_delay = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -147,7 +170,10 @@ class FakeOllama:
         app.router.add_get("/api/version", self._version)
         app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/api/generate", self._generate)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        # Cancelling a handler whose client left is how Ollama behaves: it stops generating.
+        self._runner = web.AppRunner(
+            app, handle_signals=False, shutdown_timeout=0.5, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
@@ -156,6 +182,33 @@ class FakeOllama:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    # -- the GPU ---------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def generation(self, model: str, prompt: str) -> AsyncIterator[None]:
+        """One generation: waits its turn (first in, first out) while `parallel` of the model run, then
+        runs for its `!wait=S` (or, with `!hang`, until its client leaves). A client that leaves at any
+        point is recorded in `seen.abandoned`."""
+        if self.parallel is not None and model not in self._slots:
+            self._slots[model] = asyncio.Semaphore(self.parallel)
+        slot = self._slots.get(model) or contextlib.nullcontext()
+        try:
+            async with slot:
+                self.seen.started.append(prompt)
+                running = self.seen.generating[model] = self.seen.generating.get(model, 0) + 1
+                self.seen.most_generating[model] = max(self.seen.most_generating.get(model, 0), running)
+                try:
+                    if "!hang" in prompt:
+                        await asyncio.sleep(3600)
+                    if wait_seconds(prompt):
+                        await asyncio.sleep(wait_seconds(prompt))
+                    yield
+                finally:
+                    self.seen.generating[model] -= 1
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.seen.abandoned.append(prompt)
+            raise
 
     # -- handlers --------------------------------------------------------------------------------
 
@@ -192,8 +245,12 @@ class FakeOllama:
         model, prompt = body.get("model", ""), str(body.get("prompt", ""))
         if model not in self.models:
             return web.json_response({"error": f"model '{model}' not found"}, status=404)
-        if "!hang" in prompt:
-            await asyncio.sleep(3600)
+        async with self.generation(model, prompt):
+            return await self._generated(request, body, model, prompt)
+
+    async def _generated(
+        self, request: web.Request, body: dict[str, Any], model: str, prompt: str
+    ) -> web.StreamResponse:
         if "!error500" in prompt:
             return web.json_response(
                 {"error": "llama runner process has terminated: exit status 2"}, status=500

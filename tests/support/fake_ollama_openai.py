@@ -9,6 +9,7 @@ its Host header, so load-balancing tests can count where traffic went. On /api/c
 - `!errorline` (stream, /api/chat) two chunks, then an `{"error": ...}` line without a done chunk
 - `!held`     (stream, /api/chat) one chunk, then nothing until `release()` (at most 60 s): a chunk that
               reaches the client while this is still held was relayed before the answer was complete
+- `!hang`, `!wait=S` on every inference path, as on /api/generate (see FakeOllama.generation)
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ def _named_model(body: dict[str, Any]) -> str:
 
 
 class FakeOllamaServer(FakeOllama):
-    def __init__(self, models: dict[str, int] | None = None, port: int | None = None) -> None:
-        super().__init__(models=models, port=port)
+    def __init__(
+        self, models: dict[str, int] | None = None, port: int | None = None, parallel: int | None = None
+    ) -> None:
+        super().__init__(models=models, port=port, parallel=parallel)
         self.calls: list[Call] = []
         self.chat_bodies: list[dict[str, Any]] = []
         self.blobs: set[str] = set()
@@ -138,7 +141,10 @@ class FakeOllamaServer(FakeOllama):
         routes.add_post("/v1/embeddings", self._openai_embeddings)
         routes.add_get("/v1/models", self._openai_models)
         routes.add_get("/v1/models/{model:.+}", self._openai_model)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        # Cancelling a handler whose client left is how Ollama behaves: it stops generating.
+        self._runner = web.AppRunner(
+            app, handle_signals=False, shutdown_timeout=0.5, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
@@ -214,6 +220,12 @@ class FakeOllamaServer(FakeOllama):
         prompt = str(messages[-1].get("content", ""))
         if self._canonical(model) not in self.models:
             return self._missing(model)
+        async with self.generation(self._canonical(model), prompt):
+            return await self._chat_answer(request, body, model, prompt)
+
+    async def _chat_answer(
+        self, request: web.Request, body: dict[str, Any], model: str, prompt: str
+    ) -> web.StreamResponse:
         if "!error500" in prompt:
             return web.json_response({"error": "llama runner process has terminated"}, status=500)
         words, delay = self._steered_words(prompt)
@@ -259,6 +271,8 @@ class FakeOllamaServer(FakeOllama):
             return parsed
         body, model = parsed
         texts = _texts(body)
+        async with self.generation(self._canonical(model), " ".join(texts)):
+            pass
         return web.json_response(
             {
                 "model": model,
@@ -273,7 +287,9 @@ class FakeOllamaServer(FakeOllama):
         parsed = await self._known_model_body(request, self._missing)
         if isinstance(parsed, web.Response):
             return parsed
-        body, _ = parsed
+        body, model = parsed
+        async with self.generation(self._canonical(model), str(body.get("prompt", ""))):
+            pass
         return web.json_response({"embedding": embedding_of(str(body.get("prompt", "")))})
 
     async def _show(self, request: web.Request) -> web.Response:
@@ -308,6 +324,7 @@ class FakeOllamaServer(FakeOllama):
                 "context_length": 4096,
             }
             for name, size in self.models.items()
+            if name in self.loaded
         ]
         return web.json_response({"models": loaded})
 
@@ -386,6 +403,12 @@ class FakeOllamaServer(FakeOllama):
     async def _openai_answer(
         self, request: web.Request, body: dict[str, Any], model: str, prompt: str, *, chat: bool
     ) -> web.StreamResponse:
+        async with self.generation(self._canonical(model), prompt):
+            return await self._openai_generated(request, body, model, prompt, chat=chat)
+
+    async def _openai_generated(
+        self, request: web.Request, body: dict[str, Any], model: str, prompt: str, *, chat: bool
+    ) -> web.StreamResponse:
         if "!error500" in prompt:
             return self._openai_error(500, "llama runner process has terminated", "api_error")
         words, delay = self._steered_words(prompt)
@@ -424,6 +447,8 @@ class FakeOllamaServer(FakeOllama):
             return parsed
         body, model = parsed
         texts = _texts(body)
+        async with self.generation(self._canonical(model), " ".join(texts)):
+            pass
         base64_wanted = body.get("encoding_format") == "base64"
         data = []
         for index, text in enumerate(texts):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import pytest
 
 from ollama_gate.adapters.memory_stores import InMemoryKeyStore
 from ollama_gate.domain.errors import StoreUnavailable
-from ollama_gate.domain.keys import InvalidCredentials
+from ollama_gate.domain.keys import ApiKey, InvalidCredentials
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.keys import KeyService
 from tests.unit.fakes import FakeClock
@@ -42,6 +43,12 @@ async def test_a_cached_key_costs_no_store_lookup(
     assert key_store.lookups == 1
 
 
+async def settle() -> None:
+    """Let background re-reads run (they take a few loop iterations against the in-memory store)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 async def test_a_key_is_reread_after_revalidate_after(
     authenticator: Authenticator, key_service: KeyService, key_store: InMemoryKeyStore, clock: FakeClock
 ) -> None:
@@ -49,10 +56,43 @@ async def test_a_key_is_reread_after_revalidate_after(
     await authenticator.member_key(issued.secret)
     clock.advance(4.9)
     await authenticator.member_key(issued.secret)
+    await settle()
     assert key_store.lookups == 1
     clock.advance(0.2)
     await authenticator.member_key(issued.secret)
+    await settle()
     assert key_store.lookups == 2
+    await authenticator.member_key(issued.secret)
+    await settle()
+    assert key_store.lookups == 2  # fresh again
+
+
+class StalledKeyStore(InMemoryKeyStore):
+    """A database whose TCP connection is open but sends nothing: lookups never answer."""
+
+    stalled = False
+
+    async def find_by_hash(self, key_hash: str) -> ApiKey | None:
+        if self.stalled:
+            await asyncio.sleep(3600)
+        return await super().find_by_hash(key_hash)
+
+
+async def test_a_stalled_store_never_delays_a_cached_key_and_an_unknown_one_gets_503_in_time(
+    clock: FakeClock,
+) -> None:
+    store = StalledKeyStore()
+    authenticator = Authenticator(store, clock, revalidate_after=5.0, lookup_timeout=0.05)
+    service = KeyService(store, authenticator, clock)
+    cached, uncached = await service.create("alice", None), await service.create("bob", None)
+    await authenticator.member_key(cached.secret)
+    store.stalled = True
+    clock.advance(60)  # well past its revalidation: the re-read hangs behind the answer, not before it
+    answer = asyncio.create_task(authenticator.member_key(cached.secret))
+    await settle()
+    assert answer.done() and answer.result().user_id == "alice"
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(authenticator.member_key(uncached.secret), 1.0)  # 503 after 0.05 s
 
 
 async def test_a_revocation_through_the_service_takes_effect_on_the_next_call(
@@ -88,6 +128,8 @@ async def test_a_revocation_made_elsewhere_is_seen_after_revalidate_after(
     clock.advance(1)
     await authenticator.member_key(issued.secret)  # still cached
     clock.advance(5)
+    await authenticator.member_key(issued.secret)  # due: served, and re-read behind the answer
+    await settle()
     with pytest.raises(InvalidCredentials, match="revoked"):
         await authenticator.member_key(issued.secret)
 

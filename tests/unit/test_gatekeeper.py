@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from ollama_gate.adapters.memory_ratelimit import InMemoryRateLimiter
 from ollama_gate.adapters.memory_stores import InMemoryKeyStore
 from ollama_gate.domain.errors import RateLimited, StoreUnavailable
 from ollama_gate.domain.identity import Caller, Tier
 from ollama_gate.domain.keys import InvalidCredentials
+from ollama_gate.domain.ratelimit import RateLimit
+from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.gatekeeper import Gatekeeper
 from ollama_gate.services.keys import KeyService
 from tests.unit.conftest import ANONYMOUS_RATE, MEMBER_RATE
@@ -28,7 +31,7 @@ async def admitted(gatekeeper: Gatekeeper, caller: Caller, attempts: int) -> int
 async def test_no_key_is_anonymous_per_address(gatekeeper: Gatekeeper) -> None:
     caller = await gatekeeper.identify(None, None, "203.0.113.7")
     assert caller == Caller("anonymous", Tier.ANONYMOUS, None, "203.0.113.7")
-    assert caller.quota_identity == "ip:203.0.113.7"
+    assert gatekeeper.quota_identity(caller) == "ip:203.0.113.7"
     assert gatekeeper.rate_for(caller) == ANONYMOUS_RATE
 
 
@@ -78,7 +81,7 @@ async def test_a_store_outage_is_not_counted_as_unauthorized(
 async def test_the_quota_then_429_counted(gatekeeper: Gatekeeper, clock: FakeClock) -> None:
     caller = Caller.anonymous("203.0.113.7")
     decisions = [await gatekeeper.admit(caller) for _ in range(ANONYMOUS_RATE.limit)]
-    assert [d.remaining for d in decisions] == [2, 1, 0]
+    assert [d.remaining if d else None for d in decisions] == [2, 1, 0]
     clock.advance(15)
     with pytest.raises(RateLimited) as raised:
         await gatekeeper.admit(caller)
@@ -128,3 +131,92 @@ async def test_active_anonymous_identities_counts_addresses_inside_the_window(
     assert await gatekeeper.active_anonymous_identities() == 4
     clock.advance(60)
     assert await gatekeeper.active_anonymous_identities() == 0
+
+
+ADMIN_TOKEN = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def guarded(authenticator: Authenticator, limiter: InMemoryRateLimiter) -> Gatekeeper:
+    """A gatekeeper with an admin token and a listing quota of 2 per minute."""
+    return Gatekeeper(
+        authenticator,
+        limiter,
+        ANONYMOUS_RATE,
+        MEMBER_RATE,
+        admin_token=ADMIN_TOKEN,
+        listing_rate=RateLimit("listing", 2, 60),
+    )
+
+
+@pytest.mark.parametrize(
+    ("authorization", "x_admin_token"), [(f"Bearer {ADMIN_TOKEN}", None), (None, ADMIN_TOKEN)]
+)
+async def test_the_admin_token_makes_the_admin_caller_who_has_no_quota(
+    guarded: Gatekeeper, authorization: str | None, x_admin_token: str | None
+) -> None:
+    caller = await guarded.identify(None, authorization, "203.0.113.7", x_admin_token)
+    assert caller == Caller("admin", Tier.ADMIN, None, "203.0.113.7")
+    assert [await guarded.admit(caller) for _ in range(3 * ANONYMOUS_RATE.limit)] == [None] * 9
+    assert await guarded.admit_listing(caller) is None
+
+
+@pytest.mark.parametrize(
+    ("authorization", "x_admin_token"), [("Bearer guess", None), (None, "guess"), (None, "")]
+)
+async def test_a_wrong_admin_token_is_401_on_inference(
+    guarded: Gatekeeper, authorization: str | None, x_admin_token: str | None
+) -> None:
+    with pytest.raises(InvalidCredentials, match="admin token"):
+        await guarded.identify(None, authorization, "203.0.113.7", x_admin_token)
+    assert guarded.rejections.unauthorized == 1
+
+
+async def test_without_a_configured_token_an_admin_token_header_is_a_wrong_credential(
+    gatekeeper: Gatekeeper,
+) -> None:
+    with pytest.raises(InvalidCredentials):
+        await gatekeeper.identify(None, None, "127.0.0.1", ADMIN_TOKEN)
+
+
+async def test_listings_have_a_quota_of_their_own(guarded: Gatekeeper) -> None:
+    caller = Caller.anonymous("203.0.113.7")
+    await guarded.admit_listing(caller)
+    await guarded.admit_listing(caller)
+    with pytest.raises(RateLimited):
+        await guarded.admit_listing(caller)
+    # Listing did not use the chat quota, nor the other way round.
+    assert await admitted(guarded, caller, 10) == ANONYMOUS_RATE.limit
+
+
+async def test_an_ipv6_caller_is_counted_per_slash_64(gatekeeper: Gatekeeper) -> None:
+    """One user controls a whole /64: rotating addresses inside it buys nothing."""
+    rotating = [Caller.anonymous(f"2001:db8:1:2::{n:x}") for n in range(1, 10)]
+    results = [await admitted(gatekeeper, caller, 1) for caller in rotating]
+    assert sum(results) == ANONYMOUS_RATE.limit
+    assert await admitted(gatekeeper, Caller.anonymous("2001:db8:1:3::1"), 1) == 1
+
+
+class RecordingCounters:
+    def __init__(self) -> None:
+        self.added: list[str] = []
+
+    def add(self, name: str) -> None:
+        self.added.append(name)
+
+    async def read(self, names: list[str]) -> dict[str, int] | None:
+        return None
+
+
+async def test_rejections_reach_the_shared_counters_without_an_await(
+    authenticator: Authenticator, limiter: InMemoryRateLimiter
+) -> None:
+    counters = RecordingCounters()
+    gatekeeper = Gatekeeper(authenticator, limiter, ANONYMOUS_RATE, MEMBER_RATE, shared_counters=counters)
+    caller = Caller.anonymous("203.0.113.7")
+    await admitted(gatekeeper, caller, 4)
+    with pytest.raises(InvalidCredentials):
+        await gatekeeper.identify("garbage", None, "203.0.113.7")
+    assert counters.added == ["rejected_rate_limited", "rejected_unauthorized"]
+    # Unreachable shared counters: the status falls back to this instance's own.
+    assert await gatekeeper.rejection_counts() == {"rejected_unauthorized": 1, "rejected_rate_limited": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -180,3 +181,32 @@ async def test_limit_out_of_bounds_is_400(reports: UsageReports, limit: int) -> 
 async def test_a_bad_user_id_filter_is_400(reports: UsageReports) -> None:
     with pytest.raises(InvalidRequest, match="user_id"):
         await reports.recent(Principal.admin(), 50, "no spaces please")
+
+
+@pytest.mark.parametrize("reserved", ["anonymous", "admin", "Anonymous", "ADMIN"])
+async def test_the_reserved_names_cannot_become_members(key_service: KeyService, reserved: str) -> None:
+    with pytest.raises(InvalidRequest, match="reserved"):
+        await key_service.create(reserved, None)
+    assert await key_service.list(None) == []
+
+
+@pytest.mark.parametrize("key_id", [0, -1, 2**63, 2**64 + 5, 10**30])
+async def test_a_key_id_no_database_can_hold_is_404_before_any_query(
+    key_service: KeyService, key_id: int
+) -> None:
+    with pytest.raises(NotFound):
+        await key_service.revoke(key_id, None)
+
+
+async def test_usage_is_scoped_by_tier_as_well_as_user(usage_store: InMemoryUsageStore) -> None:
+    """A member named like the anonymous callers (a key created before the name was reserved) sees its
+    own rows only; the admin reads the anonymous callers' rows by their user name."""
+    await usage_store.add_many(
+        [
+            row("anonymous", 0),  # an anonymous caller
+            dataclasses.replace(row("anonymous", 1), tier=Tier.MEMBER, key_id=7),  # the old member
+        ]
+    )
+    reports = UsageReports(usage_store)
+    assert seconds(await reports.recent(Principal.member("anonymous"), 50, None)) == [1]
+    assert seconds(await reports.recent(Principal.admin(), 50, "anonymous")) == [0]

@@ -96,6 +96,8 @@ class ScriptedProxyResponse:
 
 
 class FakeRouter:
+    health_version = 0
+
     def __init__(self, response: ScriptedProxyResponse | Exception | None = None) -> None:
         self.response = response
         self.listings: list[bytes] = []

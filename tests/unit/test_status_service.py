@@ -14,6 +14,7 @@ from ollama_gate.domain.identity import Caller, Tier
 from ollama_gate.domain.keys import InvalidCredentials
 from ollama_gate.domain.status import ModelInfo, humanize_uptime
 from ollama_gate.domain.usage import Outcome, UsageRecord
+from ollama_gate.ports.llm import UpstreamState
 from ollama_gate.services.gatekeeper import Gatekeeper
 from ollama_gate.services.status import StatusService
 from ollama_gate.services.usage_recorder import UsageRecorder
@@ -226,3 +227,66 @@ async def admit_many(gatekeeper: Gatekeeper, caller: Caller) -> None:
     """Admit until the quota says no (at most a few hundred attempts)."""
     for _ in range(300):
         await gatekeeper.admit(caller)
+
+
+class InventoryLLM(FakeLLM):
+    """A router that tells which servers it knows to be up, the way the upstream pool does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.health_version = 0
+
+    def upstream_states(self) -> list[UpstreamState]:
+        return [UpstreamState("http://10.0.0.5:11434", "gpu1", self.online, 0, ("smollm:latest",))]
+
+    def request_found_offline(self) -> None:
+        self.online = False
+        self.health_version += 1
+
+
+async def test_what_a_request_learns_about_ollama_reaches_the_status_at_once(
+    usage_store: InMemoryUsageStore, recorder: UsageRecorder, gatekeeper: Gatekeeper, clock: FakeClock
+) -> None:
+    llm = InventoryLLM()
+    service = StatusService(llm, FakeMetrics(), usage_store, recorder, gatekeeper, clock, probe_ttl=60)
+    assert (await service.status())["ollama"]["online"] is True
+    llm.request_found_offline()  # a /chat just answered 503 "Ollama offline"
+    assert (await service.status())["ollama"]["online"] is False  # not the cached "online" of a moment ago
+    calls = llm.model_calls
+    await service.status()
+    assert llm.model_calls == calls  # nothing new learned: the cache serves again
+
+
+async def test_the_servers_and_their_addresses_are_for_admins_only(
+    usage_store: InMemoryUsageStore, recorder: UsageRecorder, gatekeeper: Gatekeeper, clock: FakeClock
+) -> None:
+    service = StatusService(InventoryLLM(), FakeMetrics(), usage_store, recorder, gatekeeper, clock)
+    assert "upstreams" not in await service.status()
+    admin_view = await service.status(include_upstreams=True)
+    assert admin_view["upstreams"] == [
+        {
+            "name": "gpu1",
+            "url": "http://10.0.0.5:11434",
+            "online": True,
+            "in_flight": 0,
+            "models": ["smollm:latest"],
+        }
+    ]
+
+
+class StalledUsageStore(InMemoryUsageStore):
+    async def count(self) -> int:
+        await asyncio.sleep(3600)
+        return 0
+
+
+async def test_a_stalled_database_does_not_hold_the_status_back(
+    recorder: UsageRecorder, gatekeeper: Gatekeeper, clock: FakeClock
+) -> None:
+    service = StatusService(
+        FakeLLM(), FakeMetrics(), StalledUsageStore(), recorder, gatekeeper, clock, dependency_timeout=0.05
+    )
+    document = await asyncio.wait_for(service.status(), 2.0)
+    assert document["usage"]["database_online"] is False
+    assert document["dependencies"]["database"] == {"online": False}
+    assert document["dependencies"]["redis"] is None  # not configured

@@ -39,6 +39,7 @@ class FakeServer:
 
     def __init__(self, name: str, models: tuple[str, ...] = ("smollm:latest",)) -> None:
         self.base_url = f"http://{name}:11434"
+        self.name = name
         self.models_listed = list(models)
         self.refusing = False
         self.failure: Exception | None = None

@@ -37,8 +37,11 @@ class Database:
     database that is down at start-up does not stop the gateway: anonymous chat works and the stores
     answer 503 until it is back."""
 
-    def __init__(self, url: str, connect_timeout: float = 5.0, auto_migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, connect_timeout: float = 5.0, auto_migrate: bool = True, query_timeout: float = 2.0
+    ) -> None:
         self.url = url
+        self.query_timeout = query_timeout
         self.auto_migrate = auto_migrate
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -111,11 +114,15 @@ class Database:
         return True
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """One transaction, bounded by `timeout` seconds (default `query_timeout`) from the first
+        connection attempt to the commit: a database whose TCP connection is open but silent makes the
+        caller wait that long, then StoreUnavailable, never longer."""
         await self.ensure_schema()
         try:
-            async with self.engine.begin() as connection:
-                yield connection
+            async with asyncio.timeout(self.query_timeout if timeout is None else timeout):
+                async with self.engine.begin() as connection:
+                    yield connection
         except _UNAVAILABLE as error:
             raise StoreUnavailable() from error
 

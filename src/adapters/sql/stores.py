@@ -10,9 +10,12 @@ from sqlalchemy import bindparam, func, insert, select, update
 
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.tables import api_keys, usage_logs
+from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.usage import Outcome, UsageRecord
+
+BATCH_TIMEOUT = 30.0
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -145,14 +148,15 @@ class SqlUsageStore:
     async def add_many(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        async with self._db.transaction() as connection:
+        # Off the request path: a big batch on a busy database may take longer than a lookup.
+        async with self._db.transaction(timeout=BATCH_TIMEOUT) as connection:
             # An executemany: one round trip per batch (asyncpg and sqlite3 both batch it).
             await connection.execute(insert(usage_logs), [_usage_row(r) for r in records])
 
-    async def recent(self, limit: int, user_id: str | None) -> list[UsageRecord]:
+    async def recent(self, limit: int, scope: UsageScope | None) -> list[UsageRecord]:
         query = select(usage_logs).order_by(usage_logs.c.id.desc()).limit(limit)
-        if user_id is not None:
-            query = query.where(usage_logs.c.user == user_id)
+        if scope is not None:
+            query = query.where(usage_logs.c.user == scope.user, usage_logs.c.tier == scope.tier.value)
         async with self._db.transaction() as connection:
             result = await connection.execute(query)
             return [_usage_record(row) for row in result]

@@ -9,8 +9,9 @@ from litestar import Request, post
 
 from ollama_gate.domain.chat import ChatRequest
 from ollama_gate.entrypoints.asgi_answers import JSON, NDJSON, BodyAnswer, StreamAnswer
+from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
-from ollama_gate.entrypoints.request_context import caller_of, container_of, identify_caller
+from ollama_gate.entrypoints.request_context import caller_of, container_of, identify_caller_then_check_body
 
 
 class ChatBody(msgspec.Struct):
@@ -25,7 +26,13 @@ class ChatBody(msgspec.Struct):
         return ChatRequest(self.message, self.model, self.system, self.options)
 
 
-@post("/chat", status_code=200, before_request=identify_caller, summary="Chat (one JSON answer)")
+@post(
+    "/chat",
+    status_code=200,
+    before_request=identify_caller_then_check_body,
+    middleware=[cancel_on_disconnect],
+    summary="Chat (one JSON answer)",
+)
 async def chat(request: Request[Any, Any, Any], data: ChatBody) -> BodyAnswer:
     container = container_of(request)
     caller = caller_of(request)
@@ -34,7 +41,13 @@ async def chat(request: Request[Any, Any, Any], data: ChatBody) -> BodyAnswer:
     return BodyAnswer(body, JSON, rate_limit_headers(decision))
 
 
-@post("/chat/stream", status_code=200, before_request=identify_caller, summary="Chat (streamed as NDJSON)")
+@post(
+    "/chat/stream",
+    status_code=200,
+    before_request=identify_caller_then_check_body,
+    middleware=[cancel_on_disconnect],
+    summary="Chat (streamed as NDJSON)",
+)
 async def chat_stream(request: Request[Any, Any, Any], data: ChatBody) -> StreamAnswer:
     container = container_of(request)
     caller = caller_of(request)

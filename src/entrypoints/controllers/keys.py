@@ -7,9 +7,9 @@ from typing import Any
 import msgspec
 from litestar import Request, delete, get, post
 
-from ollama_gate.domain.access import scope_user
-from ollama_gate.domain.errors import InvalidRequest
+from ollama_gate.domain.access import require_someone, scope_user
 from ollama_gate.domain.keys import ApiKey
+from ollama_gate.entrypoints.request_body import optional_json_body
 from ollama_gate.entrypoints.request_context import container_of, principal_of
 
 
@@ -35,12 +35,8 @@ async def _key_fields(request: Request[Any, Any, Any]) -> KeyFields:
     """`user_id` and `name` from the query string, or from a JSON body."""
     query = request.query_params
     fields = KeyFields(query.get("user_id"), query.get("name"))
-    body = await request.body()
-    if body.strip():
-        try:
-            from_body = msgspec.json.decode(body, type=KeyFields)
-        except msgspec.DecodeError as error:
-            raise InvalidRequest(f"invalid JSON body: {error}") from error
+    from_body = await optional_json_body(request, KeyFields)
+    if from_body is not None:
         fields = KeyFields(fields.user_id or from_body.user_id, fields.name or from_body.name)
     return fields
 
@@ -48,6 +44,8 @@ async def _key_fields(request: Request[Any, Any, Any]) -> KeyFields:
 @post("/api/keys", status_code=201, summary="Create a key (its secret is shown only in this answer)")
 async def create_key(request: Request[Any, Any, Any]) -> dict[str, Any]:
     principal = await principal_of(request)
+    # Who may ask comes before what is asked: a stranger's body is never even read.
+    require_someone(principal)
     fields = await _key_fields(request)
     user_id = scope_user(principal, fields.user_id, required_for_admin=True)
     assert user_id is not None  # scope_user requires it for admins; members get their own

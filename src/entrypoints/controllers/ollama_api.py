@@ -10,16 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, delete, get, head, post
-from litestar.handlers.base import BaseRouteHandler
 
-from ollama_gate.domain.errors import Forbidden, Unauthorized
+from ollama_gate.domain.errors import Forbidden
 from ollama_gate.entrypoints.asgi_answers import JSON, Answer, BodyAnswer, StreamAnswer
+from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 from ollama_gate.entrypoints.request_context import (
-    AnyConnection,
     caller_of,
     container_of,
     identify_caller,
+    identify_lister,
     principal_of,
 )
 from ollama_gate.services.passthrough import OLLAMA, Dialect, Relayed, managed_model_in, model_named_in
@@ -48,58 +48,52 @@ async def relay_inference(request: Request[Any, Any, Any], dialect: Dialect) -> 
     return as_response(relayed, rate_limit_headers(decision))
 
 
-async def identify_reader(connection: AnyConnection, _handler: BaseRouteHandler) -> None:
-    """Guard of the unmetered paths: a wrong key is 401 as on inference, but an admin's credential (the
-    admin token, which an admin's Ollama client sends as its Bearer) is accepted too."""
-    if isinstance(connection, Request):
-        try:
-            if (await principal_of(connection)).is_admin:
-                return
-        except (Unauthorized, Forbidden):
-            pass  # identify_caller below answers, and counts, the wrong credential
-    await identify_caller(connection)
-
-
 async def require_admin(request: Request[Any, Any, Any]) -> None:
     if not (await principal_of(request)).is_admin:
         raise Forbidden(ADMINS_ONLY)
 
 
-@post(INFERENCE_PATHS, status_code=200, before_request=identify_caller, summary="Ollama inference (metered)")
+@post(
+    INFERENCE_PATHS,
+    status_code=200,
+    before_request=identify_caller,
+    middleware=[cancel_on_disconnect],
+    summary="Ollama inference (metered)",
+)
 async def ollama_inference(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OLLAMA)
 
 
-@get("/api/tags", guards=[identify_reader], summary="Models on every Ollama server")
+@get("/api/tags", before_request=identify_lister, summary="Models on every Ollama server")
 async def ollama_tags(request: Request[Any, Any, Any]) -> Response[Any]:
     body = await container_of(request).passthrough().union("/api/tags", "models", "name")
     return Response(body, media_type="application/json")
 
 
-@get("/api/ps", guards=[identify_reader], summary="Models loaded on every Ollama server")
+@get("/api/ps", before_request=identify_lister, summary="Models loaded on every Ollama server")
 async def ollama_ps(request: Request[Any, Any, Any]) -> Response[Any]:
     body = await container_of(request).passthrough().union("/api/ps", "models", "name")
     return Response(body, media_type="application/json")
 
 
-@get("/api/version", guards=[identify_reader], summary="Ollama's version")
+@get("/api/version", before_request=identify_lister, summary="Ollama's version")
 async def ollama_version(request: Request[Any, Any, Any]) -> Answer:
     return as_response(await container_of(request).passthrough().forward("GET", "/api/version", None, None))
 
 
-@post("/api/show", status_code=200, guards=[identify_reader], summary="A model's details")
+@post("/api/show", status_code=200, before_request=identify_lister, summary="A model's details")
 async def ollama_show(request: Request[Any, Any, Any]) -> Answer:
     body = await request.body()
     model = model_named_in(body)
     return as_response(await container_of(request).passthrough().forward("POST", "/api/show", body, model))
 
 
-@get("/", guards=[identify_reader], summary="'Ollama is running'", include_in_schema=False)
+@get("/", before_request=identify_lister, summary="'Ollama is running'", include_in_schema=False)
 async def ollama_root(request: Request[Any, Any, Any]) -> Answer:
     return as_response(await container_of(request).passthrough().forward("GET", "/", None, None))
 
 
-@head("/", guards=[identify_reader], include_in_schema=False)
+@head("/", before_request=identify_lister, include_in_schema=False)
 async def ollama_root_head(request: Request[Any, Any, Any]) -> Response[None]:
     relayed = await container_of(request).passthrough().forward("HEAD", "/", None, None)
     return Response(None, status_code=relayed.status, media_type=relayed.content_type.split(";")[0] or None)
@@ -115,12 +109,19 @@ async def _manage(request: Request[Any, Any, Any], method: str) -> Answer:
     return as_response(relayed)
 
 
-@post(MANAGEMENT_PATHS, status_code=200, summary="Model management (admins only; pull progress streamed)")
+@post(
+    MANAGEMENT_PATHS,
+    status_code=200,
+    middleware=[cancel_on_disconnect],
+    summary="Model management (admins only; pull progress streamed)",
+)
 async def ollama_manage(request: Request[Any, Any, Any]) -> Answer:
     return await _manage(request, "POST")
 
 
-@delete("/api/delete", status_code=200, summary="Delete a model (admins only)")
+@delete(
+    "/api/delete", status_code=200, middleware=[cancel_on_disconnect], summary="Delete a model (admins only)"
+)
 async def ollama_delete(request: Request[Any, Any, Any]) -> Answer:
     return await _manage(request, "DELETE")
 
@@ -129,6 +130,7 @@ async def ollama_delete(request: Request[Any, Any, Any]) -> Answer:
     "/api/blobs/{digest:str}",
     status_code=201,
     request_max_body_size=None,
+    middleware=[cancel_on_disconnect],
     summary="Upload a model blob (admins only)",
 )
 async def ollama_blob_upload(request: Request[Any, Any, Any], digest: str) -> Answer:

@@ -12,25 +12,32 @@ from urllib.parse import quote
 from litestar import Request, Response, get, post
 
 from ollama_gate.entrypoints.asgi_answers import Answer
-from ollama_gate.entrypoints.controllers.ollama_api import as_response, identify_reader, relay_inference
-from ollama_gate.entrypoints.request_context import container_of, identify_caller
+from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
+from ollama_gate.entrypoints.controllers.ollama_api import as_response, relay_inference
+from ollama_gate.entrypoints.request_context import container_of, identify_caller, identify_lister
 from ollama_gate.services.passthrough import OPENAI
 
 INFERENCE_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 
 
-@post(INFERENCE_PATHS, status_code=200, before_request=identify_caller, summary="OpenAI-compatible inference")
+@post(
+    INFERENCE_PATHS,
+    status_code=200,
+    before_request=identify_caller,
+    middleware=[cancel_on_disconnect],
+    summary="OpenAI-compatible inference",
+)
 async def openai_inference(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OPENAI)
 
 
-@get("/v1/models", guards=[identify_reader], summary="Models on every Ollama server (OpenAI shape)")
+@get("/v1/models", before_request=identify_lister, summary="Models on every Ollama server (OpenAI shape)")
 async def openai_models(request: Request[Any, Any, Any]) -> Response[Any]:
     body = await container_of(request).passthrough().union("/v1/models", "data", "id")
     return Response(body, media_type="application/json")
 
 
-@get("/v1/models/{model:path}", guards=[identify_reader], summary="One model (OpenAI shape)")
+@get("/v1/models/{model:path}", before_request=identify_lister, summary="One model (OpenAI shape)")
 async def openai_model(request: Request[Any, Any, Any], model: str) -> Answer:
     name = model.lstrip("/")
     path = "/v1/models/" + quote(name, safe=":@")

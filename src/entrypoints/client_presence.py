@@ -1,0 +1,93 @@
+"""A client that hangs up cancels its request at once, from the moment its body is in.
+
+Litestar cancels a handler only once it is sending a stream. A handler still waiting, for Ollama's status
+line (a cold model load, a non-streamed answer) or for a free GPU slot, would never hear of it, and the
+GPU would keep working for nobody. This middleware listens to ASGI `receive()` for `http.disconnect` as
+soon as the request body has been read, and cancels the request's task when it comes: the upstream
+request is aborted (Ollama stops), the services record the request as cancelled, and the answer (which
+nobody would read) is dropped quietly.
+
+One listener task per request covers the whole request, the handler and the streamed answer alike (they
+run in one task); the answers themselves need no listener of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class _Presence:
+    """The watch over one request: its receive and send, wrapped."""
+
+    __slots__ = ("_answered", "_gone", "_listener", "_receive", "_send", "_task", "left")
+
+    def __init__(self, receive: Receive, send: Send, task: asyncio.Task[object]) -> None:
+        self._receive = receive
+        self._send = send
+        self._task = task
+        self._listener: asyncio.Task[None] | None = None
+        self._gone: asyncio.Event | None = None
+        self._answered = False
+        self.left = False
+
+    async def receive(self) -> Message:
+        if self._listener is not None:
+            # The body is in and the listener owns the connection's events: wait for its news.
+            if self._gone is None:
+                self._gone = asyncio.Event()
+                if self.left:
+                    self._gone.set()
+            await self._gone.wait()
+            return _DISCONNECT
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.left = True
+        elif not message.get("more_body", False):
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        return message  # type: ignore[return-value]
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            # Answered: a disconnect after this (the server reports one once the answer is complete)
+            # is the normal end of the exchange, not a client leaving.
+            self._answered = True
+        await self._send(message)
+
+    async def _listen(self) -> None:
+        message = await self._receive()
+        while message["type"] != "http.disconnect":  # a pipelined request's bytes: not ours
+            message = await self._receive()
+        if self._answered:
+            return
+        self.left = True
+        if self._gone is not None:
+            self._gone.set()
+        self._task.cancel()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+
+
+def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
+    """Route middleware for the paths that wait on Ollama (inference, model management)."""
+
+    async def watched(scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        presence = _Presence(receive, send, task)
+        try:
+            await app(scope, presence.receive, presence.send)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            if not presence.left:
+                raise
+            # Our own cancellation, because the client left: nobody is waiting for an answer.
+            task.uncancel()
+        finally:
+            presence.stop()
+
+    return watched
