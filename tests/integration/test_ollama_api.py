@@ -337,3 +337,28 @@ def test_an_admin_uploads_a_blob_that_ollama_then_has(
 
     assert (before.status_code, uploaded.status_code, after.status_code) == (404, 201, 200)
     assert digest in module_ollama_server.blobs
+
+
+# Listings have a quota of their own: 10 a minute here, far below the chat quota.
+listing_gate = gateway_per_module(ROOMY | {"LISTING_RATE_LIMIT": "10/60"}, upstream="module_ollama_server")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("POST", "/api/show", {"model": MODEL}), ("GET", "/api/tags", None), ("GET", "/v1/models", None)],
+)
+def test_listing_paths_cannot_be_used_to_flood_ollama(
+    listing_gate: GatewayProcess,
+    module_ollama_server: FakeOllamaServer,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    """The audit forwarded 40 of 40 `/api/show` calls for an anonymous caller whose chat quota was 10."""
+    address = {"/api/show": "127.0.2.1", "/api/tags": "127.0.2.2", "/v1/models": "127.0.2.3"}[path]
+    upstream_path = "/api/show" if path == "/api/show" else path
+    before = module_ollama_server.count(upstream_path, method)
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10) as client:
+        statuses = [client.request(method, listing_gate.url + path, json=body).status_code for _ in range(40)]
+    assert statuses == [200] * 10 + [429] * 30
+    assert module_ollama_server.count(upstream_path, method) - before == 10

@@ -54,7 +54,8 @@ class GatewayProcess:
     """Start with `with GatewayProcess(tmp_path, ollama_url=...) as gate:` and talk to `gate.url`.
 
     Every OLLAMA_GATE_* variable comes from `env` (names without the prefix are accepted too); the
-    working directory is `workdir`, so the default SQLite database lands in `workdir/data/`.
+    working directory is `workdir`, so the default SQLite database lands in `workdir/data/`. With
+    `python_path`, the package is imported from there rather than from the source tree.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class GatewayProcess:
         port: int | None = None,
         log_level: str = "warning",
         args: Sequence[str] = (),
+        python_path: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -75,6 +77,7 @@ class GatewayProcess:
             | (env or {})
         )
         self.args = list(args)
+        self.python_path = python_path
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"gateway-{self.port}.log"
 
@@ -85,10 +88,14 @@ class GatewayProcess:
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        environment = gateway_environment(self.env)
+        if self.python_path is not None:
+            # Importable from there first: e.g. a wheel installed outside the source tree.
+            environment["PYTHONPATH"] = str(self.python_path)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ollama_gate", "serve", *self.args],
             cwd=self.workdir,
-            env=gateway_environment(self.env),
+            env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
