@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from ollama_gate.domain.access import UsageScope
-from ollama_gate.domain.errors import StoreUnavailable
+from ollama_gate.domain.errors import Conflict, StoreUnavailable
 from ollama_gate.domain.keys import ApiKey
+from ollama_gate.domain.plans import Plan, plan_in_use
 from ollama_gate.domain.usage import UsageRecord
+from ollama_gate.domain.users import UserRecord
 
 
 class InMemoryKeyStore:
@@ -23,9 +25,17 @@ class InMemoryKeyStore:
         if not self.available:
             raise StoreUnavailable()
 
-    async def add(self, user_id: str, name: str, key_hash: str, prefix: str, created_at: datetime) -> ApiKey:
+    async def add(
+        self,
+        user_id: str,
+        name: str,
+        key_hash: str,
+        prefix: str,
+        created_at: datetime,
+        plan: str | None = None,
+    ) -> ApiKey:
         self._check()
-        key = ApiKey(len(self._keys) + 1, user_id, name, prefix, created_at)
+        key = ApiKey(len(self._keys) + 1, user_id, name, prefix, created_at, plan=plan)
         self._keys[key.id] = key
         self._hashes[key_hash] = key.id
         return key
@@ -86,3 +96,65 @@ class InMemoryUsageStore:
         if not self.available:
             raise StoreUnavailable()
         return len(self.rows)
+
+
+class InMemoryPlanStore:
+    """Plans and assignments in memory, beside an in-memory key store (for who uses a plan)."""
+
+    def __init__(self, keys: InMemoryKeyStore) -> None:
+        self._keys = keys
+        self._plans: dict[str, Plan] = {}
+        self._assigned: dict[str, str] = {}
+        self._revision = 0
+        self.available = True
+
+    def _check(self) -> None:
+        if not self.available:
+            raise StoreUnavailable()
+
+    async def revision(self) -> int:
+        self._check()
+        return self._revision
+
+    async def plans(self) -> list[Plan]:
+        self._check()
+        return list(self._plans.values())
+
+    async def save_plan(self, plan: Plan) -> None:
+        self._check()
+        self._plans[plan.name] = plan
+        self._revision += 1
+
+    async def delete_plan(self, name: str) -> bool:
+        self._check()
+        if name not in self._plans:
+            return False
+        users = sum(1 for plan in self._assigned.values() if plan == name)
+        keys = sum(1 for key in await self._keys.list(None) if key.plan == name and key.active)
+        if users or keys:
+            raise Conflict(plan_in_use(name, users, keys))
+        del self._plans[name]
+        self._revision += 1
+        return True
+
+    async def assignments(self) -> dict[str, str]:
+        self._check()
+        return dict(self._assigned)
+
+    async def assign(self, user_id: str, plan: str) -> None:
+        self._check()
+        self._assigned[user_id] = plan
+        self._revision += 1
+
+    async def users(self, default_plan: str) -> list[UserRecord]:
+        self._check()
+        keys = await self._keys.list(None)
+        ids = sorted({key.user_id for key in keys} | set(self._assigned))
+        return [
+            UserRecord(
+                user_id,
+                self._assigned.get(user_id, default_plan),
+                sum(1 for key in keys if key.user_id == user_id and key.active),
+            )
+            for user_id in ids
+        ]

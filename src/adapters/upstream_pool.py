@@ -15,6 +15,7 @@ from typing import TypeVar
 import msgspec
 
 from ollama_gate.domain.errors import GatewayError, UpstreamUnavailable
+from ollama_gate.domain.model_names import model_key
 from ollama_gate.domain.status import ModelInfo
 from ollama_gate.ports.llm import ProxyBackend, ProxyResponse, RequestBody, UpstreamResponse, UpstreamState
 from ollama_gate.services.background import BackgroundTask
@@ -22,12 +23,6 @@ from ollama_gate.services.background import BackgroundTask
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=UpstreamResponse)
-
-
-def model_key(name: str) -> str:
-    """The form Ollama matches names in: case-insensitive, `:latest` when no tag is given."""
-    name = name.strip().lower()
-    return name if ":" in name.rpartition("/")[2] else name + ":latest"
 
 
 class _ModelField(msgspec.Struct):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
-
-if TYPE_CHECKING:
-    from ollama_gate.domain.ratelimit import Decision
+from typing import ClassVar
 
 
 class GatewayError(Exception):
@@ -46,17 +43,17 @@ class ModelNotFound(NotFound):
     """Ollama does not know the requested model (404)."""
 
 
-class RateLimited(GatewayError):
-    """The caller's quota is used up (429)."""
+class Conflict(GatewayError):
+    """The thing cannot change now (409): a plan still in use, a built-in plan."""
 
-    status = 429
+    status = 409
 
-    def __init__(self, decision: Decision) -> None:
-        rate = decision.rate
-        super().__init__(
-            f"rate limit exceeded: {rate.limit} requests per {rate.window_text}s for {rate.name} clients"
-        )
-        self.decision = decision
+
+class ModelNotAllowed(Forbidden):
+    """The caller's plan does not include the model (403)."""
+
+    def __init__(self, model: str, plan: str) -> None:
+        super().__init__(f"model '{model}' is not available on plan '{plan}'")
 
 
 class UpstreamRejected(GatewayError):

@@ -37,6 +37,7 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    plan: str | None = None  # a plan of the key's own: its requests count per key, not per user
 
     @property
     def active(self) -> bool:

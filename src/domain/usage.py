@@ -20,6 +20,11 @@ class TokenCounts:
     prompt: int | None = None
     completion: int | None = None
 
+    @property
+    def charged(self) -> int:
+        """What a plan's token limits are charged: prompt plus completion, as far as known."""
+        return (self.prompt or 0) + (self.completion or 0)
+
 
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
@@ -36,6 +41,7 @@ class UsageRecord:
     prompt_tokens: int | None
     completion_tokens: int | None
     id: int | None = None
+    plan: str | None = None
 
 
 def tokens_from_final_chunk(chunk: dict[str, object]) -> TokenCounts:

@@ -16,7 +16,7 @@ from ollama_gate import __version__
 from ollama_gate.entrypoints.access_log import access_log_middleware
 from ollama_gate.entrypoints.config import load_settings
 from ollama_gate.entrypoints.container import Container, build_container
-from ollama_gate.entrypoints.controllers import ollama_api, openai_api
+from ollama_gate.entrypoints.controllers import ollama_api, openai_api, plans
 from ollama_gate.entrypoints.controllers.chat import chat, chat_stream
 from ollama_gate.entrypoints.controllers.keys import create_key, list_keys, revoke_key
 from ollama_gate.entrypoints.controllers.status import status
@@ -64,6 +64,7 @@ def create_app(container: Container) -> Litestar:
             revoke_key,
             list_usage,
             status,
+            *plans.route_handlers,
             *ollama_api.route_handlers,
             *openai_api.route_handlers,
         ],

@@ -12,9 +12,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ollama_gate.domain.errors import GatewayError
+from ollama_gate.domain.errors import GatewayError, InvalidRequest
+from ollama_gate.domain.keys import IssuedKey
+from ollama_gate.domain.plans import FIELD_NAMES
 from ollama_gate.entrypoints.config import ConfigError, Settings, load_settings
-from ollama_gate.entrypoints.container import build_container
+from ollama_gate.entrypoints.container import Container, build_container
 from ollama_gate.entrypoints.controllers.keys import key_view
 from ollama_gate.entrypoints.log_setup import configure_logging
 from ollama_gate.services.keys import KeyService
@@ -47,6 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--user-id")
     revoke = key_commands.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", type=int)
+    create.add_argument("--plan", help="a plan of the key's own (its requests then count per key)")
+
+    plans = commands.add_parser("plans", help="manage plans in the configured database")
+    plan_commands = plans.add_subparsers(dest="plans_command", required=True)
+    plan_commands.add_parser("list", help="every plan, the built-ins included")
+    setting = plan_commands.add_parser(
+        "set", help="create a plan, or change the fields given (a value of 'none' removes a limit)"
+    )
+    setting.add_argument("name")
+    for field in FIELD_NAMES:
+        setting.add_argument("--" + field.replace("_", "-"), dest=field, metavar="VALUE")
+    removing = plan_commands.add_parser("delete", help="delete a plan nobody uses")
+    removing.add_argument("name")
+
+    users = commands.add_parser("users", help="users and their plans")
+    user_commands = users.add_subparsers(dest="users_command", required=True)
+    user_commands.add_parser("list", help="every user with a key or a plan")
+    set_plan = user_commands.add_parser("set-plan", help="put a user on a plan")
+    set_plan.add_argument("user_id")
+    set_plan.add_argument("plan")
     return parser
 
 
@@ -114,17 +136,24 @@ def _db(settings: Settings, command: str) -> int:
     return 0
 
 
-def _with_keys(settings: Settings, action: Callable[[KeyService], Awaitable[T]]) -> T:
+def _with_container(settings: Settings, action: Callable[[Container], Awaitable[T]]) -> T:
+    """`action` on a container over the configured database (migrated first), closed afterwards."""
+
     async def run() -> T:
         container = build_container(settings)
         database = container.database()
         try:
             await database.ensure_schema()
-            return await action(container.keys())
+            await container.plans().refresh()
+            return await action(container)
         finally:
             await database.close()
 
     return asyncio.run(run())
+
+
+def _with_keys(settings: Settings, action: Callable[[KeyService], Awaitable[T]]) -> T:
+    return _with_container(settings, lambda container: action(container.keys()))
 
 
 def _print_json(value: Any) -> None:
@@ -133,7 +162,12 @@ def _print_json(value: Any) -> None:
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     if args.keys_command == "create":
-        issued = _with_keys(settings, lambda keys: keys.create(args.user_id, args.name))
+
+        async def create(container: Container) -> IssuedKey:
+            plan = container.plans().require_plan(args.plan)
+            return await container.keys().create(args.user_id, args.name, plan)
+
+        issued = _with_container(settings, create)
         _print_json({**key_view(issued.key), "key": issued.secret})
         print("Store the key now: it is shown only once.", file=sys.stderr)
     elif args.keys_command == "list":
@@ -145,6 +179,65 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_value(field: str, text: str) -> Any:
+    """A plan field as typed on the command line, in the form the API takes it."""
+    if text.strip().lower() == "none":
+        return None
+    if field == "models":
+        return [name.strip() for name in text.split(",") if name.strip()]
+    if field in ("requests", "tokens") or (field == "max_keep_alive" and not _is_number(text)):
+        return text
+    number = float(text)
+    return int(number) if number.is_integer() and field not in ("weight", "queue_timeout") else number
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _plans(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(container: Container) -> Any:
+        book = container.plans()
+        if args.plans_command == "list":
+            return {"plans": [plan.fields() for plan in book.all()]}
+        if args.plans_command == "delete":
+            await book.delete(args.name)
+            return {"name": args.name, "deleted": True}
+        try:
+            fields = {
+                field: _cli_value(field, getattr(args, field))
+                for field in FIELD_NAMES
+                if getattr(args, field) is not None
+            }
+        except ValueError as error:
+            raise InvalidRequest(f"invalid value: {error}") from None
+        plan = await (
+            book.patch(args.name, fields) if book.exists(args.name) else book.put(args.name, fields)
+        )
+        return plan.fields()
+
+    _print_json(_with_container(settings, run))
+    return 0
+
+
+def _users(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(container: Container) -> Any:
+        book = container.plans()
+        if args.users_command == "list":
+            return {
+                "users": [{"user_id": u.user_id, "plan": u.plan, "keys": u.keys} for u in await book.users()]
+            }
+        user = await book.assign(args.user_id, args.plan)
+        return {"user_id": user.user_id, "plan": user.plan}
+
+    _print_json(_with_container(settings, run))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -153,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(settings, args)
         if args.command == "db":
             return _db(settings, args.db_command)
+        if args.command == "plans":
+            return _plans(settings, args)
+        if args.command == "users":
+            return _users(settings, args)
         if args.host:
             settings = replace(settings, host=args.host)
         if args.port:

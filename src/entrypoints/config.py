@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ollama_gate.domain.client_address import DEFAULT_IPV6_PREFIX, ForwardedHeader, Network, parse_networks
-from ollama_gate.domain.ratelimit import RateLimit
+from ollama_gate.domain.plans import Window
 
 PREFIX = "OLLAMA_GATE_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -55,9 +55,9 @@ class Settings:
     read_timeout: float = 300.0
     log_level: str = "info"
     admin_token: str | None = field(default=None, repr=False)
-    anon_rate_limit: RateLimit = RateLimit("anonymous", 10, 60)
-    member_rate_limit: RateLimit = RateLimit("member", 30, 60)
-    listing_rate_limit: RateLimit = RateLimit("listing", 120, 60)
+    anon_rate_limit: Window = Window(10, 60)
+    member_rate_limit: Window = Window(30, 60)
+    listing_rate_limit: Window = Window(120, 60)
     trusted_proxies: tuple[Network, ...] = ()
     forwarded_header: ForwardedHeader = ForwardedHeader.X_FORWARDED_FOR
     ipv6_prefix: int = DEFAULT_IPV6_PREFIX
@@ -87,9 +87,9 @@ class Settings:
             "OLLAMA_GATE_ADMIN_TOKEN": "(set)"
             if self.admin_token
             else "(not set: loopback callers are admins)",
-            "OLLAMA_GATE_ANON_RATE_LIMIT": f"{self.anon_rate_limit.limit}/{self.anon_rate_limit.window_text}",
-            "OLLAMA_GATE_MEMBER_RATE_LIMIT": f"{self.member_rate_limit.limit}/{self.member_rate_limit.window_text}",
-            "OLLAMA_GATE_LISTING_RATE_LIMIT": f"{self.listing_rate_limit.limit}/{self.listing_rate_limit.window_text}",
+            "OLLAMA_GATE_ANON_RATE_LIMIT": self.anon_rate_limit.text,
+            "OLLAMA_GATE_MEMBER_RATE_LIMIT": self.member_rate_limit.text,
+            "OLLAMA_GATE_LISTING_RATE_LIMIT": self.listing_rate_limit.text,
             "OLLAMA_GATE_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies) or "(none)",
             "OLLAMA_GATE_FORWARDED_HEADER": self.forwarded_header.value,
             "OLLAMA_GATE_IPV6_PREFIX": str(self.ipv6_prefix),
@@ -275,15 +275,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         read_timeout=get("READ_TIMEOUT", _positive_seconds, defaults.read_timeout),
         log_level=get("LOG_LEVEL", _log_level, defaults.log_level),
         admin_token=get("ADMIN_TOKEN", lambda t: t.strip() or None, defaults.admin_token),
-        anon_rate_limit=get(
-            "ANON_RATE_LIMIT", lambda t: RateLimit.parse("anonymous", t), defaults.anon_rate_limit
-        ),
-        member_rate_limit=get(
-            "MEMBER_RATE_LIMIT", lambda t: RateLimit.parse("member", t), defaults.member_rate_limit
-        ),
-        listing_rate_limit=get(
-            "LISTING_RATE_LIMIT", lambda t: RateLimit.parse("listing", t), defaults.listing_rate_limit
-        ),
+        anon_rate_limit=get("ANON_RATE_LIMIT", Window.parse, defaults.anon_rate_limit),
+        member_rate_limit=get("MEMBER_RATE_LIMIT", Window.parse, defaults.member_rate_limit),
+        listing_rate_limit=get("LISTING_RATE_LIMIT", Window.parse, defaults.listing_rate_limit),
         trusted_proxies=get("TRUSTED_PROXIES", parse_networks, defaults.trusted_proxies),
         forwarded_header=get("FORWARDED_HEADER", _forwarded_header, defaults.forwarded_header),
         ipv6_prefix=get("IPV6_PREFIX", _ipv6_prefix, defaults.ipv6_prefix),

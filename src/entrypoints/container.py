@@ -8,19 +8,21 @@ import redis.asyncio as aioredis
 from dependency_injector import containers, providers
 
 from ollama_gate.adapters.local_cluster import LocalKeyEvents, NoSharedCounters
-from ollama_gate.adapters.memory_ratelimit import InMemoryRateLimiter
+from ollama_gate.adapters.memory_quota import InMemoryQuotaLimiter
 from ollama_gate.adapters.ollama_http import OllamaHttpBackend
 from ollama_gate.adapters.psutil_metrics import PsutilMetrics
 from ollama_gate.adapters.redis_cluster import RedisCounters, RedisKeyEvents
-from ollama_gate.adapters.redis_ratelimit import RedisRateLimiter
+from ollama_gate.adapters.redis_quota import RedisQuotaLimiter
 from ollama_gate.adapters.sql.database import Database
+from ollama_gate.adapters.sql.plan_store import SqlPlanStore
 from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
 from ollama_gate.adapters.system_clock import SystemClock
 from ollama_gate.adapters.upstream_pool import UpstreamPool
+from ollama_gate.domain.plans import Plan, builtin_plans
 from ollama_gate.entrypoints.config import Settings
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.cluster import KeyEvents, SharedCounters
-from ollama_gate.ports.ratelimit import RateLimiter
+from ollama_gate.ports.quota import QuotaLimiter
 from ollama_gate.services.access import AccessPolicy
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.chat import ChatService
@@ -28,6 +30,7 @@ from ollama_gate.services.gatekeeper import Gatekeeper
 from ollama_gate.services.keys import KeyService
 from ollama_gate.services.passthrough import PassthroughService
 from ollama_gate.services.periodic import Periodic
+from ollama_gate.services.plans import PlanBook
 from ollama_gate.services.status import StatusService
 from ollama_gate.services.usage_recorder import UsageRecorder
 from ollama_gate.services.usage_reports import UsageReports
@@ -53,12 +56,16 @@ def _redis_client(settings: Settings) -> aioredis.Redis | None:
     return aioredis.Redis.from_pool(pool)
 
 
-def _rate_limiter(settings: Settings, clock: Clock, client: aioredis.Redis | None) -> RateLimiter:
-    local = InMemoryRateLimiter(clock)
+def _quota_limiter(settings: Settings, clock: Clock, client: aioredis.Redis | None) -> QuotaLimiter:
+    local = InMemoryQuotaLimiter(clock)
     if client is None:
         return local
     fallback = local if settings.rate_limit_fallback == "local" else None
-    return RedisRateLimiter(client, clock, fallback)
+    return RedisQuotaLimiter(client, clock, fallback)
+
+
+def _builtin_plans(settings: Settings) -> dict[str, Plan]:
+    return builtin_plans(settings.anon_rate_limit, settings.member_rate_limit)
 
 
 def _uses_redis(settings: Settings) -> bool:
@@ -98,13 +105,19 @@ def _lifecycle(
     redis_client: aioredis.Redis | None,
     key_events: KeyEvents,
     shared_counters: SharedCounters,
+    limiter: QuotaLimiter,
     authenticator: Authenticator,
     *components: Any,
 ) -> list[Any]:
-    """What the app starts in order and closes in reverse."""
+    """What the app starts in order and closes in reverse: the database first, then what shares Redis
+    (closed before the Redis connection), then the rest."""
     key_events.subscribe(authenticator.forget)
     managed: list[Any] = [] if redis_client is None else [_RedisConnection(redis_client)]
-    managed += [c for c in (key_events, shared_counters) if isinstance(c, RedisKeyEvents | RedisCounters)]
+    managed += [
+        c
+        for c in (key_events, shared_counters, limiter)
+        if isinstance(c, RedisKeyEvents | RedisCounters | RedisQuotaLimiter)
+    ]
     return [*components[:1], *managed, *components[1:]]
 
 
@@ -123,11 +136,12 @@ class Container(containers.DeclarativeContainer):
         query_timeout=settings.provided.database_timeout,
     )
     key_store = providers.Singleton(SqlKeyStore, database)
+    plan_store = providers.Singleton(SqlPlanStore, database)
     usage_store = providers.Singleton(SqlUsageStore, database)
     # Every OLLAMA_GATE_OLLAMA_URL server behind one LLMBackend/LLMRouter (one server: no model routing).
     llm = providers.Singleton(_ollama_servers, settings)
     redis_client = providers.Singleton(_redis_client, settings)
-    rate_limiter = providers.Singleton(_rate_limiter, settings, clock, redis_client)
+    limiter = providers.Singleton(_quota_limiter, settings, clock, redis_client)
     shared_counters = providers.Singleton(_shared_counters, redis_client)
     key_events = providers.Singleton(_key_events, redis_client)
 
@@ -135,15 +149,15 @@ class Container(containers.DeclarativeContainer):
     authenticator = providers.Singleton(
         Authenticator, key_store, clock, lookup_timeout=settings.provided.database_timeout
     )
+    plans = providers.Singleton(PlanBook, plan_store, providers.Callable(_builtin_plans, settings))
     gatekeeper = providers.Singleton(
         Gatekeeper,
         authenticator,
-        rate_limiter,
-        anonymous_rate=settings.provided.anon_rate_limit,
-        member_rate=settings.provided.member_rate_limit,
+        limiter,
+        plans,
         shared_counters=shared_counters,
         admin_token=settings.provided.admin_token,
-        listing_rate=settings.provided.listing_rate_limit,
+        listing_window=settings.provided.listing_rate_limit,
         ipv6_prefix=settings.provided.ipv6_prefix,
     )
     access = providers.Singleton(AccessPolicy, authenticator, admin_token=settings.provided.admin_token)
@@ -166,6 +180,8 @@ class Container(containers.DeclarativeContainer):
     last_used_writer = providers.Singleton(
         Periodic, "last-used-writer", authenticator.provided.flush_last_used, interval=5.0
     )
+    # Edits made on another instance (or with the CLI) reach this one within half a second.
+    plan_refresher = providers.Singleton(Periodic, "plan-refresh", plans.provided.refresh, interval=0.5)
 
     # Started in this order with the app, closed in reverse: the usage writer drains before the
     # database closes.
@@ -174,11 +190,14 @@ class Container(containers.DeclarativeContainer):
         redis_client,
         key_events,
         shared_counters,
+        limiter,
         authenticator,
         database,
+        plans,
         llm,
         usage_recorder,
         last_used_writer,
+        plan_refresher,
     )
 
 

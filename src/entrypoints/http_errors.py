@@ -14,26 +14,25 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from ollama_gate.domain.errors import GatewayError, ModelNotFound, RateLimited, Unauthorized
-from ollama_gate.domain.ratelimit import Decision
+from ollama_gate.domain.errors import GatewayError, ModelNotFound, Unauthorized
+from ollama_gate.domain.quota import Admission, QuotaExceeded
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 
 log = logging.getLogger("ollama_gate.errors")
 
 
-def _decision_of(request: Request[Any, Any, Any]) -> Decision | None:
-    decision = request.scope.get("state", {}).get("decision")
-    return decision if isinstance(decision, Decision) else None
+def _admission_of(request: Request[Any, Any, Any]) -> Admission | None:
+    admission = request.scope.get("state", {}).get("admission")
+    return admission if isinstance(admission, Admission) else None
 
 
 def gateway_error_response(request: Request[Any, Any, Any], error: GatewayError) -> Response[Any]:
     headers: dict[str, str] = {}
     content: dict[str, Any] = {"detail": error.detail}
-    decision = error.decision if isinstance(error, RateLimited) else _decision_of(request)
-    if decision is not None:
-        headers.update(rate_limit_headers(decision))
-    if isinstance(error, RateLimited):
-        retry_after = max(1, math.ceil(error.decision.retry_after))
+    admission = error.admission if isinstance(error, QuotaExceeded) else _admission_of(request)
+    headers.update(rate_limit_headers(admission))
+    if isinstance(error, QuotaExceeded):
+        retry_after = max(1, math.ceil(error.admission.retry_after))
         headers["Retry-After"] = str(retry_after)
         content["retry_after"] = retry_after
     if isinstance(error, Unauthorized):

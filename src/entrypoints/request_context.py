@@ -14,6 +14,7 @@ from ollama_gate.domain.identity import Caller
 from ollama_gate.domain.json_depth import check_nesting
 from ollama_gate.entrypoints.config import Settings
 from ollama_gate.entrypoints.container import Container
+from ollama_gate.services.gatekeeper import Ticket
 
 AnyConnection = ASGIConnection[Any, Any, Any, Any]
 
@@ -84,6 +85,16 @@ async def identify_lister(connection: AnyConnection) -> None:
     then one admission of the listing paths' own per-identity quota."""
     await identify_caller(connection)
     await container_of(connection).gatekeeper().admit_listing(connection.state.caller)
+
+
+async def admit(request: Request[Any, Any, Any], model: str | None) -> Ticket:
+    """The caller's plan must allow `model` (403), then its limits must have room (429): the ticket of
+    an admitted request, whose state the answer's RateLimit headers (and error answers) read."""
+    gatekeeper = container_of(request).gatekeeper()
+    caller = caller_of(request)
+    ticket = await gatekeeper.admit(caller, gatekeeper.check_model(caller, model))
+    request.state.admission = ticket.admission
+    return ticket
 
 
 def caller_of(request: Request[Any, Any, Any]) -> Caller:

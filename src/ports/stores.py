@@ -13,7 +13,13 @@ class KeyStore(Protocol):
     """Persistent API keys, stored by hash. Every method raises StoreUnavailable when the store is down."""
 
     async def add(
-        self, user_id: str, name: str, key_hash: str, prefix: str, created_at: datetime
+        self,
+        user_id: str,
+        name: str,
+        key_hash: str,
+        prefix: str,
+        created_at: datetime,
+        plan: str | None = None,
     ) -> ApiKey: ...
 
     async def find_by_hash(self, key_hash: str) -> ApiKey | None:

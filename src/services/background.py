@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class BackgroundTask:
@@ -40,5 +42,23 @@ class BackgroundTask:
         if task is None:
             return
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("background task %s failed", self._name)
+
+    async def finish(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a task that ends by itself (told so by its owner), then stop
+        it whatever it is doing."""
+        task = self._task
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except Exception:  # TimeoutError included: `stop` below ends it, and logs how it failed
+                log.debug("background task %s did not end by itself in %ss", self._name, timeout)
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # the caller is being cancelled, not the task
+        await self.stop()

@@ -8,12 +8,13 @@ from typing import Any
 
 import msgspec
 
+from ollama_gate.domain.ceilings import BodyKind, lower_to_ceilings
 from ollama_gate.domain.chat import ChatRequest, upstream_failure
 from ollama_gate.domain.errors import GatewayError, UpstreamError
-from ollama_gate.domain.identity import Caller
 from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMBackend, UpstreamResponse
+from ollama_gate.services.gatekeeper import Ticket
 from ollama_gate.services.stream_end import StreamEnd
 from ollama_gate.services.usage_recorder import UsageRecorder
 
@@ -77,7 +78,7 @@ class StreamRelay:
         self.end.abandon()
 
     async def lines(self) -> AsyncGenerator[bytes, None]:
-        outcome, tokens = Outcome.UPSTREAM_ERROR, TokenCounts()
+        outcome, tokens, relayed = Outcome.UPSTREAM_ERROR, TokenCounts(), 0
         try:
             async for line in self._upstream.lines():
                 if _is_final_chunk(line):
@@ -94,6 +95,7 @@ class StreamRelay:
                 if message is not None:
                     yield error_line(message)
                     break
+                relayed += 1
                 yield line + b"\n"
             else:
                 yield error_line("Ollama ended the stream before it was done")
@@ -105,7 +107,8 @@ class StreamRelay:
                 outcome = Outcome.CANCELLED
             raise
         finally:
-            self.end(outcome, tokens)
+            # A stream that ended early is charged the chunks it relayed (a chunk is a token).
+            self.end(outcome, tokens if outcome is Outcome.OK else TokenCounts(None, relayed or None))
 
 
 class ChatService:
@@ -117,13 +120,21 @@ class ChatService:
         self._clock = clock
         self.default_model = default_model
 
-    async def complete(self, caller: Caller, request: ChatRequest, endpoint: str) -> bytes:
-        """The whole answer as the gateway's JSON body: `{"user", "tier", "response"}`."""
+    def model_of(self, request: ChatRequest) -> str:
+        return request.model or self.default_model
+
+    def _payload(self, ticket: Ticket, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        payload = request.generate_payload(self.default_model, stream=stream)
+        lower_to_ceilings(payload, BodyKind.OLLAMA_GENERATION, ticket.plan)
+        return payload
+
+    async def complete(self, ticket: Ticket, request: ChatRequest, endpoint: str) -> bytes:
+        """The whole answer as the gateway's JSON body: `{"user", "tier", "plan", "response"}`."""
         started = self._clock.monotonic()
-        model = request.model or self.default_model
+        caller, model = ticket.caller, self.model_of(request)
         status, outcome, tokens = STATUS_CLIENT_CLOSED, Outcome.CANCELLED, TokenCounts()
         try:
-            upstream = await self._open(request.generate_payload(self.default_model, stream=False), model)
+            upstream = await self._open(self._payload(ticket, request, stream=False), model)
             body = await upstream.read()
             try:
                 answer = _decode(body)
@@ -134,36 +145,38 @@ class ChatService:
             answer.pop("context", None)
             tokens = tokens_from_final_chunk(answer)
             status, outcome = 200, Outcome.OK
-            return _encode({"user": caller.user, "tier": caller.tier.value, "response": answer})
+            return _encode(
+                {"user": caller.user, "tier": caller.tier.value, "plan": ticket.plan.name, "response": answer}
+            )
         except GatewayError as error:
             status, outcome = error.status, Outcome.UPSTREAM_ERROR
             raise
         finally:
-            self._recorder.record_request(caller, endpoint, model, status, outcome, started, tokens)
+            self._recorder.request_ended(ticket, endpoint, model, status, outcome, started, tokens)
 
-    async def open_stream(self, caller: Caller, request: ChatRequest, endpoint: str) -> StreamRelay:
+    async def open_stream(self, ticket: Ticket, request: ChatRequest, endpoint: str) -> StreamRelay:
         """Open the upstream stream and check its status before anything is sent to the client.
 
         Errors before the first chunk raise (and become ordinary JSON answers); the relay's lines are
         NDJSON and a failed stream ends with one `{"error": ..., "done": true}` line.
         """
         started = self._clock.monotonic()
-        model = request.model or self.default_model
+        model = self.model_of(request)
         try:
-            upstream = await self._open(request.generate_payload(self.default_model, stream=True), model)
+            upstream = await self._open(self._payload(ticket, request, stream=True), model)
         except GatewayError as error:
-            self._recorder.record_request(
-                caller, endpoint, model, error.status, Outcome.UPSTREAM_ERROR, started, TokenCounts()
+            self._recorder.request_ended(
+                ticket, endpoint, model, error.status, Outcome.UPSTREAM_ERROR, started, TokenCounts()
             )
             raise
         except asyncio.CancelledError:
-            self._recorder.record_request(
-                caller, endpoint, model, STATUS_CLIENT_CLOSED, Outcome.CANCELLED, started, TokenCounts()
+            self._recorder.request_ended(
+                ticket, endpoint, model, STATUS_CLIENT_CLOSED, Outcome.CANCELLED, started, TokenCounts()
             )
             raise
 
         def finish(outcome: Outcome, tokens: TokenCounts) -> None:
-            self._recorder.record_request(caller, endpoint, model, 200, outcome, started, tokens)
+            self._recorder.request_ended(ticket, endpoint, model, 200, outcome, started, tokens)
 
         return StreamRelay(upstream, finish)
 

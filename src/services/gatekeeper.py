@@ -1,21 +1,26 @@
-"""Who may pass: authenticate the caller, then apply the caller's quota."""
+"""Who may pass: authenticate the caller, find its plan, then apply the plan's limits."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ollama_gate.domain.access import AdminToken, presented_admin_token
 from ollama_gate.domain.client_address import DEFAULT_IPV6_PREFIX, quota_address
-from ollama_gate.domain.errors import RateLimited, Unauthorized
+from ollama_gate.domain.errors import ModelNotAllowed, Unauthorized
 from ollama_gate.domain.identity import Caller, Tier
 from ollama_gate.domain.keys import InvalidCredentials, parse_key_headers
-from ollama_gate.domain.ratelimit import Decision, RateLimit
+from ollama_gate.domain.plans import ANONYMOUS_PLAN, Plan, Window
+from ollama_gate.domain.quota import Admission, LimitKind, Limits, LimitState, QuotaExceeded
+from ollama_gate.domain.usage import TokenCounts
 from ollama_gate.ports.cluster import SharedCounters
-from ollama_gate.ports.ratelimit import RateLimiter
+from ollama_gate.ports.quota import QuotaLimiter
 from ollama_gate.services.authenticator import Authenticator
+from ollama_gate.services.plans import PlanBook
 
 REJECTED_UNAUTHORIZED = "rejected_unauthorized"
 REJECTED_RATE_LIMITED = "rejected_rate_limited"
+LISTING = "listing"
 
 
 @dataclass(slots=True)
@@ -26,33 +31,74 @@ class RejectionCounters:
     rate_limited: int = 0
 
 
-class Gatekeeper:
-    """Authentication first (a bad credential is 401 whatever the quota), then the tier's sliding window.
+class Ticket:
+    """An admitted request's hold on its plan: ended exactly once, when the request ends however it ends
+    (its tokens charged, its lease given back, and whatever else waited for its end), or refunded when it
+    never reached the GPU."""
 
-    The admin token is a credential on every path: its bearer is the `admin` caller, never rate-limited.
-    Rejections are counted in memory and handed to the shared counters without waiting for them.
+    __slots__ = ("_gatekeeper", "_on_end", "admission", "caller", "ended", "plan")
+
+    def __init__(self, gatekeeper: Gatekeeper, caller: Caller, plan: Plan, admission: Admission) -> None:
+        self._gatekeeper = gatekeeper
+        self.caller = caller
+        self.plan = plan
+        self.admission = admission
+        self.ended = False
+        self._on_end: list[Callable[[], None]] = []
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when the ticket ends (at once if it already has)."""
+        if self.ended:
+            callback()
+        else:
+            self._on_end.append(callback)
+
+    def end(self, tokens: TokenCounts) -> None:
+        if self._close():
+            self._gatekeeper._finished(self, tokens.charged)
+
+    def refund(self) -> None:
+        if self._close():
+            self._gatekeeper._refunded(self)
+
+    def _close(self) -> bool:
+        if self.ended:
+            return False
+        self.ended = True
+        for callback in self._on_end:
+            callback()
+        return True
+
+
+class Gatekeeper:
+    """Authentication first (a bad credential is 401 whatever the limits), then the caller's plan.
+
+    The admin token is a credential on every path: its bearer is the `admin` caller, on the admin plan.
+    Rejections are counted in memory and handed to the shared counters without waiting for them. A plan
+    with nothing to count costs no limiter call at all.
     """
 
     def __init__(
         self,
         authenticator: Authenticator,
-        limiter: RateLimiter,
-        anonymous_rate: RateLimit,
-        member_rate: RateLimit,
+        limiter: QuotaLimiter,
+        plans: PlanBook,
         shared_counters: SharedCounters | None = None,
         admin_token: str | None = None,
-        listing_rate: RateLimit | None = None,
+        listing_window: Window | None = None,
         ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
     ) -> None:
         self._authenticator = authenticator
         self._limiter = limiter
-        self.anonymous_rate = anonymous_rate
-        self.member_rate = member_rate
-        self.listing_rate = listing_rate
+        self.plans = plans
         self.rejections = RejectionCounters()
         self._shared = shared_counters
         self._admin_token = AdminToken(admin_token) if admin_token else None
+        self._listing = Limits(LISTING, requests=listing_window) if listing_window is not None else None
         self._ipv6_prefix = ipv6_prefix
+        self._in_flight: dict[str, int] = {}
+
+    # -- who -----------------------------------------------------------------------------------------
 
     async def identify(
         self,
@@ -70,45 +116,86 @@ class Gatekeeper:
                 return Caller.admin(client_ip)
             secret = parse_key_headers(x_api_key, authorization)
             if secret is None:
-                return Caller.anonymous(client_ip)
+                return Caller.anonymous(client_ip, f"ip:{quota_address(client_ip, self._ipv6_prefix)}")
             key = await self._authenticator.member_key(secret)
         except Unauthorized:
             self._count_rejection(REJECTED_UNAUTHORIZED)
             raise
-        return Caller.member(key.user_id, key.id, client_ip)
+        if key.plan is not None and self.plans.exists(key.plan):
+            return Caller.member(key.user_id, key.id, client_ip, key.plan, per_key=True)
+        return Caller.member(key.user_id, key.id, client_ip, self.plans.plan_of_user(key.user_id))
 
-    def rate_for(self, caller: Caller) -> RateLimit | None:
-        """The caller's quota; None for the admin, who is not rate-limited."""
-        if caller.tier is Tier.ADMIN:
-            return None
-        return self.member_rate if caller.tier is Tier.MEMBER else self.anonymous_rate
+    def plan_of(self, caller: Caller) -> Plan:
+        return self.plans.plan(caller.plan)
 
-    def quota_identity(self, caller: Caller) -> str:
-        """Whom a quota counts: members per user (all keys share it), anonymous callers per address
-        (an IPv6 address per network prefix)."""
-        if caller.tier is Tier.ANONYMOUS:
-            return f"ip:{quota_address(caller.client_ip, self._ipv6_prefix)}"
-        return f"user:{caller.user}"
+    def check_model(self, caller: Caller, model: str | None) -> Plan:
+        """The caller's plan, when it allows `model` (ModelNotAllowed, 403, otherwise). Checked before
+        admission: a refused model consumes nothing."""
+        plan = self.plan_of(caller)
+        if not plan.allows_model(model):
+            raise ModelNotAllowed(model or "", plan.name)
+        return plan
 
-    async def admit(self, caller: Caller) -> Decision | None:
-        """Take one slot of the caller's quota; raises RateLimited (counted) when none is free.
-        None when the caller has no quota (the admin)."""
-        rate = self.rate_for(caller)
-        return None if rate is None else await self._take(caller, rate)
+    # -- how much --------------------------------------------------------------------------------------
 
-    async def admit_listing(self, caller: Caller) -> Decision | None:
+    async def admit(self, caller: Caller, plan: Plan | None = None) -> Ticket:
+        """Take one admission under every limit of the caller's plan; raises QuotaExceeded (429, counted)
+        when one is used up."""
+        plan = plan or self.plan_of(caller)
+        limits = Limits.of(plan)
+        if limits.empty:
+            admission = Admission(True, limits, ())
+        else:
+            admission = await self._limiter.admit(caller.counted_as, limits)
+            if not admission.admitted:
+                self._count_rejection(REJECTED_RATE_LIMITED)
+                raise QuotaExceeded(admission)
+        identity = caller.counted_as
+        self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
+        return Ticket(self, caller, plan, admission)
+
+    async def admit_listing(self, caller: Caller) -> Admission | None:
         """The listing paths' own generous quota (`/api/tags`, `/api/show`, ...), so they cannot be used to
         flood Ollama; None for the admin or when listings are not limited."""
-        if self.listing_rate is None or caller.tier is Tier.ADMIN:
+        if self._listing is None or caller.tier is Tier.ADMIN:
             return None
-        return await self._take(caller, self.listing_rate)
-
-    async def _take(self, caller: Caller, rate: RateLimit) -> Decision:
-        decision = await self._limiter.acquire(self.quota_identity(caller), rate)
-        if not decision.admitted:
+        admission = await self._limiter.admit(f"{LISTING}:{caller.counted_as}", self._listing)
+        if not admission.admitted:
             self._count_rejection(REJECTED_RATE_LIMITED)
-            raise RateLimited(decision)
-        return decision
+            raise QuotaExceeded(admission)
+        return admission
+
+    def _finished(self, ticket: Ticket, tokens: int) -> None:
+        self._leave(ticket.caller.counted_as)
+        if ticket.admission.limits.needs_finish:
+            self._limiter.finish(ticket.caller.counted_as, ticket.admission, tokens)
+
+    def _refunded(self, ticket: Ticket) -> None:
+        self._leave(ticket.caller.counted_as)
+        if not ticket.admission.limits.empty:
+            self._limiter.refund(ticket.caller.counted_as, ticket.admission)
+
+    def _leave(self, identity: str) -> None:
+        left = self._in_flight.get(identity, 1) - 1
+        if left:
+            self._in_flight[identity] = left
+        else:
+            self._in_flight.pop(identity, None)
+
+    async def remaining(self, caller: Caller) -> tuple[tuple[LimitState, ...], int]:
+        """What the caller has left under its plan, and its requests in flight (across instances when
+        the plan limits concurrency, else on this instance)."""
+        limits = Limits.of(self.plan_of(caller))
+        states = () if limits.empty else await self._limiter.states(caller.counted_as, limits)
+        concurrency = next((s for s in states if s.kind is LimitKind.CONCURRENCY), None)
+        in_flight = (
+            concurrency.limit - concurrency.remaining
+            if concurrency is not None
+            else self._in_flight.get(caller.counted_as, 0)
+        )
+        return states, in_flight
+
+    # -- what the status shows -----------------------------------------------------------------------
 
     def _count_rejection(self, name: str) -> None:
         if name == REJECTED_UNAUTHORIZED:
@@ -119,7 +206,7 @@ class Gatekeeper:
             self._shared.add(name)
 
     async def active_anonymous_identities(self) -> int:
-        return await self._limiter.active_identities(self.anonymous_rate)
+        return await self._limiter.active_identities(Limits.of(self.plans.plan(ANONYMOUS_PLAN)))
 
     async def rejection_counts(self) -> dict[str, int]:
         """Cluster-wide when counters are shared (and reachable), else this instance's since start."""

@@ -31,12 +31,14 @@ class KeyService:
         self._clock = clock
         self._events = events
 
-    async def create(self, user_id: str, name: str | None) -> IssuedKey:
+    async def create(self, user_id: str, name: str | None, plan: str | None = None) -> IssuedKey:
+        """A new key of `user_id`; with `plan` (which must exist), its requests follow that plan and
+        are counted per key."""
         user_id = validate_member_id(user_id)
         name = validate_key_name(name)
         secret = generate_secret()
         key_hash = hash_secret(secret)
-        key = await self._store.add(user_id, name, key_hash, display_prefix(secret), self._clock.now())
+        key = await self._store.add(user_id, name, key_hash, display_prefix(secret), self._clock.now(), plan)
         self._authenticator.key_created(key_hash)
         return IssuedKey(key, secret)
 

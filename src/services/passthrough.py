@@ -14,12 +14,14 @@ from typing import Any, Protocol
 
 import msgspec
 
+from ollama_gate.domain.ceilings import BodyKind, lower_to_ceilings, needs_lowering
 from ollama_gate.domain.errors import GatewayError, InvalidRequest, UpstreamUnavailable
-from ollama_gate.domain.identity import Caller
 from ollama_gate.domain.json_depth import check_nesting
+from ollama_gate.domain.plans import Plan
 from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMRouter, ProxyResponse, RequestBody
+from ollama_gate.services.gatekeeper import Ticket
 from ollama_gate.services.stream_end import StreamEnd
 from ollama_gate.services.usage_recorder import UsageRecorder
 
@@ -117,6 +119,10 @@ class Dialect(Protocol):
         """The last words of a stream that broke; `mid_line` when it broke inside a line."""
         ...
 
+    def chunks_in(self, data: bytes) -> int:
+        """How many of the stream's chunks (a token each) end in `data`."""
+        ...
+
 
 class OllamaDialect:
     """NDJSON: the final chunk has `done: true` and the counts; an `{"error"}` line ends a failed stream."""
@@ -132,6 +138,9 @@ class OllamaDialect:
 
     def error_event(self, message: str, mid_line: bool) -> bytes:
         return (b"\n" if mid_line else b"") + _encode({"error": message}) + b"\n"
+
+    def chunks_in(self, data: bytes) -> int:
+        return data.count(b"\n")
 
 
 class OpenAIDialect:
@@ -159,9 +168,34 @@ class OpenAIDialect:
         # A blank line first ends whatever event was under way, so the error is an event of its own.
         return (b"\n\n" if mid_line else b"\n") + b"data: " + _encode({"error": error}) + b"\n\n"
 
+    def chunks_in(self, data: bytes) -> int:
+        return data.count(b"data:")
+
 
 OLLAMA = OllamaDialect()
 OPENAI = OpenAIDialect()
+
+# Where each inference path's ceilings live (see domain/ceilings.py).
+BODY_KINDS = {
+    "/api/generate": BodyKind.OLLAMA_GENERATION,
+    "/api/chat": BodyKind.OLLAMA_GENERATION,
+    "/api/embed": BodyKind.OLLAMA_EMBEDDING,
+    "/api/embeddings": BodyKind.OLLAMA_EMBEDDING,
+    "/v1/chat/completions": BodyKind.OPENAI_GENERATION,
+    "/v1/completions": BodyKind.OPENAI_GENERATION,
+    "/v1/embeddings": BodyKind.OPENAI_EMBEDDING,
+}
+
+
+def ceilinged(body: bytes, kind: BodyKind, plan: Plan) -> bytes:
+    """`body` with `plan`'s ceilings applied; the very same bytes when nothing had to change (and when
+    it is no JSON object: Ollama answers that with its own error)."""
+    if not needs_lowering(kind, plan):
+        return body
+    document = _document(body)
+    if document is None or not lower_to_ceilings(document, kind, plan):
+        return body
+    return _encode(document)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +218,24 @@ def _unmetered(_outcome: Outcome, _tokens: TokenCounts) -> None:
 
 def is_streamed(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() in STREAMED_TYPES
+
+
+def listing_for(plan: Plan, body: bytes, list_field: str, id_field: str) -> bytes:
+    """A listing with only the models `plan` allows; the very same bytes for a plan without a model list."""
+    if plan.models is None:
+        return body
+    document = _document(body)
+    listed = document.get(list_field) if document is not None else None
+    if document is None or not isinstance(listed, list):
+        return body
+    document[list_field] = [
+        item
+        for item in listed
+        if isinstance(item, dict)
+        and isinstance(item.get(id_field), str)
+        and plan.allows_model(item[id_field])
+    ]
+    return _encode(document)
 
 
 def merge_listings(bodies: list[bytes], list_field: str, id_field: str) -> bytes:
@@ -217,14 +269,16 @@ class PassthroughService:
         self._listing_timeout = listing_timeout
 
     async def infer(
-        self, caller: Caller, dialect: Dialect, path: str, body: bytes, model: str | None
+        self, ticket: Ticket, dialect: Dialect, path: str, body: bytes, model: str | None
     ) -> Relayed:
-        """Forward an admitted inference request; its usage row is written when the answer ends."""
+        """Forward an admitted inference request, its plan's ceilings applied; its usage row is written
+        (and its ticket ended) when the answer ends."""
         started = self._clock.monotonic()
 
         def record(status: int, outcome: Outcome, tokens: TokenCounts) -> None:
-            self._recorder.record_request(caller, path, model, status, outcome, started, tokens)
+            self._recorder.request_ended(ticket, path, model, status, outcome, started, tokens)
 
+        body = ceilinged(body, BODY_KINDS.get(path, BodyKind.OPENAI_EMBEDDING), ticket.plan)
         try:
             upstream = await self._router.request("POST", path, body, model=model)
         except GatewayError as error:
@@ -266,10 +320,11 @@ class PassthroughService:
         self, upstream: ProxyResponse, dialect: Dialect, end: StreamEnd
     ) -> AsyncIterator[bytes]:
         tail = StreamTail()
-        outcome, tokens = Outcome.UPSTREAM_ERROR, TokenCounts()
+        outcome, tokens, relayed = Outcome.UPSTREAM_ERROR, TokenCounts(), 0
         try:
             async for data in upstream.chunks():
                 tail.feed(data)
+                relayed += dialect.chunks_in(data)
                 yield data
             tail.finish()
             outcome, tokens = dialect.outcome(tail)
@@ -282,10 +337,11 @@ class PassthroughService:
             tail.finish()
             outcome, tokens = dialect.outcome(tail)
             if outcome is not Outcome.OK:
-                outcome, tokens = Outcome.CANCELLED, TokenCounts()
+                outcome = Outcome.CANCELLED
             raise
         finally:
-            end(outcome, tokens)
+            # A stream that ended early is charged the chunks it relayed (a chunk is a token).
+            end(outcome, tokens if outcome is Outcome.OK else TokenCounts(None, relayed or None))
 
     async def forward(
         self, method: str, path: str, body: RequestBody, model: str | None, *, sticky: bool = False

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ollama_gate.domain.errors import GatewayError, StoreUnavailable
+from ollama_gate.domain.plans import ANONYMOUS_PLAN, BUILTIN_PLANS, MEMBER_PLAN, Window
 from ollama_gate.domain.status import ModelInfo, humanize_uptime
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMBackend, UpstreamInventory
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 class OllamaProbe:
     online: bool
     models: list[ModelInfo]
+
+
+def describe_requests(window: Window | None) -> str:
+    """`10 req / 60s`, as the status has always said it; `unlimited` for a plan without the limit."""
+    return "unlimited" if window is None else f"{window.limit} req / {window.seconds:g}s"
 
 
 class StatusService:
@@ -130,14 +136,19 @@ class StatusService:
                 "total_requests": (stored if stored is not None else self._recorder.recorded)
                 + (self._recorder.unsaved if stored is not None else 0),
                 "active_anonymous_ips": active,
-                "anon_rate_limit": gatekeeper.anonymous_rate.describe(),
-                "member_rate_limit": gatekeeper.member_rate.describe(),
+                "anon_rate_limit": describe_requests(gatekeeper.plans.plan(ANONYMOUS_PLAN).requests),
+                "member_rate_limit": describe_requests(gatekeeper.plans.plan(MEMBER_PLAN).requests),
                 **rejections,
                 "usage_rows_pending": self._recorder.unsaved,
                 "usage_rows_dropped": self._recorder.dropped,
                 "database_online": stored is not None,
             },
             "rate_limiter": limiter,
+            # The built-in plans as in force, and whether the environment or a stored edit set them.
+            "plans": {
+                plan.name: {**plan.fields(), "source": gatekeeper.plans.source(plan.name)}
+                for plan in (gatekeeper.plans.plan(name) for name in BUILTIN_PLANS)
+            },
             "dependencies": {
                 "database": {"online": stored is not None},
                 "redis": {"online": bool(limiter["healthy"]) and active is not None}

@@ -8,11 +8,11 @@ import logging
 from collections import deque
 
 from ollama_gate.domain.errors import StoreUnavailable
-from ollama_gate.domain.identity import Caller
 from ollama_gate.domain.usage import Outcome, TokenCounts, UsageRecord
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.stores import UsageStore
 from ollama_gate.services.background import BackgroundTask
+from ollama_gate.services.gatekeeper import Ticket
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ class UsageRecorder:
         if len(self._pending) >= self._batch_size:
             self._wake.set()
 
-    def record_request(
+    def request_ended(
         self,
-        caller: Caller,
+        ticket: Ticket,
         endpoint: str,
         model: str | None,
         status: int,
@@ -79,7 +79,9 @@ class UsageRecorder:
         started: float,
         tokens: TokenCounts,
     ) -> None:
-        """Record the end of an admitted request that began at `started` (the clock's monotonic time)."""
+        """The end of an admitted request that began at `started` (the clock's monotonic time): its one
+        usage row, and its ticket ended (the tokens charged to its plan, its lease given back)."""
+        caller = ticket.caller
         self.record(
             UsageRecord(
                 timestamp=self._clock.now(),
@@ -94,8 +96,10 @@ class UsageRecorder:
                 latency_ms=round((self._clock.monotonic() - started) * 1000, 3),
                 prompt_tokens=tokens.prompt,
                 completion_tokens=tokens.completion,
+                plan=ticket.plan.name,
             )
         )
+        ticket.end(tokens)
 
     async def start(self) -> None:
         self._writer.start()

@@ -33,7 +33,8 @@ def test_chat_answers_with_the_documented_shape(gate: GatewayProcess) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"user", "tier", "response"}
+    assert set(body) == {"user", "tier", "plan", "response"}
+    assert body["plan"] == body["tier"]  # the built-in plan of the tier: nothing configured
     assert body["user"] == "anonymous" and body["tier"] == "anonymous"
     answer = body["response"]
     assert answer["model"] == "smollm:latest"

@@ -17,7 +17,17 @@ from tests.support.fake_ollama import FakeOllama
 from tests.support.gateway import HIGH_LIMITS, GatewayProcess
 
 KEY_PATTERN = re.compile(r"oa-[A-Za-z0-9_-]{32,}")
-LISTED_FIELDS = {"id", "user_id", "name", "prefix", "created_at", "last_used_at", "revoked_at", "active"}
+LISTED_FIELDS = {
+    "id",
+    "user_id",
+    "name",
+    "prefix",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+    "active",
+    "plan",
+}
 # The authenticator re-reads a cached key every 5 s; a change made by the CLI shows within that.
 REVALIDATION_POLLS = 40
 REVALIDATION_POLL_INTERVAL = 0.2
@@ -51,7 +61,8 @@ def test_create_answers_201_with_the_secret_and_its_metadata(gate: GatewayProces
 
     assert response.status_code == 201
     created = response.json()
-    assert set(created) == {"id", "user_id", "name", "key", "prefix", "created_at"}
+    assert set(created) == {"id", "user_id", "name", "key", "prefix", "created_at", "plan"}
+    assert created["plan"] is None  # the key follows its user's plan
     assert isinstance(created["id"], int)
     assert (created["user_id"], created["name"]) == ("abc", "MyKey")
     assert KEY_PATTERN.fullmatch(created["key"]), created["key"]

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, event, insert, select
+from sqlalchemy import MetaData, Table, create_engine, event, insert, select
 
 from ollama_gate.adapters.sql import migrate
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
-from ollama_gate.adapters.sql.tables import api_keys, metadata, usage_logs
+from ollama_gate.adapters.sql.tables import api_keys, usage_logs
 from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.errors import StoreUnavailable
 from ollama_gate.domain.identity import Tier
@@ -124,15 +124,23 @@ async def test_unreachable_database_is_store_unavailable(tmp_path: Path) -> None
 def test_a_database_from_before_migrations_is_adopted_without_loss(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     engine = create_engine(f"sqlite:///{path}")
-    metadata.create_all(engine)  # how the first gateway version created its schema
+    # How the first gateway version created its schema: its two tables as they were then.
+    old = MetaData()
+    old_keys = Table(
+        "api_keys", old, *[column._copy() for column in api_keys.columns if column.name != "plan"]
+    )
+    old_usage = Table(
+        "usage_logs", old, *[column._copy() for column in usage_logs.columns if column.name != "plan"]
+    )
+    old.create_all(engine)
     with engine.begin() as connection:
         connection.execute(
-            insert(api_keys).values(
+            insert(old_keys).values(
                 user_id="alice", name="old", key_hash="e" * 64, prefix="oa-eeeeee", created_at=NOW
             )
         )
         connection.execute(
-            insert(usage_logs).values(
+            insert(old_usage).values(
                 timestamp=NOW,
                 user="alice",
                 tier="member",

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from ollama_gate.adapters.memory_ratelimit import InMemoryRateLimiter
-from ollama_gate.adapters.memory_stores import InMemoryKeyStore, InMemoryUsageStore
-from ollama_gate.domain.ratelimit import RateLimit
+from ollama_gate.adapters.memory_quota import InMemoryQuotaLimiter
+from ollama_gate.adapters.memory_stores import InMemoryKeyStore, InMemoryPlanStore, InMemoryUsageStore
+from ollama_gate.domain.plans import Window, builtin_plans
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.gatekeeper import Gatekeeper
 from ollama_gate.services.keys import KeyService
+from ollama_gate.services.plans import PlanBook
 from tests.unit.fakes import FakeClock
 
-ANONYMOUS_RATE = RateLimit("anonymous", 3, 60)
-MEMBER_RATE = RateLimit("member", 5, 60)
+ANONYMOUS_RATE = Window(3, 60)
+MEMBER_RATE = Window(5, 60)
 
 
 @pytest.fixture
@@ -42,10 +43,20 @@ def key_service(key_store: InMemoryKeyStore, authenticator: Authenticator, clock
 
 
 @pytest.fixture
-def limiter(clock: FakeClock) -> InMemoryRateLimiter:
-    return InMemoryRateLimiter(clock)
+def limiter(clock: FakeClock) -> InMemoryQuotaLimiter:
+    return InMemoryQuotaLimiter(clock)
 
 
 @pytest.fixture
-def gatekeeper(authenticator: Authenticator, limiter: InMemoryRateLimiter) -> Gatekeeper:
-    return Gatekeeper(authenticator, limiter, ANONYMOUS_RATE, MEMBER_RATE)
+def plan_store(key_store: InMemoryKeyStore) -> InMemoryPlanStore:
+    return InMemoryPlanStore(key_store)
+
+
+@pytest.fixture
+def plans(plan_store: InMemoryPlanStore) -> PlanBook:
+    return PlanBook(plan_store, builtin_plans(ANONYMOUS_RATE, MEMBER_RATE))
+
+
+@pytest.fixture
+def gatekeeper(authenticator: Authenticator, limiter: InMemoryQuotaLimiter, plans: PlanBook) -> Gatekeeper:
+    return Gatekeeper(authenticator, limiter, plans)

@@ -6,9 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
+from ollama_gate.adapters.memory_quota import InMemoryQuotaLimiter
+from ollama_gate.adapters.memory_stores import InMemoryKeyStore, InMemoryPlanStore
 from ollama_gate.domain.errors import UpstreamUnavailable
+from ollama_gate.domain.identity import Caller
+from ollama_gate.domain.plans import Plan
+from ollama_gate.domain.quota import Admission, Limits
 from ollama_gate.domain.status import ModelInfo
 from ollama_gate.ports.metrics import SystemSnapshot
+from ollama_gate.services.authenticator import Authenticator
+from ollama_gate.services.gatekeeper import Gatekeeper, Ticket
+from ollama_gate.services.plans import PlanBook
 
 
 class FakeClock:
@@ -89,3 +97,14 @@ class FakeLLM:
         if not self.online:
             raise UpstreamUnavailable("Ollama is offline")
         return list(self.models_list)
+
+
+def ticket(caller: Caller, plan: Plan | None = None) -> Ticket:
+    """An admitted request's ticket on `plan` (default: the caller's plan as named, with no limits), as
+    the gatekeeper hands it to the services."""
+    plan = plan or Plan(caller.plan or "member")
+    clock = FakeClock()
+    keys = InMemoryKeyStore()
+    book = PlanBook(InMemoryPlanStore(keys), {plan.name: plan})
+    gatekeeper = Gatekeeper(Authenticator(keys, clock), InMemoryQuotaLimiter(clock), book)
+    return Ticket(gatekeeper, caller, plan, Admission(True, Limits.of(plan), ()))

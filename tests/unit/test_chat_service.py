@@ -24,7 +24,7 @@ from ollama_gate.domain.identity import Caller, Tier
 from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.services.chat import ChatService
 from ollama_gate.services.usage_recorder import UsageRecorder
-from tests.unit.fakes import FakeClock, FakeLLM, ScriptedResponse
+from tests.unit.fakes import FakeClock, FakeLLM, ScriptedResponse, ticket
 
 MODEL = "smollm:latest"
 ALICE = Caller.member("alice", 7, "10.0.0.1")
@@ -94,22 +94,22 @@ def is_closed(upstream: ScriptedResponse) -> bool:
 async def test_the_json_answer_names_the_caller_and_drops_context() -> None:
     answer = {**FINAL, "response": "Machine learning is..."}
     harness = Harness(ScriptedResponse(200, [line(**answer)]))
-    body = json.loads(await harness.service.complete(ALICE, ChatRequest("What is ML?"), "/chat"))
-    assert set(body) == {"user", "tier", "response"}
-    assert body["user"] == "alice" and body["tier"] == "member"
+    body = json.loads(await harness.service.complete(ticket(ALICE), ChatRequest("What is ML?"), "/chat"))
+    assert set(body) == {"user", "tier", "plan", "response"}
+    assert (body["user"], body["tier"], body["plan"]) == ("alice", "member", "member")
     assert body["response"] == {k: v for k, v in answer.items() if k != "context"}
 
 
 async def test_the_request_sent_to_ollama() -> None:
     harness = Harness(ScriptedResponse(200, [FINAL_LINE]))
-    await harness.service.complete(ANONYMOUS, ChatRequest("hi"), "/chat")
+    await harness.service.complete(ticket(ANONYMOUS), ChatRequest("hi"), "/chat")
     assert harness.sent() == {"model": MODEL, "prompt": "hi", "stream": False}
 
 
 async def test_model_system_and_options_are_passed_on() -> None:
     harness = Harness(ScriptedResponse(200, [FINAL_LINE]))
     request = ChatRequest("hi", model="llama3.2:1b", system="be brief", options={"temperature": 0})
-    await harness.service.open_stream(ANONYMOUS, request, "/chat/stream")
+    await harness.service.open_stream(ticket(ANONYMOUS), request, "/chat/stream")
     assert harness.sent() == {
         "model": "llama3.2:1b",
         "prompt": "hi",
@@ -121,7 +121,7 @@ async def test_model_system_and_options_are_passed_on() -> None:
 
 async def test_a_json_answer_is_one_ok_usage_row_with_token_counts() -> None:
     harness = Harness(ScriptedResponse(200, [FINAL_LINE]))
-    await harness.service.complete(ALICE, ChatRequest("hi"), "/chat")
+    await harness.service.complete(ticket(ALICE), ChatRequest("hi"), "/chat")
     [row] = await harness.rows()
     assert (row.user, row.tier, row.key_id, row.client_ip) == ("alice", Tier.MEMBER, 7, "10.0.0.1")
     assert (row.endpoint, row.model, row.status, row.outcome) == ("/chat", MODEL, 200, Outcome.OK)
@@ -132,7 +132,7 @@ async def test_a_json_answer_is_one_ok_usage_row_with_token_counts() -> None:
 
 async def test_missing_token_counts_are_null() -> None:
     harness = Harness(ScriptedResponse(200, [line(model=MODEL, response="x", done=True)]))
-    await harness.service.complete(ANONYMOUS, ChatRequest("hi"), "/chat")
+    await harness.service.complete(ticket(ANONYMOUS), ChatRequest("hi"), "/chat")
     [row] = await harness.rows()
     assert (row.prompt_tokens, row.completion_tokens) == (None, None)
     assert row.user == "anonymous" and row.key_id is None
@@ -161,9 +161,9 @@ async def test_upstream_statuses_map_to_gateway_errors(
     request = ChatRequest("hi", model="nope")
     with pytest.raises(error, match=detail) as raised:
         if endpoint == "/chat":
-            await harness.service.complete(ANONYMOUS, request, endpoint)
+            await harness.service.complete(ticket(ANONYMOUS), request, endpoint)
         else:
-            await harness.service.open_stream(ANONYMOUS, request, endpoint)
+            await harness.service.open_stream(ticket(ANONYMOUS), request, endpoint)
     assert type(raised.value) is error
     [row] = await harness.rows()
     assert (row.status, row.outcome, row.endpoint, row.model) == (
@@ -179,9 +179,9 @@ async def test_ollama_offline_is_503_and_a_usage_row(endpoint: str) -> None:
     harness = Harness()
     with pytest.raises(UpstreamUnavailable) as raised:
         if endpoint == "/chat":
-            await harness.service.complete(ANONYMOUS, ChatRequest("hi"), endpoint)
+            await harness.service.complete(ticket(ANONYMOUS), ChatRequest("hi"), endpoint)
         else:
-            await harness.service.open_stream(ANONYMOUS, ChatRequest("hi"), endpoint)
+            await harness.service.open_stream(ticket(ANONYMOUS), ChatRequest("hi"), endpoint)
     assert raised.value.status == 503
     [row] = await harness.rows()
     assert (row.status, row.outcome) == (503, Outcome.UPSTREAM_ERROR)
@@ -191,7 +191,7 @@ async def test_ollama_offline_is_503_and_a_usage_row(endpoint: str) -> None:
 async def test_an_unreadable_json_answer_is_502(body: bytes) -> None:
     harness = Harness(ScriptedResponse(200, [body]))
     with pytest.raises(UpstreamError):
-        await harness.service.complete(ANONYMOUS, ChatRequest("hi"), "/chat")
+        await harness.service.complete(ticket(ANONYMOUS), ChatRequest("hi"), "/chat")
     [row] = await harness.rows()
     assert (row.status, row.outcome) == (502, Outcome.UPSTREAM_ERROR)
 
@@ -211,7 +211,7 @@ class HangingResponse(ScriptedResponse):
 
 async def test_a_json_request_cancelled_by_the_client_is_a_cancelled_row() -> None:
     harness = Harness(HangingResponse(200, []))
-    task = asyncio.create_task(harness.service.complete(ANONYMOUS, ChatRequest("hi"), "/chat"))
+    task = asyncio.create_task(harness.service.complete(ticket(ANONYMOUS), ChatRequest("hi"), "/chat"))
     for _ in range(10):
         await asyncio.sleep(0)
     task.cancel()
@@ -228,7 +228,7 @@ async def test_a_stream_relays_every_chunk_and_strips_context_from_the_last() ->
     upstream = ScriptedResponse(200, [*words("Hello", "!"), FINAL_LINE])
     harness = Harness(upstream)
     chunks = await collect(
-        (await harness.service.open_stream(ALICE, ChatRequest("hi"), "/chat/stream")).lines()
+        (await harness.service.open_stream(ticket(ALICE), ChatRequest("hi"), "/chat/stream")).lines()
     )
     assert chunks == [
         {"model": MODEL, "response": "Hello", "done": False},
@@ -245,7 +245,7 @@ async def test_nothing_after_the_final_chunk_is_relayed() -> None:
     upstream = ScriptedResponse(200, [*words("a"), FINAL_LINE, *words("trailing")])
     harness = Harness(upstream)
     chunks = await collect(
-        (await harness.service.open_stream(ANONYMOUS, ChatRequest("hi"), "/chat/stream")).lines()
+        (await harness.service.open_stream(ticket(ANONYMOUS), ChatRequest("hi"), "/chat/stream")).lines()
     )
     assert [c["response"] for c in chunks] == ["a", ""]
     assert upstream.closed
@@ -255,21 +255,22 @@ async def test_an_error_line_ends_the_stream_with_one_error_chunk() -> None:
     upstream = ScriptedResponse(200, [*words("Hel", "lo"), line(error="out of memory"), *words("never")])
     harness = Harness(upstream)
     chunks = await collect(
-        (await harness.service.open_stream(ANONYMOUS, ChatRequest("hi"), "/chat/stream")).lines()
+        (await harness.service.open_stream(ticket(ANONYMOUS), ChatRequest("hi"), "/chat/stream")).lines()
     )
     assert chunks[:2] == [json.loads(w) for w in words("Hel", "lo")]
     assert chunks[2:] == [{"error": "out of memory", "done": True}]
     assert upstream.closed
     [row] = await harness.rows()
     assert (row.status, row.outcome) == (200, Outcome.UPSTREAM_ERROR)
-    assert (row.prompt_tokens, row.completion_tokens) == (None, None)
+    # A stream that ended early is charged (and recorded) the chunks it relayed.
+    assert (row.prompt_tokens, row.completion_tokens) == (None, 2)
 
 
 async def test_a_stream_that_ends_before_done_ends_with_an_error_chunk() -> None:
     upstream = ScriptedResponse(200, words("Hel", "lo"))
     harness = Harness(upstream)
     chunks = await collect(
-        (await harness.service.open_stream(ANONYMOUS, ChatRequest("hi"), "/chat/stream")).lines()
+        (await harness.service.open_stream(ticket(ANONYMOUS), ChatRequest("hi"), "/chat/stream")).lines()
     )
     assert len(chunks) == 3
     assert chunks[-1]["done"] is True and "before it was done" in chunks[-1]["error"]
@@ -289,7 +290,7 @@ async def test_a_failure_mid_stream_ends_with_an_error_chunk(failure: GatewayErr
     upstream = ScriptedResponse(200, [*words("a", "b", "c"), FINAL_LINE], fail_after=2, error=failure)
     harness = Harness(upstream)
     chunks = await collect(
-        (await harness.service.open_stream(ANONYMOUS, ChatRequest("hi"), "/chat/stream")).lines()
+        (await harness.service.open_stream(ticket(ANONYMOUS), ChatRequest("hi"), "/chat/stream")).lines()
     )
     assert chunks == [*(json.loads(w) for w in words("a", "b")), {"error": failure.detail, "done": True}]
     assert upstream.closed
@@ -300,7 +301,7 @@ async def test_a_failure_mid_stream_ends_with_an_error_chunk(failure: GatewayErr
 async def test_a_stream_closed_by_the_client_midway_is_cancelled() -> None:
     upstream = ScriptedResponse(200, [*words("a", "b", "c"), FINAL_LINE])
     harness = Harness(upstream)
-    stream = (await harness.service.open_stream(ALICE, ChatRequest("hi"), "/chat/stream")).lines()
+    stream = (await harness.service.open_stream(ticket(ALICE), ChatRequest("hi"), "/chat/stream")).lines()
     assert isinstance(stream, AsyncGenerator)
     first = await anext(stream)
     assert json.loads(first)["response"] == "a"
@@ -309,13 +310,13 @@ async def test_a_stream_closed_by_the_client_midway_is_cancelled() -> None:
     assert is_closed(upstream)
     [row] = await harness.rows()
     assert (row.outcome, row.user) == (Outcome.CANCELLED, "alice")
-    assert (row.prompt_tokens, row.completion_tokens) == (None, None)
+    assert (row.prompt_tokens, row.completion_tokens) == (None, 1)  # the one chunk it relayed
 
 
 async def test_a_stream_task_cancelled_while_waiting_for_upstream_is_cancelled() -> None:
     upstream = HangingResponse(200, words("a"))
     harness = Harness(upstream)
-    stream = (await harness.service.open_stream(ANONYMOUS, ChatRequest("hi"), "/chat/stream")).lines()
+    stream = (await harness.service.open_stream(ticket(ANONYMOUS), ChatRequest("hi"), "/chat/stream")).lines()
     received: list[bytes] = []
 
     async def consume() -> None:
@@ -338,7 +339,7 @@ async def test_a_malformed_final_chunk_ends_with_an_error_chunk() -> None:
     upstream = ScriptedResponse(200, [*words("a"), b'{"model":"x","done":true,"done_reason":"st'])
     harness = Harness(upstream)
     chunks = await collect(
-        (await harness.service.open_stream(ANONYMOUS, ChatRequest("hi"), "/chat/stream")).lines()
+        (await harness.service.open_stream(ticket(ANONYMOUS), ChatRequest("hi"), "/chat/stream")).lines()
     )
     assert chunks[0]["response"] == "a"
     assert chunks[-1]["done"] is True and "error" in chunks[-1]
@@ -352,9 +353,11 @@ async def test_the_streamed_text_equals_the_json_answer() -> None:
     stream_harness = Harness(ScriptedResponse(200, [*words(*texts), FINAL_LINE]))
     json_harness = Harness(ScriptedResponse(200, [line(**{**FINAL, "response": "".join(texts)})]))
     chunks = await collect(
-        (await stream_harness.service.open_stream(ANONYMOUS, ChatRequest("hi"), "/chat/stream")).lines()
+        (
+            await stream_harness.service.open_stream(ticket(ANONYMOUS), ChatRequest("hi"), "/chat/stream")
+        ).lines()
     )
-    answer = json.loads(await json_harness.service.complete(ANONYMOUS, ChatRequest("hi"), "/chat"))
+    answer = json.loads(await json_harness.service.complete(ticket(ANONYMOUS), ChatRequest("hi"), "/chat"))
     assert "".join(c["response"] for c in chunks) == answer["response"]["response"]
 
 
@@ -363,7 +366,7 @@ async def test_a_stream_dropped_before_its_first_line_still_closes_upstream_and_
     runs; the response's background task (`abandon`) closes the upstream and records the row."""
     upstream = ScriptedResponse(200, [*words("a"), FINAL_LINE])
     harness = Harness(upstream)
-    relay = await harness.service.open_stream(ALICE, ChatRequest("hi"), "/chat/stream")
+    relay = await harness.service.open_stream(ticket(ALICE), ChatRequest("hi"), "/chat/stream")
     never_started = relay.lines()
     await never_started.aclose()
     assert not is_closed(upstream)
@@ -376,7 +379,7 @@ async def test_a_stream_dropped_before_its_first_line_still_closes_upstream_and_
 async def test_abandon_after_a_completed_stream_changes_nothing() -> None:
     upstream = ScriptedResponse(200, [*words("a"), FINAL_LINE])
     harness = Harness(upstream)
-    relay = await harness.service.open_stream(ALICE, ChatRequest("hi"), "/chat/stream")
+    relay = await harness.service.open_stream(ticket(ALICE), ChatRequest("hi"), "/chat/stream")
     await collect(relay.lines())
     relay.abandon()
     [row] = await harness.rows()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ollama_gate.domain.ratelimit import RateLimit
+from ollama_gate.domain.plans import Window
 from ollama_gate.entrypoints.config import ConfigError, Settings, load_settings
 
 VARIABLES = [
@@ -40,8 +40,8 @@ def test_defaults_without_any_configuration(tmp_path: Path) -> None:
     assert (loaded.connect_timeout, loaded.read_timeout) == (5.0, 300.0)
     assert loaded.log_level == "info"
     assert loaded.admin_token is None
-    assert loaded.anon_rate_limit == RateLimit("anonymous", 10, 60)
-    assert loaded.member_rate_limit == RateLimit("member", 30, 60)
+    assert loaded.anon_rate_limit == Window(10, 60)
+    assert loaded.member_rate_limit == Window(30, 60)
     assert loaded.trusted_proxies == ()
 
 
@@ -71,8 +71,8 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert (loaded.connect_timeout, loaded.read_timeout) == (0.5, 60.0)
     assert loaded.log_level == "warning"
     assert loaded.admin_token == "s3cret"
-    assert loaded.anon_rate_limit == RateLimit("anonymous", 5, 30)
-    assert loaded.member_rate_limit == RateLimit("member", 100, 3600)
+    assert loaded.anon_rate_limit == Window(5, 30)
+    assert loaded.member_rate_limit == Window(100, 3600)
     assert loaded.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1"))
 
 

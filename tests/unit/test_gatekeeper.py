@@ -1,18 +1,21 @@
-"""The gatekeeper: who the caller is, then whether its quota has room; rejections are counted."""
+"""The gatekeeper: who the caller is and on which plan, then whether the plan's limits have room."""
 
 from __future__ import annotations
 
 import pytest
 
-from ollama_gate.adapters.memory_ratelimit import InMemoryRateLimiter
+from ollama_gate.adapters.memory_quota import InMemoryQuotaLimiter
 from ollama_gate.adapters.memory_stores import InMemoryKeyStore
-from ollama_gate.domain.errors import RateLimited, StoreUnavailable
+from ollama_gate.domain.errors import ModelNotAllowed, StoreUnavailable
 from ollama_gate.domain.identity import Caller, Tier
 from ollama_gate.domain.keys import InvalidCredentials
-from ollama_gate.domain.ratelimit import RateLimit
+from ollama_gate.domain.plans import Window
+from ollama_gate.domain.quota import LimitKind, QuotaExceeded
+from ollama_gate.domain.usage import TokenCounts
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.gatekeeper import Gatekeeper
 from ollama_gate.services.keys import KeyService
+from ollama_gate.services.plans import PlanBook
 from tests.unit.conftest import ANONYMOUS_RATE, MEMBER_RATE
 from tests.unit.fakes import FakeClock
 
@@ -22,28 +25,54 @@ async def admitted(gatekeeper: Gatekeeper, caller: Caller, attempts: int) -> int
     for _ in range(attempts):
         try:
             await gatekeeper.admit(caller)
-        except RateLimited:
+        except QuotaExceeded:
             continue
         count += 1
     return count
 
 
+async def refusal(gatekeeper: Gatekeeper, caller: Caller) -> QuotaExceeded:
+    with pytest.raises(QuotaExceeded) as raised:
+        await gatekeeper.admit(caller)
+    return raised.value
+
+
+# -- who ------------------------------------------------------------------------------------------------
+
+
 async def test_no_key_is_anonymous_per_address(gatekeeper: Gatekeeper) -> None:
     caller = await gatekeeper.identify(None, None, "203.0.113.7")
-    assert caller == Caller("anonymous", Tier.ANONYMOUS, None, "203.0.113.7")
-    assert gatekeeper.quota_identity(caller) == "ip:203.0.113.7"
-    assert gatekeeper.rate_for(caller) == ANONYMOUS_RATE
+    assert caller == Caller("anonymous", Tier.ANONYMOUS, None, "203.0.113.7", "anonymous", "ip:203.0.113.7")
+    assert gatekeeper.plan_of(caller).requests == ANONYMOUS_RATE
 
 
 @pytest.mark.parametrize("style", ["x-api-key", "bearer"])
-async def test_a_key_makes_a_member(gatekeeper: Gatekeeper, key_service: KeyService, style: str) -> None:
+async def test_a_key_makes_a_member_on_the_member_plan(
+    gatekeeper: Gatekeeper, key_service: KeyService, style: str
+) -> None:
     issued = await key_service.create("alice", None)
     if style == "x-api-key":
         caller = await gatekeeper.identify(issued.secret, None, "203.0.113.7")
     else:
         caller = await gatekeeper.identify(None, f"Bearer {issued.secret}", "203.0.113.7")
-    assert caller == Caller("alice", Tier.MEMBER, issued.key.id, "203.0.113.7")
-    assert gatekeeper.rate_for(caller) == MEMBER_RATE
+    assert caller == Caller("alice", Tier.MEMBER, issued.key.id, "203.0.113.7", "member", "user:alice")
+    assert gatekeeper.plan_of(caller).requests == MEMBER_RATE
+
+
+async def test_a_user_plan_and_a_key_plan(
+    gatekeeper: Gatekeeper, key_service: KeyService, plans: PlanBook
+) -> None:
+    """A key with a plan of its own follows it and is counted per key, beside its owner's own key."""
+    await plans.put("gold", {"requests": "100/60"})
+    await plans.put("ci-bot", {"requests": "2/60"})
+    await plans.assign("alice", "gold")
+    own = await gatekeeper.identify((await key_service.create("alice", "laptop")).secret, None, "10.0.0.1")
+    bot_key = await key_service.create("alice", "ci", plan="ci-bot")
+    bot = await gatekeeper.identify(bot_key.secret, None, "10.0.0.1")
+    assert (own.plan, own.counted_as) == ("gold", "user:alice")
+    assert (bot.plan, bot.counted_as) == ("ci-bot", f"key:{bot_key.key.id}")
+    assert await admitted(gatekeeper, bot, 5) == 2
+    assert await admitted(gatekeeper, own, 5) == 5  # the bot's budget is not its owner's
 
 
 @pytest.mark.parametrize(
@@ -78,18 +107,19 @@ async def test_a_store_outage_is_not_counted_as_unauthorized(
     assert (await gatekeeper.identify(None, None, "203.0.113.7")).tier is Tier.ANONYMOUS
 
 
-async def test_the_quota_then_429_counted(gatekeeper: Gatekeeper, clock: FakeClock) -> None:
+# -- requests ---------------------------------------------------------------------------------------
+
+
+async def test_the_requests_window_then_429_counted(gatekeeper: Gatekeeper, clock: FakeClock) -> None:
     caller = Caller.anonymous("203.0.113.7")
-    decisions = [await gatekeeper.admit(caller) for _ in range(ANONYMOUS_RATE.limit)]
-    assert [d.remaining if d else None for d in decisions] == [2, 1, 0]
+    tickets = [await gatekeeper.admit(caller) for _ in range(ANONYMOUS_RATE.limit)]
+    assert [t.admission.states[0].remaining for t in tickets] == [2, 1, 0]
     clock.advance(15)
-    with pytest.raises(RateLimited) as raised:
-        await gatekeeper.admit(caller)
-    assert raised.value.status == 429
-    assert raised.value.decision.retry_after == 45
-    assert raised.value.detail == "rate limit exceeded: 3 requests per 60s for anonymous clients"
+    refused = await refusal(gatekeeper, caller)
+    assert refused.status == 429
+    assert refused.admission.retry_after == 45
+    assert refused.detail == "rate limit exceeded: 3 requests per 60s for anonymous clients"
     assert gatekeeper.rejections.rate_limited == 1
-    assert gatekeeper.rejections.unauthorized == 0
 
 
 async def test_anonymous_addresses_have_separate_quotas(gatekeeper: Gatekeeper) -> None:
@@ -133,31 +163,108 @@ async def test_active_anonymous_identities_counts_addresses_inside_the_window(
     assert await gatekeeper.active_anonymous_identities() == 0
 
 
+# -- tokens, concurrency, models --------------------------------------------------------------------------
+
+
+async def on_plan(plans: PlanBook, name: str, **fields: object) -> Caller:
+    await plans.put(name, fields)
+    return Caller.member("carol", 3, "10.0.0.3", name)
+
+
+async def test_tokens_are_charged_when_a_request_ends_and_refuse_once_the_window_holds_n(
+    gatekeeper: Gatekeeper, plans: PlanBook, clock: FakeClock
+) -> None:
+    caller = await on_plan(plans, "tokens", tokens="1000/60")
+    first = await gatekeeper.admit(caller)
+    second = await gatekeeper.admit(caller)  # the first has not ended: nothing charged yet
+    first.end(TokenCounts(200, 500))
+    clock.advance(10)
+    second.end(TokenCounts(100, 300))  # 1,100 charged: the last admitted request overshot
+    refused = await refusal(gatekeeper, caller)
+    assert refused.detail == "token quota exceeded: 1000 tokens per 60s on plan 'tokens'"
+    assert refused.admission.refused_by is LimitKind.TOKENS
+    assert refused.admission.retry_after == 50  # when the first request's 700 leave the window
+    clock.advance(50)
+    assert (await gatekeeper.admit(caller)).admission.state(LimitKind.TOKENS).remaining == 600  # type: ignore[union-attr]
+
+
+async def test_daily_tokens_refuse_with_their_own_detail(
+    gatekeeper: Gatekeeper, plans: PlanBook, clock: FakeClock
+) -> None:
+    caller = await on_plan(plans, "daily", daily_tokens=50)
+    (await gatekeeper.admit(caller)).end(TokenCounts(20, 40))
+    refused = await refusal(gatekeeper, caller)
+    assert refused.detail == "daily token quota exceeded: 50 tokens per 24h on plan 'daily'"
+    assert refused.admission.retry_after == 86_400
+
+
+async def test_concurrency_is_a_lease_given_back_when_the_request_ends(
+    gatekeeper: Gatekeeper, plans: PlanBook
+) -> None:
+    caller = await on_plan(plans, "pair", concurrency=2)
+    first, second = await gatekeeper.admit(caller), await gatekeeper.admit(caller)
+    refused = await refusal(gatekeeper, caller)
+    assert refused.detail == "too many concurrent requests: at most 2 at once on plan 'pair'"
+    assert refused.admission.retry_after == 1
+    assert (await gatekeeper.remaining(caller))[1] == 2
+    first.end(TokenCounts())
+    first.end(TokenCounts())  # ending twice gives back one lease, not two
+    third = await gatekeeper.admit(caller)
+    await refusal(gatekeeper, caller)
+    second.refund()
+    third.end(TokenCounts())
+    assert (await gatekeeper.remaining(caller))[1] == 0
+
+
+async def test_a_refunded_request_consumes_nothing(gatekeeper: Gatekeeper) -> None:
+    caller = Caller.anonymous("10.0.0.77")
+    for _ in range(ANONYMOUS_RATE.limit):
+        (await gatekeeper.admit(caller)).refund()
+    assert await admitted(gatekeeper, caller, 10) == ANONYMOUS_RATE.limit
+
+
+async def test_a_model_outside_the_plan_is_refused_before_it_consumes_anything(
+    gatekeeper: Gatekeeper, plans: PlanBook
+) -> None:
+    caller = await on_plan(plans, "small", models=["smollm:*", "qwen2.5:0.5b"], requests="1/60")
+    with pytest.raises(ModelNotAllowed) as raised:
+        gatekeeper.check_model(caller, "llama3.2:70b")
+    assert raised.value.status == 403
+    assert raised.value.detail == "model 'llama3.2:70b' is not available on plan 'small'"
+    assert gatekeeper.check_model(caller, "SmolLM").name == "small"  # smollm:latest, as Ollama reads it
+    assert gatekeeper.check_model(caller, "qwen2.5:0.5b").name == "small"
+    assert await admitted(gatekeeper, caller, 2) == 1  # the refusal took nothing from the quota
+
+
+async def test_a_plan_edit_applies_to_the_next_request(gatekeeper: Gatekeeper, plans: PlanBook) -> None:
+    caller = Caller.anonymous("10.0.0.88")
+    await plans.patch("anonymous", {"requests": "1/60"})
+    assert await admitted(gatekeeper, caller, 3) == 1
+    await plans.patch("anonymous", {"requests": None})
+    assert await admitted(gatekeeper, caller, 5) == 5
+
+
+# -- the admin, listings, addresses, counters -----------------------------------------------------------
+
 ADMIN_TOKEN = "correct-horse-battery-staple"
 
 
 @pytest.fixture
-def guarded(authenticator: Authenticator, limiter: InMemoryRateLimiter) -> Gatekeeper:
+def guarded(authenticator: Authenticator, limiter: InMemoryQuotaLimiter, plans: PlanBook) -> Gatekeeper:
     """A gatekeeper with an admin token and a listing quota of 2 per minute."""
-    return Gatekeeper(
-        authenticator,
-        limiter,
-        ANONYMOUS_RATE,
-        MEMBER_RATE,
-        admin_token=ADMIN_TOKEN,
-        listing_rate=RateLimit("listing", 2, 60),
-    )
+    return Gatekeeper(authenticator, limiter, plans, admin_token=ADMIN_TOKEN, listing_window=Window(2, 60))
 
 
 @pytest.mark.parametrize(
     ("authorization", "x_admin_token"), [(f"Bearer {ADMIN_TOKEN}", None), (None, ADMIN_TOKEN)]
 )
-async def test_the_admin_token_makes_the_admin_caller_who_has_no_quota(
+async def test_the_admin_token_makes_the_admin_caller_who_has_no_limits(
     guarded: Gatekeeper, authorization: str | None, x_admin_token: str | None
 ) -> None:
     caller = await guarded.identify(None, authorization, "203.0.113.7", x_admin_token)
-    assert caller == Caller("admin", Tier.ADMIN, None, "203.0.113.7")
-    assert [await guarded.admit(caller) for _ in range(3 * ANONYMOUS_RATE.limit)] == [None] * 9
+    assert caller == Caller("admin", Tier.ADMIN, None, "203.0.113.7", "admin", "admin")
+    tickets = [await guarded.admit(caller) for _ in range(3 * ANONYMOUS_RATE.limit)]
+    assert all(ticket.admission.admitted and ticket.admission.states == () for ticket in tickets)
     assert await guarded.admit_listing(caller) is None
 
 
@@ -183,7 +290,7 @@ async def test_listings_have_a_quota_of_their_own(guarded: Gatekeeper) -> None:
     caller = Caller.anonymous("203.0.113.7")
     await guarded.admit_listing(caller)
     await guarded.admit_listing(caller)
-    with pytest.raises(RateLimited):
+    with pytest.raises(QuotaExceeded):
         await guarded.admit_listing(caller)
     # Listing did not use the chat quota, nor the other way round.
     assert await admitted(guarded, caller, 10) == ANONYMOUS_RATE.limit
@@ -191,10 +298,11 @@ async def test_listings_have_a_quota_of_their_own(guarded: Gatekeeper) -> None:
 
 async def test_an_ipv6_caller_is_counted_per_slash_64(gatekeeper: Gatekeeper) -> None:
     """One user controls a whole /64: rotating addresses inside it buys nothing."""
-    rotating = [Caller.anonymous(f"2001:db8:1:2::{n:x}") for n in range(1, 10)]
+    rotating = [await gatekeeper.identify(None, None, f"2001:db8:1:2::{n:x}") for n in range(1, 10)]
     results = [await admitted(gatekeeper, caller, 1) for caller in rotating]
     assert sum(results) == ANONYMOUS_RATE.limit
-    assert await admitted(gatekeeper, Caller.anonymous("2001:db8:1:3::1"), 1) == 1
+    other_network = await gatekeeper.identify(None, None, "2001:db8:1:3::1")
+    assert await admitted(gatekeeper, other_network, 1) == 1
 
 
 class RecordingCounters:
@@ -209,10 +317,10 @@ class RecordingCounters:
 
 
 async def test_rejections_reach_the_shared_counters_without_an_await(
-    authenticator: Authenticator, limiter: InMemoryRateLimiter
+    authenticator: Authenticator, limiter: InMemoryQuotaLimiter, plans: PlanBook
 ) -> None:
     counters = RecordingCounters()
-    gatekeeper = Gatekeeper(authenticator, limiter, ANONYMOUS_RATE, MEMBER_RATE, shared_counters=counters)
+    gatekeeper = Gatekeeper(authenticator, limiter, plans, shared_counters=counters)
     caller = Caller.anonymous("203.0.113.7")
     await admitted(gatekeeper, caller, 4)
     with pytest.raises(InvalidCredentials):

@@ -30,7 +30,7 @@ from ollama_gate.services.passthrough import (
     model_named_in,
 )
 from ollama_gate.services.usage_recorder import UsageRecorder
-from tests.unit.fakes import FakeClock
+from tests.unit.fakes import FakeClock, ticket
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -148,7 +148,7 @@ async def test_a_native_stream_is_relayed_as_it_arrives_and_its_tokens_recorded(
     upstream = ScriptedProxyResponse(pieces=[body[:10], body[10:40], body[40:]])
     harness = Harness(upstream)
 
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/chat", b"{}", "m")
     pieces = [piece async for piece in relayed.stream] if relayed.stream else []
 
     assert pieces == [body[:10], body[10:40], body[40:]]
@@ -171,7 +171,7 @@ async def test_however_the_stream_is_cut_the_bytes_and_the_counts_are_the_same(
     body = ndjson_stream(words, prompt_tokens=4)
     harness = Harness(ScriptedProxyResponse(pieces=pieces_of(body, cuts)))
 
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/generate", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/generate", b"{}", "m")
 
     assert await drain(relayed.stream) == body
     [row] = await harness.rows()
@@ -185,7 +185,7 @@ async def test_an_openai_stream_keeps_its_usage_however_it_is_cut(cuts: list[int
     body = sse_stream(["a", "b", "c"], usage)
     harness = Harness(ScriptedProxyResponse(pieces=pieces_of(body, cuts), content_type=SSE))
 
-    relayed = await harness.service.infer(CALLER, OPENAI, "/v1/chat/completions", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OPENAI, "/v1/chat/completions", b"{}", "m")
 
     assert await drain(relayed.stream) == body
     [row] = await harness.rows()
@@ -198,7 +198,7 @@ async def test_a_whole_answer_is_relayed_untouched_with_its_tokens() -> None:
     upstream = ScriptedProxyResponse(pieces=[answer], content_type="application/json; charset=utf-8")
     harness = Harness(upstream)
 
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/chat", b"{}", "m")
 
     assert (relayed.status, relayed.body, relayed.stream) == (200, answer, None)
     assert relayed.content_type == "application/json; charset=utf-8"
@@ -210,7 +210,7 @@ async def test_openai_tokens_come_from_the_usage_object() -> None:
     answer = b'{"object":"list","data":[],"usage":{"prompt_tokens":6,"total_tokens":6}}'
     harness = Harness(ScriptedProxyResponse(pieces=[answer], content_type="application/json"))
 
-    await harness.service.infer(CALLER, OPENAI, "/v1/embeddings", b"{}", "m")
+    await harness.service.infer(ticket(CALLER), OPENAI, "/v1/embeddings", b"{}", "m")
 
     [row] = await harness.rows()
     assert (row.prompt_tokens, row.completion_tokens) == (6, None)
@@ -220,7 +220,7 @@ async def test_an_upstream_error_answer_is_relayed_with_its_status_and_recorded(
     error = b'{"error":"model \'x\' not found"}'
     harness = Harness(ScriptedProxyResponse(status=404, pieces=[error], content_type="application/json"))
 
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/generate", b"{}", "x")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/generate", b"{}", "x")
 
     assert (relayed.status, relayed.body) == (404, error)
     [row] = await harness.rows()
@@ -231,7 +231,7 @@ async def test_an_unreachable_upstream_raises_and_is_recorded() -> None:
     harness = Harness(UpstreamUnavailable("Ollama is offline"))
 
     with pytest.raises(UpstreamUnavailable):
-        await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
+        await harness.service.infer(ticket(CALLER), OLLAMA, "/api/chat", b"{}", "m")
 
     [row] = await harness.rows()
     assert (row.status, row.outcome) == (503, Outcome.UPSTREAM_ERROR)
@@ -245,7 +245,7 @@ async def test_a_stream_that_breaks_ends_with_an_error_line_on_a_line_of_its_own
     )
     harness = Harness(upstream)
 
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/chat", b"{}", "m")
     sent = await drain(relayed.stream)
 
     assert sent.startswith(body[:cut])
@@ -262,7 +262,7 @@ async def test_an_openai_stream_that_breaks_ends_with_an_error_event() -> None:
     )
     harness = Harness(upstream)
 
-    relayed = await harness.service.infer(CALLER, OPENAI, "/v1/chat/completions", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OPENAI, "/v1/chat/completions", b"{}", "m")
     last_event = (await drain(relayed.stream)).split(b"\n\n")[-2].strip()
 
     assert json.loads(last_event.removeprefix(b"data: "))["error"]["message"] == "connection to Ollama lost"
@@ -272,7 +272,7 @@ async def test_an_error_line_from_ollama_passes_through_and_counts_as_a_failure(
     body = b'{"message":{"content":"a"},"done":false}\n{"error":"an error was encountered"}\n'
     harness = Harness(ScriptedProxyResponse(pieces=[body]))
 
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/chat", b"{}", "m")
 
     assert await drain(relayed.stream) == body
     [row] = await harness.rows()
@@ -282,7 +282,7 @@ async def test_an_error_line_from_ollama_passes_through_and_counts_as_a_failure(
 async def test_a_stream_ending_without_its_final_chunk_counts_as_a_failure() -> None:
     harness = Harness(ScriptedProxyResponse(pieces=[b'{"response":"a","done":false}\n']))
 
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/generate", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/generate", b"{}", "m")
     await drain(relayed.stream)
 
     [row] = await harness.rows()
@@ -303,7 +303,7 @@ async def leave_after(upstream: ScriptedProxyResponse, pieces: int, relayed: Rel
 async def test_a_client_that_leaves_mid_stream_closes_the_upstream_and_is_recorded_cancelled() -> None:
     upstream = ScriptedProxyResponse(pieces=[b'{"done":false}\n'] * 2, hang_after=True)
     harness = Harness(upstream)
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/chat", b"{}", "m")
 
     await leave_after(upstream, 2, relayed)
 
@@ -325,7 +325,7 @@ async def test_a_client_that_leaves_after_the_last_event_is_recorded_complete_wi
     """The SDKs hang up on `[DONE]` (or the done chunk), often before the upstream's own end arrives."""
     upstream = ScriptedProxyResponse(pieces=[body], content_type=content_type, hang_after=True)
     harness = Harness(upstream)
-    relayed = await harness.service.infer(CALLER, dialect, "/v1/chat/completions", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), dialect, "/v1/chat/completions", b"{}", "m")
 
     await leave_after(upstream, 1, relayed)
 
@@ -339,7 +339,7 @@ async def test_a_stream_dropped_before_its_first_byte_still_closes_the_upstream(
     upstream = ScriptedProxyResponse(pieces=[b'{"done":false}\n'])
     harness = Harness(upstream)
 
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/chat", b"{}", "m")
     relayed.abandon()
 
     assert upstream.closed
@@ -351,7 +351,7 @@ async def test_abandoning_a_finished_stream_changes_nothing() -> None:
     upstream = ScriptedProxyResponse(pieces=[b'{"done":true,"prompt_eval_count":2,"eval_count":3}\n'])
     harness = Harness(upstream)
 
-    relayed = await harness.service.infer(CALLER, OLLAMA, "/api/chat", b"{}", "m")
+    relayed = await harness.service.infer(ticket(CALLER), OLLAMA, "/api/chat", b"{}", "m")
     assert relayed.stream is not None
     _ = [piece async for piece in relayed.stream]
     relayed.abandon()

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from ollama_gate.adapters.memory_stores import InMemoryUsageStore
-from ollama_gate.domain.errors import RateLimited
 from ollama_gate.domain.identity import Caller, Tier
 from ollama_gate.domain.keys import InvalidCredentials
+from ollama_gate.domain.quota import QuotaExceeded
 from ollama_gate.domain.status import ModelInfo, humanize_uptime
 from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.ports.llm import UpstreamState
@@ -213,7 +213,7 @@ async def test_rejections_and_active_addresses_are_reported(
         await gatekeeper.admit(Caller.anonymous(f"10.0.0.{n}"))
     await gatekeeper.admit(Caller.member("alice", 1, "10.0.0.9"))
     for _ in range(5):
-        with pytest.raises(RateLimited):
+        with pytest.raises(QuotaExceeded):
             await admit_many(gatekeeper, Caller.anonymous("10.0.0.0"))
     with pytest.raises(InvalidCredentials):
         await gatekeeper.identify("nope", None, "10.0.0.5")

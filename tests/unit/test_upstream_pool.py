@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ollama_gate.adapters.upstream_pool import UpstreamPool, model_key
+from ollama_gate.adapters.upstream_pool import UpstreamPool
 from ollama_gate.domain.errors import UpstreamTimeout, UpstreamUnavailable
+from ollama_gate.domain.model_names import model_key
 from ollama_gate.domain.status import ModelInfo
 from ollama_gate.ports.llm import LLMRouter, ProxyBackend, ProxyResponse
 

@@ -34,6 +34,7 @@ def _key(row: Any) -> ApiKey:
         created_at=_utc(row.created_at) or row.created_at,
         last_used_at=_utc(row.last_used_at),
         revoked_at=_utc(row.revoked_at),
+        plan=row.plan,
     )
 
 
@@ -45,6 +46,7 @@ _KEY_COLUMNS = (
     api_keys.c.created_at,
     api_keys.c.last_used_at,
     api_keys.c.revoked_at,
+    api_keys.c.plan,
 )
 
 
@@ -52,11 +54,26 @@ class SqlKeyStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    async def add(self, user_id: str, name: str, key_hash: str, prefix: str, created_at: datetime) -> ApiKey:
+    async def add(
+        self,
+        user_id: str,
+        name: str,
+        key_hash: str,
+        prefix: str,
+        created_at: datetime,
+        plan: str | None = None,
+    ) -> ApiKey:
         async with self._db.transaction() as connection:
             result = await connection.execute(
                 insert(api_keys)
-                .values(user_id=user_id, name=name, key_hash=key_hash, prefix=prefix, created_at=created_at)
+                .values(
+                    user_id=user_id,
+                    name=name,
+                    key_hash=key_hash,
+                    prefix=prefix,
+                    created_at=created_at,
+                    plan=plan,
+                )
                 .returning(*_KEY_COLUMNS)
             )
             return _key(result.one())
@@ -120,6 +137,7 @@ def _usage_row(record: UsageRecord) -> dict[str, Any]:
         "latency_ms": record.latency_ms,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
+        "plan": record.plan,
     }
 
 
@@ -138,6 +156,7 @@ def _usage_record(row: Any) -> UsageRecord:
         latency_ms=row.latency_ms,
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
+        plan=row.plan,
     )
 
 

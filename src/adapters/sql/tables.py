@@ -10,6 +10,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -28,6 +29,7 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("plan", String(64), nullable=True),
 )
 
 usage_logs = Table(
@@ -46,5 +48,40 @@ usage_logs = Table(
     Column("latency_ms", Float, nullable=False),
     Column("prompt_tokens", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),
+    Column("plan", String(64), nullable=True),
     Index("ix_usage_logs_user_id", "user", "id"),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("requests", String(64), nullable=True),
+    Column("tokens", String(64), nullable=True),
+    Column("daily_tokens", BigInteger, nullable=True),
+    Column("concurrency", Integer, nullable=True),
+    Column("models", Text, nullable=True),
+    Column("max_context", BigInteger, nullable=True),
+    Column("max_output", BigInteger, nullable=True),
+    Column("max_keep_alive", Float, nullable=True),
+    Column("priority", Integer, nullable=True),
+    Column("weight", Float, nullable=True),
+    Column("queue_timeout", Float, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+user_plans = Table(
+    "user_plans",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("plan", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_user_plans_plan", "plan"),
+)
+
+config_revision = Table(
+    "config_revision",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
 )

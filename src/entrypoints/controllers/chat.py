@@ -11,7 +11,7 @@ from ollama_gate.domain.chat import ChatRequest
 from ollama_gate.entrypoints.asgi_answers import JSON, NDJSON, BodyAnswer, StreamAnswer
 from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
-from ollama_gate.entrypoints.request_context import caller_of, container_of, identify_caller_then_check_body
+from ollama_gate.entrypoints.request_context import admit, container_of, identify_caller_then_check_body
 
 
 class ChatBody(msgspec.Struct):
@@ -34,11 +34,11 @@ class ChatBody(msgspec.Struct):
     summary="Chat (one JSON answer)",
 )
 async def chat(request: Request[Any, Any, Any], data: ChatBody) -> BodyAnswer:
-    container = container_of(request)
-    caller = caller_of(request)
-    decision = request.state.decision = await container.gatekeeper().admit(caller)
-    body = await container.chat().complete(caller, data.to_request(), "/chat")
-    return BodyAnswer(body, JSON, rate_limit_headers(decision))
+    service = container_of(request).chat()
+    asked = data.to_request()
+    ticket = await admit(request, service.model_of(asked))
+    body = await service.complete(ticket, asked, "/chat")
+    return BodyAnswer(body, JSON, rate_limit_headers(ticket.admission))
 
 
 @post(
@@ -49,8 +49,8 @@ async def chat(request: Request[Any, Any, Any], data: ChatBody) -> BodyAnswer:
     summary="Chat (streamed as NDJSON)",
 )
 async def chat_stream(request: Request[Any, Any, Any], data: ChatBody) -> StreamAnswer:
-    container = container_of(request)
-    caller = caller_of(request)
-    decision = request.state.decision = await container.gatekeeper().admit(caller)
-    relay = await container.chat().open_stream(caller, data.to_request(), "/chat/stream")
-    return StreamAnswer(relay.lines(), NDJSON, rate_limit_headers(decision), relay.abandon)
+    service = container_of(request).chat()
+    asked = data.to_request()
+    ticket = await admit(request, service.model_of(asked))
+    relay = await service.open_stream(ticket, asked, "/chat/stream")
+    return StreamAnswer(relay.lines(), NDJSON, rate_limit_headers(ticket.admission), relay.abandon)

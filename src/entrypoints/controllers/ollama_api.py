@@ -16,13 +16,21 @@ from ollama_gate.entrypoints.asgi_answers import JSON, Answer, BodyAnswer, Strea
 from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 from ollama_gate.entrypoints.request_context import (
+    admit,
     caller_of,
     container_of,
     identify_caller,
     identify_lister,
     principal_of,
 )
-from ollama_gate.services.passthrough import OLLAMA, Dialect, Relayed, managed_model_in, model_named_in
+from ollama_gate.services.passthrough import (
+    OLLAMA,
+    Dialect,
+    Relayed,
+    listing_for,
+    managed_model_in,
+    model_named_in,
+)
 
 INFERENCE_PATHS = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings"]
 MANAGEMENT_PATHS = ["/api/pull", "/api/push", "/api/create", "/api/copy"]
@@ -39,13 +47,28 @@ def as_response(relayed: Relayed, headers: dict[str, str] | None = None) -> Answ
 
 async def relay_inference(request: Request[Any, Any, Any], dialect: Dialect) -> Answer:
     """Read the body, take a slot of the caller's quota, forward; rate-limit headers on the answer."""
-    container = container_of(request)
     body = await request.body()
     model = model_named_in(body)
-    caller = caller_of(request)
-    decision = request.state.decision = await container.gatekeeper().admit(caller)
-    relayed = await container.passthrough().infer(caller, dialect, request.scope["path"], body, model)
-    return as_response(relayed, rate_limit_headers(decision))
+    ticket = await admit(request, model)
+    relayed = (
+        await container_of(request).passthrough().infer(ticket, dialect, request.scope["path"], body, model)
+    )
+    return as_response(relayed, rate_limit_headers(ticket.admission))
+
+
+async def listing(
+    request: Request[Any, Any, Any], path: str, list_field: str, id_field: str
+) -> Response[Any]:
+    """Every server's listing merged, with only the models the caller's plan allows."""
+    container = container_of(request)
+    body = await container.passthrough().union(path, list_field, id_field)
+    plan = container.gatekeeper().plan_of(caller_of(request))
+    return Response(listing_for(plan, body, list_field, id_field), media_type="application/json")
+
+
+def allowed_model(request: Request[Any, Any, Any], model: str | None) -> None:
+    """A model outside the caller's plan is 403 on the paths that describe one, as on inference."""
+    container_of(request).gatekeeper().check_model(caller_of(request), model)
 
 
 async def require_admin(request: Request[Any, Any, Any]) -> None:
@@ -66,14 +89,12 @@ async def ollama_inference(request: Request[Any, Any, Any]) -> Answer:
 
 @get("/api/tags", before_request=identify_lister, summary="Models on every Ollama server")
 async def ollama_tags(request: Request[Any, Any, Any]) -> Response[Any]:
-    body = await container_of(request).passthrough().union("/api/tags", "models", "name")
-    return Response(body, media_type="application/json")
+    return await listing(request, "/api/tags", "models", "name")
 
 
 @get("/api/ps", before_request=identify_lister, summary="Models loaded on every Ollama server")
 async def ollama_ps(request: Request[Any, Any, Any]) -> Response[Any]:
-    body = await container_of(request).passthrough().union("/api/ps", "models", "name")
-    return Response(body, media_type="application/json")
+    return await listing(request, "/api/ps", "models", "name")
 
 
 @get("/api/version", before_request=identify_lister, summary="Ollama's version")
@@ -85,6 +106,7 @@ async def ollama_version(request: Request[Any, Any, Any]) -> Answer:
 async def ollama_show(request: Request[Any, Any, Any]) -> Answer:
     body = await request.body()
     model = model_named_in(body)
+    allowed_model(request, model)
     return as_response(await container_of(request).passthrough().forward("POST", "/api/show", body, model))
 
 

@@ -13,7 +13,12 @@ from litestar import Request, Response, get, post
 
 from ollama_gate.entrypoints.asgi_answers import Answer
 from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
-from ollama_gate.entrypoints.controllers.ollama_api import as_response, relay_inference
+from ollama_gate.entrypoints.controllers.ollama_api import (
+    allowed_model,
+    as_response,
+    listing,
+    relay_inference,
+)
 from ollama_gate.entrypoints.request_context import container_of, identify_caller, identify_lister
 from ollama_gate.services.passthrough import OPENAI
 
@@ -33,13 +38,13 @@ async def openai_inference(request: Request[Any, Any, Any]) -> Answer:
 
 @get("/v1/models", before_request=identify_lister, summary="Models on every Ollama server (OpenAI shape)")
 async def openai_models(request: Request[Any, Any, Any]) -> Response[Any]:
-    body = await container_of(request).passthrough().union("/v1/models", "data", "id")
-    return Response(body, media_type="application/json")
+    return await listing(request, "/v1/models", "data", "id")
 
 
 @get("/v1/models/{model:path}", before_request=identify_lister, summary="One model (OpenAI shape)")
 async def openai_model(request: Request[Any, Any, Any], model: str) -> Answer:
     name = model.lstrip("/")
+    allowed_model(request, name)
     path = "/v1/models/" + quote(name, safe=":@")
     return as_response(await container_of(request).passthrough().forward("GET", path, None, name))
 

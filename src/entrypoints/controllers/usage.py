@@ -29,6 +29,7 @@ def usage_view(record: UsageRecord) -> dict[str, Any]:
         "latency_ms": record.latency_ms,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
+        "plan": record.plan,
     }
 
 
