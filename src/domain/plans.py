@@ -105,7 +105,7 @@ class Plan:
         if model is None:
             return False
         key = model_key(model)
-        return any(fnmatch.fnmatchcase(key, model_key(pattern)) for pattern in self.models)
+        return any(fnmatch.fnmatchcase(key, _pattern_key(pattern)) for pattern in self.models)
 
     def fields(self) -> dict[str, Any]:
         """The plan as the API shows it: every field, None where unlimited."""
@@ -123,6 +123,13 @@ class Plan:
             "weight": self.weight,
             "queue_timeout": self.queue_timeout,
         }
+
+
+def _pattern_key(pattern: str) -> str:
+    """A model glob in the form names are matched in: `smollm` means `smollm:latest`, as Ollama reads it;
+    a glob in the last part (`hf.co/org/*`) already covers every tag."""
+    last = pattern.rpartition("/")[2]
+    return pattern.strip().lower() if any(c in last for c in "*?[") else model_key(pattern)
 
 
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Plan) if field.name != "name")

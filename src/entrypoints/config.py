@@ -62,6 +62,7 @@ class Settings:
     forwarded_header: ForwardedHeader = ForwardedHeader.X_FORWARDED_FOR
     ipv6_prefix: int = DEFAULT_IPV6_PREFIX
     database_timeout: float = 2.0
+    lease_seconds: float = 10.0
     auto_migrate: bool = True
     redis_url: str | None = field(default=None, repr=False)
     rate_limit_fallback: str = "local"
@@ -94,6 +95,7 @@ class Settings:
             "OLLAMA_GATE_FORWARDED_HEADER": self.forwarded_header.value,
             "OLLAMA_GATE_IPV6_PREFIX": str(self.ipv6_prefix),
             "OLLAMA_GATE_DATABASE_TIMEOUT": f"{self.database_timeout:g}",
+            "OLLAMA_GATE_LEASE_SECONDS": f"{self.lease_seconds:g}",
             "OLLAMA_GATE_AUTO_MIGRATE": str(self.auto_migrate).lower(),
             "OLLAMA_GATE_REDIS_URL": _hide_password(self.redis_url)
             if self.redis_url
@@ -282,6 +284,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         forwarded_header=get("FORWARDED_HEADER", _forwarded_header, defaults.forwarded_header),
         ipv6_prefix=get("IPV6_PREFIX", _ipv6_prefix, defaults.ipv6_prefix),
         database_timeout=get("DATABASE_TIMEOUT", _positive_seconds, defaults.database_timeout),
+        lease_seconds=get("LEASE_SECONDS", _positive_seconds, defaults.lease_seconds),
         auto_migrate=get("AUTO_MIGRATE", _boolean, defaults.auto_migrate),
         redis_url=get("REDIS_URL", _redis_url, defaults.redis_url),
         rate_limit_fallback=get("RATE_LIMIT_FALLBACK", _fallback, defaults.rate_limit_fallback),

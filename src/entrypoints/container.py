@@ -61,7 +61,7 @@ def _quota_limiter(settings: Settings, clock: Clock, client: aioredis.Redis | No
     if client is None:
         return local
     fallback = local if settings.rate_limit_fallback == "local" else None
-    return RedisQuotaLimiter(client, clock, fallback)
+    return RedisQuotaLimiter(client, clock, fallback, lease_ttl=settings.lease_seconds)
 
 
 def _builtin_plans(settings: Settings) -> dict[str, Plan]:

@@ -72,6 +72,7 @@ class FakeOllamaServer(FakeOllama):
     ) -> None:
         super().__init__(models=models, port=port, parallel=parallel)
         self.calls: list[Call] = []
+        self.received: list[tuple[str, bytes, Any]] = []  # (path, raw body, decoded) of JSON requests
         self.chat_bodies: list[dict[str, Any]] = []
         self.blobs: set[str] = set()
         self.abandoned = 0  # /api/chat and /v1 streams the client walked away from
@@ -111,8 +112,20 @@ class FakeOllamaServer(FakeOllama):
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         with self._calls_lock:
             self.calls.append(Call(request.method, request.path, request.headers.get("Host", "")))
+        if request.method == "POST" and request.content_type == "application/json":
+            raw = await request.read()  # cached: the handler reads it again
+            with contextlib.suppress(ValueError):
+                self.received.append((request.path, raw, json.loads(raw)))
         response: web.StreamResponse = await handler(request)
         return response
+
+    def bodies(self, path: str, prompt: str) -> list[dict[str, Any]]:
+        """The JSON bodies `path` received that carry `prompt` (as prompt, input or last message)."""
+        return [body for seen, _, body in self.received if seen == path and prompt in json.dumps(body)]
+
+    def raw_bodies(self, path: str, prompt: str) -> list[bytes]:
+        """The same, byte for byte as they arrived."""
+        return [raw for seen, raw, body in self.received if seen == path and prompt in json.dumps(body)]
 
     async def _startup(self) -> None:
         app = web.Application(middlewares=[self._record], client_max_size=64 * 1024 * 1024)
