@@ -1,12 +1,18 @@
-"""The HTTP server: uvicorn (httptools + uvloop) with the limits a server on the internet needs.
+"""The HTTP server: uvicorn (httptools + uvloop) with the limits a server on the internet needs, and a
+shutdown with a deadline.
 
 uvicorn offers none of these by settings for its httptools protocol: it buffers a request head of any size
 (httptools accumulates a header value in memory until it ends), gives a connection forever to finish its
-head or its body, and accepts connections until file descriptors run out.
+head or its body, accepts connections until file descriptors run out, and on SIGTERM waits for in-flight
+requests as long as they take (a request hung at Ollama holds the process for the whole read timeout).
+Its force-exit (a second SIGINT only) skips the app's lifespan shutdown, where the usage writer flushes.
 
 So this module holds:
 - `BoundedHttpToolsProtocol`: uvicorn's httptools protocol with a bound on the request head, deadlines for
   the head and for silence within a body, keep-alive expiry, and a ceiling on connections;
+- `GatewayServer`: uvicorn's server with the shutdown deadline, a second signal that stops at once, and a
+  lifespan shutdown that always runs;
+- `GatewaySupervisor`: uvicorn's `--workers` supervisor, whose workers are `GatewayServer`s;
 - `serve()`, which the CLI calls, and `raise_open_file_limit()`.
 
 Everything on the request path stays as cheap as stock uvicorn: per request the same one timer (armed when
@@ -19,15 +25,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import socket
+import threading
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, ClassVar, cast
 
 import msgspec
 from uvicorn import Config, Server
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-from uvicorn.server import ServerState
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.server import HANDLED_SIGNALS, ServerState
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +54,12 @@ _base_on_message_complete = HttpToolsProtocol.on_message_complete
 # A connection that is being refused keeps draining what the client still sends for this long, so that
 # the client reads the answer instead of a reset (closing a socket with unread input resets it).
 LINGER_SECONDS = 2.0
+# Requests cancelled at the shutdown deadline get this long to run their cleanup (record their usage row,
+# close their upstream request) before the lifespan shutdown begins.
+CANCEL_GRACE_SECONDS = 5.0
+# How long the supervisor waits for its workers beyond the shutdown deadline (their cancellation grace and
+# usage flush) before it kills what is left.
+WORKER_STOP_GRACE_SECONDS = 20.0
 # File descriptors the process needs besides client connections: listening socket, database, Redis,
 # upstream connections to Ollama, log files.
 RESERVED_DESCRIPTORS = 256
@@ -66,8 +85,8 @@ class GatewayConfig(Config):
 
     `proxy_headers` is always off: uvicorn's proxy-header middleware trusts 127.0.0.1 by default, so a
     loopback caller could pass an `X-Forwarded-For` of its choosing; the gateway's own trusted-proxy rule
-    is the only one that reads forwarding headers. Keep-alive expiry is done by `BoundedHttpToolsProtocol`
-    from `limits`, not by uvicorn's own option.
+    is the only one that reads forwarding headers. Keep-alive expiry and the graceful shutdown are done by
+    `BoundedHttpToolsProtocol` and `GatewayServer` from `limits`, not by uvicorn's own options.
     """
 
     def __init__(self, app: Any, limits: HttpLimits, **options: Any) -> None:
@@ -381,6 +400,238 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._answer_and_linger(_json_answer(self.server_state, status, detail))
 
+    # -- shutdown ------------------------------------------------------------------------------------------
+
+    def abandon(self) -> None:
+        """At the shutdown deadline: the request in flight will be cancelled. Tell its client (503, if no
+        response has begun), make sure nothing else is written, and close."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if not cycle.response_started and not cycle.disconnected and not self.transport.is_closing():
+                self.transport.write(_json_answer(self.server_state, 503, "server shutting down"))
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+
+class _QuietCancellation(logging.Filter):
+    """uvicorn logs every cancelled request as "Exception in ASGI application" with a traceback. At the
+    shutdown deadline that is the plan, not a crash: one summary line says it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, asyncio.CancelledError)
+
+
+class GatewayServer(Server):
+    """uvicorn's Server with the gateway's shutdown.
+
+    The first SIGTERM or SIGINT stops accepting and lets in-flight requests finish for at most
+    `shutdown_timeout` seconds; a second one ends the wait at once. Then whatever still runs is cancelled
+    (its client gets 503 if nothing was sent yet; the services record a `cancelled` usage row), and the
+    app's lifespan shutdown always runs, so the usage writer flushes every row. The process then returns
+    normally (exit code 0): unlike stock uvicorn it does not re-raise the signal it handled.
+
+    A worker under `GatewaySupervisor` (`supervised`) ignores SIGINT: Ctrl+C in a terminal reaches the
+    whole process group, and the supervisor relays it as SIGTERM; counting both would be a second signal.
+    """
+
+    def __init__(self, config: GatewayConfig, supervised: bool = False) -> None:
+        super().__init__(config)
+        self._shutdown_timeout = config.limits.shutdown_timeout
+        self._supervised = supervised
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._supervised and sig == signal.SIGINT:
+            return
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info("shutting down")
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        state = self.server_state
+        for connection in list(state.connections):
+            connection.shutdown()  # idle connections close now, busy ones after their response
+        await self._drain()
+        if state.tasks or state.connections:
+            await self._cancel_in_flight()
+        for server in self.servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), LINGER_SECONDS)
+        # Always, even after a second signal: this is where the usage writer flushes its rows.
+        await self.lifespan.shutdown()
+
+    async def _drain(self) -> None:
+        state = self.server_state
+        if not (state.connections or state.tasks) or self.force_exit:
+            return
+        if state.tasks:
+            log.info(
+                "waiting up to %g s for %d request(s) in flight (a second SIGTERM or SIGINT stops at once)",
+                self._shutdown_timeout,
+                len(state.tasks),
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._shutdown_timeout
+
+        def waiting() -> bool:
+            return bool(state.connections or state.tasks) and not self.force_exit and loop.time() < deadline
+
+        # Polled, as uvicorn does: connections and tasks come and go without an event, and force_exit is
+        # set by a signal handler.
+        while waiting():  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+    async def _cancel_in_flight(self) -> None:
+        """Close every connection left (503 where no response began) and cancel every request left."""
+        state = self.server_state
+        tasks = list(state.tasks)
+        if tasks:
+            why = "a second signal" if self.force_exit else f"the {self._shutdown_timeout:g} s deadline"
+            log.warning("cancelling %d request(s) still running at %s", len(tasks), why)
+        for connection in list(state.connections):
+            if isinstance(connection, BoundedHttpToolsProtocol):
+                connection.abandon()
+            else:  # a websocket: uvicorn's own way
+                connection.shutdown()
+        if not tasks:
+            return
+        quiet = _QuietCancellation()
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.addFilter(quiet)
+        try:
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=CANCEL_GRACE_SECONDS)
+        finally:
+            uvicorn_log.removeFilter(quiet)
+        if pending:
+            log.error("%d cancelled request(s) did not end within %g s", len(pending), CANCEL_GRACE_SECONDS)
+
+
+class GatewayWorker(Process):
+    """A worker process of `GatewaySupervisor`: it runs a `GatewayServer` (uvicorn's runs its own)."""
+
+    @property
+    def server(self) -> Server:
+        if self._server is None:
+            self._server = GatewayServer(cast(GatewayConfig, self.config), supervised=True)
+        return self._server
+
+
+class GatewaySupervisor(Multiprocess):
+    """uvicorn's `--workers` supervisor, with `GatewayWorker`s and a stop that is bounded.
+
+    uvicorn's Multiprocess builds its workers in four places (start, replacing a dead worker, SIGHUP,
+    SIGTTIN) and names its own Process class in each; they are repeated here with `GatewayWorker`.
+
+    On stop it closes its copy of the listening socket (so that new clients are refused rather than left
+    in the backlog), sends each worker one SIGTERM (each applies the shutdown deadline itself), relays a second
+    SIGTERM or SIGINT to them (they stop at once), and kills a worker still alive
+    `WORKER_STOP_GRACE_SECONDS` past the deadline, so the supervisor itself always ends.
+    """
+
+    def __init__(self, config: GatewayConfig, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self._shutdown_timeout = config.limits.shutdown_timeout
+
+    def _new_worker(self) -> GatewayWorker:
+        worker = GatewayWorker(self.config, self.sockets)
+        worker.start()
+        return worker
+
+    def init_processes(self) -> None:
+        for _ in range(self.processes_num):
+            self.processes.append(self._new_worker())
+
+    def keep_subprocess_alive(self) -> None:
+        # uvicorn 0.54's, with GatewayWorker.
+        if self.should_exit.is_set():
+            return
+        for index, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                log.error("worker [%s] failed to start, stopping the supervisor", process.pid)
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            log.info("worker [%s] died, starting another", process.pid)
+            self.processes[index] = self._new_worker()
+
+    def restart_all(self) -> None:
+        # uvicorn 0.54's (SIGHUP), with GatewayWorker.
+        for index, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._new_worker()
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                if not self.should_exit.is_set():
+                    log.error("new worker [%s] was not ready in time; keeping [%s]", new.pid, old.pid)
+                return
+            old.terminate()
+            old.join()
+            self.processes[index] = new
+
+    def handle_ttin(self) -> None:
+        log.info("Received SIGTTIN, increasing the number of processes.")
+        self.processes_num += 1
+        self.processes.append(self._new_worker())
+
+    def terminate_all(self) -> None:
+        # The listening socket is shared with the workers: once they close theirs, the supervisor's copy
+        # would keep the port listening, and new clients would wait in the backlog for nobody.
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
+    def join_all(self) -> None:
+        deadline = time.monotonic() + self._shutdown_timeout + WORKER_STOP_GRACE_SECONDS
+        relayed = False
+        while any(worker.process.is_alive() for worker in self.processes):
+            stop_signals = [sig for sig in self.signal_queue if sig in (signal.SIGINT, signal.SIGTERM)]
+            self.signal_queue.clear()
+            if stop_signals and not relayed:
+                relayed = True
+                log.info("second stop signal: the workers stop at once")
+                for worker in self.processes:
+                    if worker.process.is_alive() and worker.pid is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(worker.pid, signal.SIGTERM)
+                deadline = min(deadline, time.monotonic() + WORKER_STOP_GRACE_SECONDS)
+            if time.monotonic() > deadline:
+                for worker in self.processes:
+                    if worker.process.is_alive():
+                        log.error("worker [%s] did not stop in time: killed", worker.pid)
+                        worker.process.kill()
+                break
+            for worker in self.processes:
+                worker.process.join(0.1)
+        for worker in self.processes:
+            worker.process.join()
+
 
 def raise_open_file_limit() -> int | None:
     """Raise RLIMIT_NOFILE's soft limit to the hard one (every connection is a file descriptor; the
@@ -404,7 +655,7 @@ def raise_open_file_limit() -> int | None:
 
 
 def serve(app: Any, limits: HttpLimits, workers: int, **options: Any) -> None:
-    """Run the gateway: one uvicorn server, or `workers` of them under uvicorn's supervisor (then `app`
+    """Run the gateway: one `GatewayServer`, or `workers` of them under a `GatewaySupervisor` (then `app`
     is an import string and each worker builds its own app)."""
     open_files = raise_open_file_limit()
     if open_files is not None and limits.max_connections > open_files - RESERVED_DESCRIPTORS:
@@ -417,8 +668,6 @@ def serve(app: Any, limits: HttpLimits, workers: int, **options: Any) -> None:
         )
     config = GatewayConfig(app, limits, workers=workers, **options)
     if workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-        return
-    # uvicorn re-raises a SIGINT it has already handled (drained, flushed): a clean stop, not a crash.
-    with contextlib.suppress(KeyboardInterrupt):
-        Server(config).run()
+        GatewaySupervisor(config, sockets=[config.bind_socket()]).run()
+    else:
+        GatewayServer(config).run()

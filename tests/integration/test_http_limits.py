@@ -369,7 +369,7 @@ def test_fifty_unterminated_chunked_bodies_are_closed_and_the_app_lets_go(
         f"{max(done, default=0):.2f} s after their last byte; SIGTERM then exited in {stopped_in:.2f} s"
     )
     assert len(done) == STALLED_BODIES
-    assert exit_code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert exit_code == 0
     assert stopped_in < 10
     assert "Traceback" not in gate.log()
 

@@ -66,8 +66,12 @@ class GatewayProcess:
         port: int | None = None,
         log_level: str = "warning",
         args: Sequence[str] = (),
+        new_session: bool = False,
     ) -> None:
         self.workdir = workdir
+        # In a session (and process group) of its own, a test can signal the gateway and all its workers
+        # at once, as Ctrl+C in a terminal does, without signalling itself.
+        self.new_session = new_session
         self.host = host
         self.port = port or free_port(host)
         self.env = prefixed(
@@ -91,6 +95,7 @@ class GatewayProcess:
             env=gateway_environment(self.env),
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
         )
         log.close()
         deadline = time.monotonic() + timeout
