@@ -146,18 +146,18 @@ async def stop_with_hung_requests(
     process = gate.process
     assert process is not None
     clients = [asyncio.create_task(hung_chat(gate.url, prompt)) for prompt in prompts]
-    assert await wait_for(lambda: all(fake.seen.requests_with_prompt(p) for p in prompts))
-    for index, sig in enumerate(signals):
-        if index:
-            assert await wait_for(lambda: stopped_accepting(gate)), "the first signal was not handled"
-            await asyncio.sleep(0.3)
-        process.send_signal(sig)
-        signalled = time.monotonic()
     try:
+        assert await wait_for(lambda: all(fake.seen.requests_with_prompt(p) for p in prompts))
+        for index, sig in enumerate(signals):
+            if index:
+                assert await wait_for(lambda: stopped_accepting(gate)), "the first signal was not handled"
+                await asyncio.sleep(0.3)
+            process.send_signal(sig)
+            signalled = time.monotonic()
         exit_code = await asyncio.to_thread(process.wait, 60)
+        exited_in = time.monotonic() - signalled
     finally:
         gate.kill()
-    exited_in = time.monotonic() - signalled
     return list(await asyncio.gather(*clients)), exit_code, exited_in
 
 
@@ -231,31 +231,30 @@ async def test_workers_stop_within_the_deadline_and_each_records_its_requests(
     ).start()
     assert gate.process is not None
     supervisor = gate.process.pid
-
-    # Hung requests until each worker holds at least one (which worker accepts is the kernel's choice).
     clients: list[asyncio.Task[int | None]] = []
-    for index in range(20):
-        prompt = f"{HANG} worker {index}"
-        clients.append(asyncio.create_task(hung_chat(gate.url, prompt)))
-        assert await wait_for(lambda p=prompt: bool(fake_ollama.seen.requests_with_prompt(p)))  # type: ignore[misc]
-        held = await asyncio.to_thread(worker_connections, supervisor, gate.port)
-        if len(held) == 2 and all(held.values()):
-            break
-    assert len(held) == 2 and all(held.values()), held
-    workers = list(held)
-
-    signals = [signal.SIGTERM, signal.SIGTERM] if second_signal else [signal.SIGTERM]
-    for index, sig in enumerate(signals):
-        if index:
-            assert await wait_for(lambda: stopped_accepting(gate)), "the first signal was not handled"
-            await asyncio.sleep(0.5)
-        gate.process.send_signal(sig)
-        signalled = time.monotonic()
     try:
+        # Hung requests until each worker holds at least one (which worker accepts is the kernel's choice).
+        for index in range(20):
+            prompt = f"{HANG} worker {index}"
+            clients.append(asyncio.create_task(hung_chat(gate.url, prompt)))
+            assert await wait_for(lambda p=prompt: bool(fake_ollama.seen.requests_with_prompt(p)))  # type: ignore[misc]
+            held = await asyncio.to_thread(worker_connections, supervisor, gate.port)
+            if len(held) == 2 and all(held.values()):
+                break
+        assert len(held) == 2 and all(held.values()), held
+        workers = list(held)
+
+        signals = [signal.SIGTERM, signal.SIGTERM] if second_signal else [signal.SIGTERM]
+        for index, sig in enumerate(signals):
+            if index:
+                assert await wait_for(lambda: stopped_accepting(gate)), "the first signal was not handled"
+                await asyncio.sleep(0.5)
+            gate.process.send_signal(sig)
+            signalled = time.monotonic()
         exit_code = await asyncio.to_thread(gate.process.wait, 60)
+        exited_in = time.monotonic() - signalled
     finally:
         gate.kill()
-    exited_in = time.monotonic() - signalled
     answers = await asyncio.gather(*clients)
 
     print(
@@ -284,14 +283,14 @@ async def test_ctrl_c_with_workers_drains_rather_than_stopping_at_once(
         log_level="info",  # for the supervisor's "Terminated child process" lines
     ).start()
     assert gate.process is not None
-    async with (
-        httpx.AsyncClient(timeout=60) as client,
-        client.stream("POST", gate.url + "/chat/stream", json={"message": "!held ctrl-c"}) as response,
-    ):
-        lines = response.aiter_lines()
-        first = await anext(lines)  # the stream is under way, held at the fake
-        os.killpg(gate.process.pid, signal.SIGINT)
-        try:
+    try:
+        async with (
+            httpx.AsyncClient(timeout=60) as client,
+            client.stream("POST", gate.url + "/chat/stream", json={"message": "!held ctrl-c"}) as response,
+        ):
+            lines = response.aiter_lines()
+            first = await anext(lines)  # the stream is under way, held at the fake
+            os.killpg(gate.process.pid, signal.SIGINT)
             assert await wait_for(lambda: stopped_accepting(gate)), "the SIGINT was not handled"
             # The supervisor has relayed the stop to both workers as SIGTERM (each now had two signals).
             assert await wait_for(lambda: gate.log().count("Terminated child process") == 2)
@@ -300,8 +299,8 @@ async def test_ctrl_c_with_workers_drains_rather_than_stopping_at_once(
             fake_ollama.release_held()
             rest = [line async for line in lines]
             exit_code = await asyncio.to_thread(gate.process.wait, 30)
-        finally:
-            gate.kill()
+    finally:
+        gate.kill()
 
     assert response.status_code == 200 and '"done":false' in first
     assert rest and '"done":true' in rest[-1], rest
