@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -79,9 +78,8 @@ SINGLE_PROCESS_LIMITS = (
 
 
 def _serve(settings: Settings, workers: int) -> int:
-    import uvicorn
-
     from ollama_gate.entrypoints.app import create_app
+    from ollama_gate.entrypoints.http_server import HttpLimits, serve
 
     if workers < 1:
         print("ollama-gate: --workers must be at least 1", file=sys.stderr)
@@ -95,6 +93,14 @@ def _serve(settings: Settings, workers: int) -> int:
         print(f"  {name}={value}", flush=True)
     if workers > 1:
         print(f"  workers={workers}", flush=True)
+    limits = HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+        max_connections=settings.max_connections,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -102,24 +108,16 @@ def _serve(settings: Settings, workers: int) -> int:
         # The gateway writes its own access lines (entrypoints/access_log.py), with the client address its
         # trusted-proxy rule decided on.
         "access_log": False,
-        # uvicorn's own proxy-header middleware trusts 127.0.0.1 by default: the gateway's trusted-proxy
-        # rule must be the only one that reads forwarding headers.
-        "proxy_headers": False,
         "loop": "uvloop",
-        "http": "httptools",
         "lifespan": "on",
         "log_config": None,
         "server_header": False,
     }
     if workers > 1:
         # Each worker builds its own app from the same environment (uvicorn imports the factory).
-        uvicorn.run(
-            "ollama_gate.entrypoints.app:app_from_environment", factory=True, workers=workers, **options
-        )
-        return 0
-    # uvicorn re-raises a SIGINT it has already handled (drained, flushed): a clean stop, not a crash.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(uvicorn.Config(create_app(build_container(settings)), **options)).run()
+        serve("ollama_gate.entrypoints.app:app_from_environment", limits, workers, factory=True, **options)
+    else:
+        serve(create_app(build_container(settings)), limits, workers, **options)
     return 0
 
 

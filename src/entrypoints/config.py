@@ -19,6 +19,7 @@ from ollama_gate.domain.plans import Window
 
 PREFIX = "OLLAMA_GATE_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+MIN_HEADER_BYTES = 1024
 
 T = TypeVar("T")
 
@@ -66,6 +67,12 @@ class Settings:
     auto_migrate: bool = True
     redis_url: str | None = field(default=None, repr=False)
     rate_limit_fallback: str = "local"
+    max_header_bytes: int = 65536
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    keepalive_timeout: float = 5.0
+    max_connections: int = 4096
+    shutdown_timeout: float = 30.0
 
     @property
     def ollama_urls(self) -> tuple[str, ...]:
@@ -101,6 +108,12 @@ class Settings:
             if self.redis_url
             else "(not set: in-process limiter)",
             "OLLAMA_GATE_RATE_LIMIT_FALLBACK": self.rate_limit_fallback,
+            "OLLAMA_GATE_MAX_HEADER_BYTES": str(self.max_header_bytes),
+            "OLLAMA_GATE_HEADER_TIMEOUT": f"{self.header_timeout:g}",
+            "OLLAMA_GATE_BODY_TIMEOUT": f"{self.body_timeout:g}",
+            "OLLAMA_GATE_KEEPALIVE_TIMEOUT": f"{self.keepalive_timeout:g}",
+            "OLLAMA_GATE_MAX_CONNECTIONS": str(self.max_connections),
+            "OLLAMA_GATE_SHUTDOWN_TIMEOUT": f"{self.shutdown_timeout:g}",
         }
 
 
@@ -228,6 +241,21 @@ def _ipv6_prefix(text: str) -> int:
     return prefix
 
 
+def _header_bytes(text: str) -> int:
+    value = int(text)
+    if value < MIN_HEADER_BYTES:
+        # Below this, ordinary browsers' heads (cookies, user agents) would be refused.
+        raise ValueError(f"expected at least {MIN_HEADER_BYTES} bytes, got {text!r}")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"expected a number of seconds, 0 or more, got {text!r}")
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in LOG_LEVELS:
@@ -288,4 +316,10 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         auto_migrate=get("AUTO_MIGRATE", _boolean, defaults.auto_migrate),
         redis_url=get("REDIS_URL", _redis_url, defaults.redis_url),
         rate_limit_fallback=get("RATE_LIMIT_FALLBACK", _fallback, defaults.rate_limit_fallback),
+        max_header_bytes=get("MAX_HEADER_BYTES", _header_bytes, defaults.max_header_bytes),
+        header_timeout=get("HEADER_TIMEOUT", _positive_seconds, defaults.header_timeout),
+        body_timeout=get("BODY_TIMEOUT", _positive_seconds, defaults.body_timeout),
+        keepalive_timeout=get("KEEPALIVE_TIMEOUT", _positive_seconds, defaults.keepalive_timeout),
+        max_connections=get("MAX_CONNECTIONS", _positive_int, defaults.max_connections),
+        shutdown_timeout=get("SHUTDOWN_TIMEOUT", _non_negative_seconds, defaults.shutdown_timeout),
     )

@@ -49,6 +49,9 @@ INVALID_SETTINGS = {
     "a rate that is not N/W": ("ANON_RATE_LIMIT", "ten per minute"),
     "a port out of range": ("PORT", "70000"),
     "an unknown log level": ("LOG_LEVEL", "loud"),
+    "a header bound below 1 KB": ("MAX_HEADER_BYTES", "100"),
+    "a negative shutdown timeout": ("SHUTDOWN_TIMEOUT", "-1"),
+    "no connections at all": ("MAX_CONNECTIONS", "0"),
 }
 
 
@@ -121,6 +124,12 @@ def test_serve_prints_its_url_and_effective_configuration_without_secrets(tmp_pa
         "OLLAMA_GATE_MAX_BODY_BYTES=10485760",
         "OLLAMA_GATE_CONNECT_TIMEOUT=5",
         "OLLAMA_GATE_LOG_LEVEL=warning",
+        "OLLAMA_GATE_MAX_HEADER_BYTES=65536",
+        "OLLAMA_GATE_HEADER_TIMEOUT=10",
+        "OLLAMA_GATE_BODY_TIMEOUT=10",
+        "OLLAMA_GATE_KEEPALIVE_TIMEOUT=5",
+        "OLLAMA_GATE_MAX_CONNECTIONS=4096",
+        "OLLAMA_GATE_SHUTDOWN_TIMEOUT=30",
     ):
         assert shown in banner
     assert ADMIN_TOKEN not in banner

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.support.fake_ollama import free_port
 
@@ -68,8 +70,12 @@ class GatewayProcess:
         log_level: str = "warning",
         args: Sequence[str] = (),
         python_path: Path | None = None,
+        new_session: bool = False,
     ) -> None:
         self.workdir = workdir
+        # In a session (and process group) of its own, a test can signal the gateway and all its workers
+        # at once, as Ctrl+C in a terminal does, without signalling itself.
+        self.new_session = new_session
         self.host = host
         self.port = port or free_port(host)
         self.env = prefixed(
@@ -98,6 +104,7 @@ class GatewayProcess:
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -132,11 +139,20 @@ class GatewayProcess:
             self.process.send_signal(sig)
         try:
             return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()  # a gateway that does not stop must not outlive the test
+            raise
         finally:
             self.process = None
 
     def kill(self) -> None:
+        """SIGKILL the gateway and its children (the workers of `serve --workers N`, which would
+        otherwise outlive a killed supervisor and keep its port)."""
         if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(self.process.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None

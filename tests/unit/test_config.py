@@ -26,6 +26,12 @@ VARIABLES = [
     "ANON_RATE_LIMIT",
     "MEMBER_RATE_LIMIT",
     "TRUSTED_PROXIES",
+    "MAX_HEADER_BYTES",
+    "HEADER_TIMEOUT",
+    "BODY_TIMEOUT",
+    "KEEPALIVE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "SHUTDOWN_TIMEOUT",
 ]
 
 
@@ -43,6 +49,10 @@ def test_defaults_without_any_configuration(tmp_path: Path) -> None:
     assert loaded.anon_rate_limit == Window(10, 60)
     assert loaded.member_rate_limit == Window(30, 60)
     assert loaded.trusted_proxies == ()
+    assert loaded.max_header_bytes == 65536
+    assert (loaded.header_timeout, loaded.body_timeout, loaded.keepalive_timeout) == (10.0, 10.0, 5.0)
+    assert loaded.max_connections == 4096
+    assert loaded.shutdown_timeout == 30.0
 
 
 def test_every_variable_is_read(tmp_path: Path) -> None:
@@ -60,6 +70,12 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "OLLAMA_GATE_ANON_RATE_LIMIT": "5/30",
         "OLLAMA_GATE_MEMBER_RATE_LIMIT": "100/3600",
         "OLLAMA_GATE_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+        "OLLAMA_GATE_MAX_HEADER_BYTES": "16384",
+        "OLLAMA_GATE_HEADER_TIMEOUT": "2.5",
+        "OLLAMA_GATE_BODY_TIMEOUT": "20",
+        "OLLAMA_GATE_KEEPALIVE_TIMEOUT": "75",
+        "OLLAMA_GATE_MAX_CONNECTIONS": "50",
+        "OLLAMA_GATE_SHUTDOWN_TIMEOUT": "0",
         "UNRELATED": "ignored",
     }
     loaded = load_settings(environ=environ, env_file=tmp_path / "missing.env")
@@ -74,6 +90,10 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert loaded.anon_rate_limit == Window(5, 30)
     assert loaded.member_rate_limit == Window(100, 3600)
     assert loaded.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1"))
+    assert loaded.max_header_bytes == 16384
+    assert (loaded.header_timeout, loaded.body_timeout, loaded.keepalive_timeout) == (2.5, 20.0, 75.0)
+    assert loaded.max_connections == 50
+    assert loaded.shutdown_timeout == 0.0
 
 
 def test_the_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
@@ -154,6 +174,20 @@ INVALID = [
     ("MEMBER_RATE_LIMIT", "30/-60"),
     ("TRUSTED_PROXIES", "10.0.0.0/8, proxy.local"),
     ("TRUSTED_PROXIES", "10.0.0.0/33"),
+    ("MAX_HEADER_BYTES", "64KB"),
+    ("MAX_HEADER_BYTES", "0"),
+    ("MAX_HEADER_BYTES", "1023"),
+    ("HEADER_TIMEOUT", "0"),
+    ("HEADER_TIMEOUT", "-1"),
+    ("HEADER_TIMEOUT", "nan"),
+    ("BODY_TIMEOUT", "0"),
+    ("BODY_TIMEOUT", "ten"),
+    ("KEEPALIVE_TIMEOUT", "-5"),
+    ("MAX_CONNECTIONS", "0"),
+    ("MAX_CONNECTIONS", "4096.5"),
+    ("SHUTDOWN_TIMEOUT", "-1"),
+    ("SHUTDOWN_TIMEOUT", "nan"),
+    ("SHUTDOWN_TIMEOUT", "30s"),
 ]
 
 
