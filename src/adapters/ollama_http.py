@@ -122,7 +122,7 @@ class OllamaHttpBackend:
             raise RuntimeError("OllamaHttpBackend.start() was not awaited")
         return self._session
 
-    async def post(self, path: str, body: bytes) -> AiohttpUpstreamResponse:
+    async def post(self, path: str, body: bytes, upstream: str | None = None) -> AiohttpUpstreamResponse:
         url = self.base_url + path
         try:
             response = await self.session.post(url, data=body, headers=_JSON_HEADERS)

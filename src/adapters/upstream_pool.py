@@ -29,6 +29,15 @@ class _ModelField(msgspec.Struct):
     model: str | None = None
 
 
+class _LoadedModel(msgspec.Struct):
+    name: str | None = None
+    model: str | None = None
+
+
+class _Loaded(msgspec.Struct):
+    models: list[_LoadedModel] = []
+
+
 def model_of(body: bytes) -> str | None:
     """The `model` a JSON request names, or None (not JSON, not an object, no model)."""
     try:
@@ -40,13 +49,14 @@ def model_of(body: bytes) -> str | None:
 class Upstream:
     """One server's routing state. `models` is None until its first listing arrives."""
 
-    __slots__ = ("backend", "in_flight", "models", "online")
+    __slots__ = ("backend", "in_flight", "loaded", "models", "online")
 
     def __init__(self, backend: ProxyBackend) -> None:
         self.backend = backend
         self.online = True
         self.in_flight = 0
         self.models: frozenset[str] | None = None
+        self.loaded: frozenset[str] = frozenset()  # what /api/ps listed (and what it just served)
 
     @property
     def url(self) -> str:
@@ -57,7 +67,13 @@ class Upstream:
 
     def state(self) -> UpstreamState:
         return UpstreamState(
-            self.url, self.backend.name, self.online, self.in_flight, tuple(sorted(self.models or ()))
+            self.url,
+            self.backend.name,
+            self.online,
+            self.in_flight,
+            tuple(sorted(self.models or ())),
+            tuple(sorted(self.loaded)),
+            self.models is not None,
         )
 
 
@@ -129,6 +145,7 @@ class UpstreamPool:
         self._probe_timeout = probe_timeout
         self._turn = 0
         self.health_version = 0
+        self.inventory_version = 0
         self._watcher = BackgroundTask("upstream-watch", self._watch)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -178,23 +195,51 @@ class UpstreamPool:
         except (GatewayError, TimeoutError) as error:
             self._mark_down(upstream, error)
             return None
-        upstream.models = frozenset(model_key(m.name) for m in models)
+        listed = frozenset(model_key(m.name) for m in models)
+        if listed != upstream.models:
+            upstream.models = listed
+            self.inventory_version += 1
         self._mark_up(upstream)
+        if self._routes_by_model:
+            await self._probe_loaded(upstream, timeout)
         return models
+
+    async def _probe_loaded(self, upstream: Upstream, timeout: float) -> None:
+        """What the server has in memory now (`GET /api/ps`), so requests go where no load is needed."""
+        try:
+            async with asyncio.timeout(timeout):
+                response = await upstream.backend.request("GET", "/api/ps", None)
+                body = await response.read()
+            listed = msgspec.json.decode(body, type=_Loaded) if response.status == 200 else None
+        except (GatewayError, TimeoutError, msgspec.DecodeError, UnicodeDecodeError):
+            return
+        if listed is not None:
+            self._set_loaded(upstream, frozenset(model_key(m.name or m.model or "") for m in listed.models))
+
+    def _set_loaded(self, upstream: Upstream, loaded: frozenset[str]) -> None:
+        if loaded != upstream.loaded:
+            upstream.loaded = loaded
+            self.inventory_version += 1
 
     def _mark_down(self, upstream: Upstream, error: BaseException) -> None:
         if upstream.online:
             log.warning("Ollama server %s is down (%s): skipping it until it answers", upstream.url, error)
             self.health_version += 1
+            self.inventory_version += 1
         upstream.online = False
 
     def _mark_up(self, upstream: Upstream) -> None:
         if not upstream.online:
             log.warning("Ollama server %s is back", upstream.url)
             self.health_version += 1
+            self.inventory_version += 1
         upstream.online = True
 
     # -- routing -----------------------------------------------------------------------------------
+
+    def pinned(self, name: str) -> list[Upstream]:
+        """The one server called `name` (the scheduler gave this request a slot there)."""
+        return [u for u in self.upstreams if u.backend.name == name][:1] or self.upstreams[:1]
 
     def route(self, model: str | None, sticky: bool = False) -> list[Upstream]:
         """The servers to try, best first.
@@ -244,10 +289,19 @@ class UpstreamPool:
 
     # -- LLMBackend (the gateway's own /chat) -------------------------------------------------------
 
-    async def post(self, path: str, body: bytes) -> UpstreamResponse:
+    async def post(self, path: str, body: bytes, upstream: str | None = None) -> UpstreamResponse:
         model = model_of(body) if self._routes_by_model else None
-        response, upstream = await self._send(self.route(model), lambda backend: backend.post(path, body))
-        return _Counted(response, upstream)
+        candidates = self.pinned(upstream) if upstream is not None else self.route(model)
+        response, chosen = await self._send(candidates, lambda backend: backend.post(path, body))
+        self._served(chosen, model, response.status)
+        return _Counted(response, chosen)
+
+    def _served(self, upstream: Upstream, model: str | None, status: int) -> None:
+        # Ollama loads a model to answer for it: it is loaded there now (until /api/ps says otherwise).
+        if model and status == 200 and self._routes_by_model:
+            key = model_key(model)
+            if key not in upstream.loaded:
+                self._set_loaded(upstream, upstream.loaded | {key})
 
     async def models(self, timeout: float) -> list[ModelInfo]:
         """The union of every server's models (first size seen wins); refreshes what routing knows."""
@@ -264,14 +318,23 @@ class UpstreamPool:
     # -- LLMRouter (the pass-through) ---------------------------------------------------------------
 
     async def request(
-        self, method: str, path: str, body: RequestBody, *, model: str | None, sticky: bool = False
+        self,
+        method: str,
+        path: str,
+        body: RequestBody,
+        *,
+        model: str | None,
+        sticky: bool = False,
+        upstream: str | None = None,
     ) -> ProxyResponse:
-        candidates = self.route(model, sticky)
+        candidates = self.pinned(upstream) if upstream is not None else self.route(model, sticky)
         if not isinstance(body, bytes | None):
             # A streamed upload cannot be sent twice: one server only.
             candidates = candidates[:1]
-        response, upstream = await self._send(candidates, lambda backend: backend.request(method, path, body))
-        return _CountedProxy(response, upstream)
+        response, chosen = await self._send(candidates, lambda backend: backend.request(method, path, body))
+        if method == "POST":
+            self._served(chosen, model, response.status)
+        return _CountedProxy(response, chosen)
 
     async def each(self, path: str, timeout: float) -> list[bytes]:
         answers = await asyncio.gather(*(self._get(u, path, timeout) for u in self.upstreams))

@@ -6,9 +6,11 @@ from typing import ClassVar
 
 
 class GatewayError(Exception):
-    """Base of the errors that become a client-facing answer (never a 500)."""
+    """Base of the errors that become a client-facing answer (never a 500). `retry_after`, when set, is
+    the seconds after which trying again may succeed (the answer's Retry-After)."""
 
     status: ClassVar[int] = 500
+    retry_after: float | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -99,3 +101,32 @@ class LimiterUnavailable(GatewayError):
     """The shared rate limiter cannot be reached and the configuration says deny (503)."""
 
     status = 503
+
+
+class QueueRefused(GatewayError):
+    """A bound of the GPU queue turned the request away: it never reached Ollama, and consumed nothing
+    of its plan (no usage row either: like a 429, a refusal is counted, not logged as usage)."""
+
+
+class QueueFull(QueueRefused):
+    """The gateway's GPU queue holds as many requests as it may (503)."""
+
+    status = 503
+    retry_after = 5.0
+
+
+class TooManyQueued(QueueRefused):
+    """The caller already has as many requests waiting for the GPU as it may (429)."""
+
+    status = 429
+    retry_after = 1.0
+
+
+class QueueTimeout(QueueRefused):
+    """The request waited its plan's `queue_timeout` for a GPU slot (503)."""
+
+    status = 503
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

@@ -42,6 +42,8 @@ class UsageRecord:
     completion_tokens: int | None
     id: int | None = None
     plan: str | None = None
+    queue_ms: float | None = None  # time waited for a GPU slot (None: it never queued)
+    request_id: str | None = None
 
 
 def tokens_from_final_chunk(chunk: dict[str, object]) -> TokenCounts:

@@ -64,6 +64,9 @@ class Settings:
     ipv6_prefix: int = DEFAULT_IPV6_PREFIX
     database_timeout: float = 2.0
     lease_seconds: float = 10.0
+    slots: int = 4
+    max_queue: int = 1000
+    max_queued_per_identity: int = 8
     auto_migrate: bool = True
     redis_url: str | None = field(default=None, repr=False)
     rate_limit_fallback: str = "local"
@@ -81,6 +84,13 @@ class Settings:
     @property
     def ollama_url(self) -> str:
         return self.ollama_urls[0]
+
+    def slots_of(self) -> dict[str, int | None]:
+        """Each upstream's slots per model: its URL's `#slots=N`, else OLLAMA_GATE_SLOTS; None where the
+        gateway does not limit (0). With OLLAMA_GATE_SLOTS=0 the queue is off altogether."""
+        if self.slots == 0:
+            return dict.fromkeys((u.name for u in self.upstreams), None)
+        return {u.name: (u.slots if u.slots is not None else self.slots) or None for u in self.upstreams}
 
     def public_view(self) -> dict[str, str]:
         """The effective configuration for the start-up banner: no secrets, no database password."""
@@ -103,6 +113,9 @@ class Settings:
             "OLLAMA_GATE_IPV6_PREFIX": str(self.ipv6_prefix),
             "OLLAMA_GATE_DATABASE_TIMEOUT": f"{self.database_timeout:g}",
             "OLLAMA_GATE_LEASE_SECONDS": f"{self.lease_seconds:g}",
+            "OLLAMA_GATE_SLOTS": str(self.slots) if self.slots else "0 (the gateway's queue is off)",
+            "OLLAMA_GATE_MAX_QUEUE": str(self.max_queue),
+            "OLLAMA_GATE_MAX_QUEUED_PER_IDENTITY": str(self.max_queued_per_identity),
             "OLLAMA_GATE_AUTO_MIGRATE": str(self.auto_migrate).lower(),
             "OLLAMA_GATE_REDIS_URL": _hide_password(self.redis_url)
             if self.redis_url
@@ -219,6 +232,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected 0 or a positive integer, got {text!r}")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -313,6 +333,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         ipv6_prefix=get("IPV6_PREFIX", _ipv6_prefix, defaults.ipv6_prefix),
         database_timeout=get("DATABASE_TIMEOUT", _positive_seconds, defaults.database_timeout),
         lease_seconds=get("LEASE_SECONDS", _positive_seconds, defaults.lease_seconds),
+        slots=get("SLOTS", _non_negative_int, defaults.slots),
+        max_queue=get("MAX_QUEUE", _positive_int, defaults.max_queue),
+        max_queued_per_identity=get("MAX_QUEUED_PER_IDENTITY", _positive_int, defaults.max_queued_per_identity),
         auto_migrate=get("AUTO_MIGRATE", _boolean, defaults.auto_migrate),
         redis_url=get("REDIS_URL", _redis_url, defaults.redis_url),
         rate_limit_fallback=get("RATE_LIMIT_FALLBACK", _fallback, defaults.rate_limit_fallback),

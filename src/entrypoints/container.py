@@ -27,6 +27,7 @@ from ollama_gate.services.access import AccessPolicy
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.chat import ChatService
 from ollama_gate.services.gatekeeper import Gatekeeper
+from ollama_gate.services.gpu_queue import GpuQueue
 from ollama_gate.services.keys import KeyService
 from ollama_gate.services.passthrough import PassthroughService
 from ollama_gate.services.periodic import Periodic
@@ -161,10 +162,18 @@ class Container(containers.DeclarativeContainer):
         ipv6_prefix=settings.provided.ipv6_prefix,
     )
     access = providers.Singleton(AccessPolicy, authenticator, admin_token=settings.provided.admin_token)
-    chat = providers.Singleton(
-        ChatService, llm, usage_recorder, clock, default_model=settings.provided.default_model
+    gpu_queue = providers.Singleton(
+        GpuQueue,
+        llm,
+        clock,
+        slots_of=settings.provided.slots_of.call(),
+        max_waiting=settings.provided.max_queue,
+        max_per_identity=settings.provided.max_queued_per_identity,
     )
-    passthrough = providers.Singleton(PassthroughService, llm, usage_recorder, clock)
+    chat = providers.Singleton(
+        ChatService, llm, usage_recorder, clock, default_model=settings.provided.default_model, gpu=gpu_queue
+    )
+    passthrough = providers.Singleton(PassthroughService, llm, usage_recorder, clock, gpu=gpu_queue)
     keys = providers.Singleton(KeyService, key_store, authenticator, clock, key_events)
     usage_reports = providers.Singleton(UsageReports, usage_store)
     status = providers.Singleton(
@@ -175,6 +184,7 @@ class Container(containers.DeclarativeContainer):
         usage_recorder,
         gatekeeper,
         clock,
+        gpu=gpu_queue,
         shares_state=providers.Callable(_uses_redis, settings),
     )
     last_used_writer = providers.Singleton(

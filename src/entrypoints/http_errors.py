@@ -31,8 +31,9 @@ def gateway_error_response(request: Request[Any, Any, Any], error: GatewayError)
     content: dict[str, Any] = {"detail": error.detail}
     admission = error.admission if isinstance(error, QuotaExceeded) else _admission_of(request)
     headers.update(rate_limit_headers(admission))
-    if isinstance(error, QuotaExceeded):
-        retry_after = max(1, math.ceil(error.admission.retry_after))
+    wait = error.admission.retry_after if isinstance(error, QuotaExceeded) else error.retry_after
+    if wait is not None:
+        retry_after = max(1, math.ceil(wait))
         headers["Retry-After"] = str(retry_after)
         content["retry_after"] = retry_after
     if isinstance(error, Unauthorized):

@@ -29,8 +29,9 @@ class UpstreamResponse(Protocol):
 class LLMBackend(Protocol):
     """Ollama, reached over HTTP."""
 
-    async def post(self, path: str, body: bytes) -> UpstreamResponse:
-        """Send a JSON request; returns once the status line is in.
+    async def post(self, path: str, body: bytes, upstream: str | None = None) -> UpstreamResponse:
+        """Send a JSON request (to the server named `upstream` when there are several); returns once the
+        status line is in.
 
         Raises UpstreamUnavailable when Ollama cannot be reached, UpstreamTimeout when it goes silent.
         """
@@ -93,6 +94,8 @@ class UpstreamState:
     online: bool
     in_flight: int
     models: tuple[str, ...]
+    loaded: tuple[str, ...] = ()
+    models_known: bool = True  # False until its first model list arrived (then it may have any model)
 
 
 @runtime_checkable
@@ -105,16 +108,29 @@ class UpstreamInventory(Protocol):
         the upstreams' health (the status) knows its copy is out of date."""
         ...
 
+    @property
+    def inventory_version(self) -> int:
+        """Changes whenever a server's health, model list or loaded models change."""
+        ...
+
 
 class LLMRouter(LLMBackend, UpstreamInventory, Protocol):
     """Every configured Ollama server behind one front: picks the server for each request."""
 
     async def request(
-        self, method: str, path: str, body: RequestBody, *, model: str | None, sticky: bool = False
+        self,
+        method: str,
+        path: str,
+        body: RequestBody,
+        *,
+        model: str | None,
+        sticky: bool = False,
+        upstream: str | None = None,
     ) -> ProxyResponse:
         """Send to a server that has `model` (any server when None), retrying on another one when the
         connection cannot be made. `sticky` prefers the configured order over load, so that requests that
-        build on each other (a blob upload, then a create) reach the same server."""
+        build on each other (a blob upload, then a create) reach the same server. `upstream` (a name)
+        sends to that server only: the GPU scheduler gave the request a slot there."""
         ...
 
     async def each(self, path: str, timeout: float) -> list[bytes]:

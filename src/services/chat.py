@@ -10,11 +10,12 @@ import msgspec
 
 from ollama_gate.domain.ceilings import BodyKind, lower_to_ceilings
 from ollama_gate.domain.chat import ChatRequest, upstream_failure
-from ollama_gate.domain.errors import GatewayError, UpstreamError
+from ollama_gate.domain.errors import GatewayError, QueueRefused, UpstreamError
 from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMBackend, UpstreamResponse
 from ollama_gate.services.gatekeeper import Ticket
+from ollama_gate.services.gpu_queue import GpuQueue
 from ollama_gate.services.stream_end import StreamEnd
 from ollama_gate.services.usage_recorder import UsageRecorder
 
@@ -114,11 +115,19 @@ class StreamRelay:
 class ChatService:
     """Forwards chat requests and records their usage when they end."""
 
-    def __init__(self, llm: LLMBackend, recorder: UsageRecorder, clock: Clock, default_model: str) -> None:
+    def __init__(
+        self,
+        llm: LLMBackend,
+        recorder: UsageRecorder,
+        clock: Clock,
+        default_model: str,
+        gpu: GpuQueue | None = None,
+    ) -> None:
         self._llm = llm
         self._recorder = recorder
         self._clock = clock
         self.default_model = default_model
+        self._gpu = gpu
 
     def model_of(self, request: ChatRequest) -> str:
         return request.model or self.default_model
@@ -132,9 +141,10 @@ class ChatService:
         """The whole answer as the gateway's JSON body: `{"user", "tier", "plan", "response"}`."""
         started = self._clock.monotonic()
         caller, model = ticket.caller, self.model_of(request)
-        status, outcome, tokens = STATUS_CLIENT_CLOSED, Outcome.CANCELLED, TokenCounts()
+        status: int | None = STATUS_CLIENT_CLOSED
+        outcome, tokens = Outcome.CANCELLED, TokenCounts()
         try:
-            upstream = await self._open(self._payload(ticket, request, stream=False), model)
+            upstream = await self._open(ticket, self._payload(ticket, request, stream=False), model)
             body = await upstream.read()
             try:
                 answer = _decode(body)
@@ -148,11 +158,15 @@ class ChatService:
             return _encode(
                 {"user": caller.user, "tier": caller.tier.value, "plan": ticket.plan.name, "response": answer}
             )
+        except QueueRefused:
+            status = None  # turned away before it reached Ollama: a refusal, no usage row
+            raise
         except GatewayError as error:
             status, outcome = error.status, Outcome.UPSTREAM_ERROR
             raise
         finally:
-            self._recorder.request_ended(ticket, endpoint, model, status, outcome, started, tokens)
+            if status is not None:
+                self._recorder.request_ended(ticket, endpoint, model, status, outcome, started, tokens)
 
     async def open_stream(self, ticket: Ticket, request: ChatRequest, endpoint: str) -> StreamRelay:
         """Open the upstream stream and check its status before anything is sent to the client.
@@ -163,7 +177,9 @@ class ChatService:
         started = self._clock.monotonic()
         model = self.model_of(request)
         try:
-            upstream = await self._open(self._payload(ticket, request, stream=True), model)
+            upstream = await self._open(ticket, self._payload(ticket, request, stream=True), model)
+        except QueueRefused:
+            raise
         except GatewayError as error:
             self._recorder.request_ended(
                 ticket, endpoint, model, error.status, Outcome.UPSTREAM_ERROR, started, TokenCounts()
@@ -180,8 +196,14 @@ class ChatService:
 
         return StreamRelay(upstream, finish)
 
-    async def _open(self, payload: dict[str, Any], model: str) -> UpstreamResponse:
-        upstream = await self._llm.post("/api/generate", _encode(payload))
+    async def _open(self, ticket: Ticket, payload: dict[str, Any], model: str) -> UpstreamResponse:
+        """Ollama's answer, once a GPU slot is held (when the gateway's queue is on)."""
+        body = _encode(payload)
+
+        async def send(upstream: str | None) -> UpstreamResponse:
+            return await self._llm.post("/api/generate", body, upstream)
+
+        upstream = await (self._gpu.send(ticket, model, send) if self._gpu is not None else send(None))
         if upstream.status != 200:
             raise upstream_failure(upstream.status, error_text(await upstream.read()), model)
         return upstream

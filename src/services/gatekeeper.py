@@ -36,7 +36,7 @@ class Ticket:
     (its tokens charged, its lease given back, and whatever else waited for its end), or refunded when it
     never reached the GPU."""
 
-    __slots__ = ("_gatekeeper", "_on_end", "admission", "caller", "ended", "plan")
+    __slots__ = ("_gatekeeper", "_on_end", "admission", "caller", "ended", "plan", "queue_ms")
 
     def __init__(self, gatekeeper: Gatekeeper, caller: Caller, plan: Plan, admission: Admission) -> None:
         self._gatekeeper = gatekeeper
@@ -44,6 +44,7 @@ class Ticket:
         self.plan = plan
         self.admission = admission
         self.ended = False
+        self.queue_ms: float | None = None  # how long it waited for a GPU slot (None: it did not queue)
         self._on_end: list[Callable[[], None]] = []
 
     def on_end(self, callback: Callable[[], None]) -> None:

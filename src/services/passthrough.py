@@ -15,13 +15,14 @@ from typing import Any, Protocol
 import msgspec
 
 from ollama_gate.domain.ceilings import BodyKind, lower_to_ceilings, needs_lowering
-from ollama_gate.domain.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from ollama_gate.domain.errors import GatewayError, InvalidRequest, QueueRefused, UpstreamUnavailable
 from ollama_gate.domain.json_depth import check_nesting
 from ollama_gate.domain.plans import Plan
 from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMRouter, ProxyResponse, RequestBody
 from ollama_gate.services.gatekeeper import Ticket
+from ollama_gate.services.gpu_queue import GpuQueue
 from ollama_gate.services.stream_end import StreamEnd
 from ollama_gate.services.usage_recorder import UsageRecorder
 
@@ -261,12 +262,18 @@ class PassthroughService:
     """Forwards native and OpenAI requests through the router; one usage row per inference request."""
 
     def __init__(
-        self, router: LLMRouter, recorder: UsageRecorder, clock: Clock, listing_timeout: float = 10.0
+        self,
+        router: LLMRouter,
+        recorder: UsageRecorder,
+        clock: Clock,
+        listing_timeout: float = 10.0,
+        gpu: GpuQueue | None = None,
     ) -> None:
         self._router = router
         self._recorder = recorder
         self._clock = clock
         self._listing_timeout = listing_timeout
+        self._gpu = gpu
 
     async def infer(
         self, ticket: Ticket, dialect: Dialect, path: str, body: bytes, model: str | None
@@ -279,8 +286,14 @@ class PassthroughService:
             self._recorder.request_ended(ticket, path, model, status, outcome, started, tokens)
 
         body = ceilinged(body, BODY_KINDS.get(path, BodyKind.OPENAI_EMBEDDING), ticket.plan)
+
+        async def send(pinned: str | None) -> ProxyResponse:
+            return await self._router.request("POST", path, body, model=model, upstream=pinned)
+
         try:
-            upstream = await self._router.request("POST", path, body, model=model)
+            upstream = await (self._gpu.send(ticket, model, send) if self._gpu is not None else send(None))
+        except QueueRefused:
+            raise  # turned away before it reached Ollama: a refusal, no usage row
         except GatewayError as error:
             record(error.status, Outcome.UPSTREAM_ERROR, TokenCounts())
             raise

@@ -15,6 +15,7 @@ from ollama_gate.ports.llm import LLMBackend, UpstreamInventory
 from ollama_gate.ports.metrics import SystemMetrics
 from ollama_gate.ports.stores import UsageStore
 from ollama_gate.services.gatekeeper import Gatekeeper
+from ollama_gate.services.gpu_queue import GpuQueue
 from ollama_gate.services.usage_recorder import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class StatusService:
         probe_ttl: float = 2.0,
         dependency_timeout: float = 1.0,
         shares_state: bool = False,
+        gpu: GpuQueue | None = None,
     ) -> None:
         self._llm = llm
         self._metrics = metrics
@@ -64,6 +66,7 @@ class StatusService:
         self._probe_ttl = probe_ttl
         self._dependency_timeout = dependency_timeout
         self._shares_state = shares_state
+        self._gpu = gpu
         self._started = clock.monotonic()
         self._probe: OllamaProbe | None = None
         self._probe_expires = 0.0
@@ -156,6 +159,14 @@ class StatusService:
                 else None,
             },
         }
+        if self._gpu is not None and self._gpu.enabled:
+            models = self._gpu.models()
+            document["queue"] = {
+                "waiting": sum(m.waiting for m in models),
+                "models": [
+                    {"model": m.model, "slots": m.slots, "busy": m.busy, "waiting": m.waiting} for m in models
+                ],
+            }
         if include_upstreams:
             document["upstreams"] = self._upstreams()
         return document

@@ -97,6 +97,7 @@ class UsageRecorder:
                 prompt_tokens=tokens.prompt,
                 completion_tokens=tokens.completion,
                 plan=ticket.plan.name,
+                queue_ms=ticket.queue_ms,
             )
         )
         ticket.end(tokens)

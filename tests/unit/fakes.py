@@ -84,7 +84,7 @@ class FakeLLM:
     async def close(self) -> None:
         return None
 
-    async def post(self, path: str, body: bytes) -> ScriptedResponse:
+    async def post(self, path: str, body: bytes, upstream: str | None = None) -> ScriptedResponse:
         self.calls.append((path, body))
         if not self.online or self.respond is None:
             raise UpstreamUnavailable("Ollama is offline")

@@ -97,6 +97,7 @@ class ScriptedProxyResponse:
 
 class FakeRouter:
     health_version = 0
+    inventory_version = 0
 
     def __init__(self, response: ScriptedProxyResponse | Exception | None = None) -> None:
         self.response = response
@@ -104,7 +105,14 @@ class FakeRouter:
         self.requests: list[tuple[str, str, RequestBody, str | None]] = []
 
     async def request(
-        self, method: str, path: str, body: RequestBody, *, model: str | None, sticky: bool = False
+        self,
+        method: str,
+        path: str,
+        body: RequestBody,
+        *,
+        model: str | None,
+        sticky: bool = False,
+        upstream: str | None = None,
     ) -> ScriptedProxyResponse:
         self.requests.append((method, path, body, model))
         if isinstance(self.response, Exception):
@@ -115,7 +123,7 @@ class FakeRouter:
     async def each(self, path: str, timeout: float) -> list[bytes]:
         return self.listings
 
-    async def post(self, path: str, body: bytes) -> ScriptedProxyResponse:
+    async def post(self, path: str, body: bytes, upstream: str | None = None) -> ScriptedProxyResponse:
         raise NotImplementedError
 
     async def models(self, timeout: float) -> list[ModelInfo]:

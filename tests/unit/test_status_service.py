@@ -235,6 +235,7 @@ class InventoryLLM(FakeLLM):
     def __init__(self) -> None:
         super().__init__()
         self.health_version = 0
+        self.inventory_version = 0
 
     def upstream_states(self) -> list[UpstreamState]:
         return [UpstreamState("http://10.0.0.5:11434", "gpu1", self.online, 0, ("smollm:latest",))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import AsyncIterable, AsyncIterator
 
 import pytest
@@ -45,6 +47,7 @@ class FakeServer:
         self.refusing = False
         self.failure: Exception | None = None
         self.requests: list[tuple[str, str]] = []
+        self.loaded: list[str] = []  # what its /api/ps lists
         self.attempts = 0
 
     async def start(self) -> None:
@@ -53,12 +56,17 @@ class FakeServer:
     async def close(self) -> None:
         return None
 
-    async def post(self, path: str, body: bytes) -> FakeResponse:
+    async def post(self, path: str, body: bytes, upstream: str | None = None) -> FakeResponse:
         return await self.request("POST", path, body)
 
     async def request(
         self, method: str, path: str, body: bytes | AsyncIterable[bytes] | None
     ) -> FakeResponse:
+        if (method, path) == ("GET", "/api/ps") and not self.refusing:
+            # The pool's own polling, not a request it routed.
+            return FakeResponse(
+                json.dumps({"models": [{"name": n, "model": n} for n in self.loaded]}).encode()
+            )
         self.attempts += 1
         if self.refusing:
             raise UpstreamUnavailable(f"cannot connect to {self.base_url}")

@@ -138,6 +138,8 @@ def _usage_row(record: UsageRecord) -> dict[str, Any]:
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "plan": record.plan,
+        "queue_ms": record.queue_ms,
+        "request_id": record.request_id,
     }
 
 
@@ -157,6 +159,8 @@ def _usage_record(row: Any) -> UsageRecord:
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         plan=row.plan,
+        queue_ms=row.queue_ms,
+        request_id=row.request_id,
     )
 
 

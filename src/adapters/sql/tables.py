@@ -49,6 +49,8 @@ usage_logs = Table(
     Column("prompt_tokens", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),
     Column("plan", String(64), nullable=True),
+    Column("queue_ms", Float, nullable=True),
+    Column("request_id", String(128), nullable=True),
     Index("ix_usage_logs_user_id", "user", "id"),
 )
 

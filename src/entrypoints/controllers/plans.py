@@ -98,7 +98,8 @@ async def put_user(request: Request[Any, Any, Any], user_id: str) -> dict[str, A
 )
 async def me(request: Request[Any, Any, Any]) -> dict[str, Any]:
     caller = caller_of(request)
-    gatekeeper = container_of(request).gatekeeper()
+    container = container_of(request)
+    gatekeeper = container.gatekeeper()
     plan = gatekeeper.plan_of(caller)
     states, in_flight = await gatekeeper.remaining(caller)
     left = {state.kind: state.remaining for state in states}
@@ -112,6 +113,7 @@ async def me(request: Request[Any, Any, Any]) -> dict[str, Any]:
             "daily_tokens": left.get(LimitKind.DAILY_TOKENS),
         },
         "in_flight": in_flight,
+        "queued": container.gpu_queue().waiting_of(caller.counted_as),
     }
 
 

@@ -30,6 +30,8 @@ def usage_view(record: UsageRecord) -> dict[str, Any]:
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "plan": record.plan,
+        "queue_ms": record.queue_ms,
+        "request_id": record.request_id,
     }
 
 

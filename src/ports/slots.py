@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A request asking for a slot, with what ranks it against every instance's next in line: higher
+    `priority` first, then less GPU time (`usage`, the FairQueue's key), then the earlier `arrived`."""
+
+    lease: str
+    priority: int
+    usage: float
+    arrived: float
+
+
+class SharedSlots(Protocol):
+    """The upstreams' slots, shared by every gateway instance: never more requests of a model running on
+    an upstream than its slots, summed over instances; a slot whose holder stops renewing it (an instance
+    that died) frees itself within seconds."""
+
+    async def take(
+        self, model: str, claim: Claim, upstreams: Sequence[tuple[str, int | None, bool]]
+    ) -> str | None:
+        """A slot for `claim` on the first of `upstreams` (name, slots, model loaded there) that has one
+        free, preferring those where the model is loaded, then the least busy; None when none is free,
+        or when another instance's next in line ranks before `claim` (that one goes first)."""
+        ...
+
+    def give_back(self, upstream: str, model: str, lease: str) -> None:
+        """The request ended: its slot is free (sent without waiting)."""
+        ...
+
+    def advertise(self, model: str, head: Claim | None) -> None:
+        """This instance's next in line for `model` (None: nobody waits here)."""
+        ...
+
+    def on_freed(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(model)` whenever a slot of `model` may have freed anywhere."""
+        ...

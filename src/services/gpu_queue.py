@@ -1,0 +1,323 @@
+"""The gateway's queue in front of Ollama's slots: a metered request takes a slot on an upstream that has
+its model before it is sent, and gives it back when it ends, however it ends.
+
+Who goes next is the domain's FairQueue (domain/scheduler.py); this service adds the waiting: a future per
+waiting request, its plan's `queue_timeout`, its client leaving (the request's task is cancelled: it
+leaves the queue at once and never reaches Ollama), and the slots themselves: counted here (one
+instance), or shared by every instance through a `SharedSlots` port (Redis).
+
+With slots free, a request takes one at once: no future, no task, no I/O (in one instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ollama_gate.domain.errors import QueueFull, QueueTimeout, TooManyQueued, UpstreamUnavailable
+from ollama_gate.domain.scheduler import (
+    FairQueue,
+    Job,
+    Refusal,
+    Running,
+    SlotTable,
+    UpstreamSlots,
+    job_model,
+    next_grants,
+)
+from ollama_gate.ports.clock import Clock
+from ollama_gate.ports.llm import UpstreamInventory
+from ollama_gate.ports.slots import Claim, SharedSlots
+from ollama_gate.services.gatekeeper import Ticket
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+# Servers a request may fail over to when the one it had a slot on cannot be connected to.
+_FAILOVER_ATTEMPTS = 2
+
+
+class Hold:
+    """A slot held by one request: given back once, however many times `release` is called."""
+
+    __slots__ = ("_queue", "_running")
+
+    def __init__(self, queue: GpuQueue, running: Running) -> None:
+        self._queue: GpuQueue | None = queue
+        self._running = running
+
+    @property
+    def upstream(self) -> str:
+        return self._running.upstream
+
+    def release(self) -> None:
+        if self._queue is not None:
+            queue, self._queue = self._queue, None
+            queue._finished(self._running)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelQueue:
+    """One model as the status shows it, summed over the upstreams that have it."""
+
+    model: str
+    slots: int | None
+    busy: int
+    waiting: int
+
+
+class GpuQueue:
+    """Slots per upstream and model (`slots_of[name]`; None: the gateway does not limit that upstream)."""
+
+    def __init__(
+        self,
+        inventory: UpstreamInventory,
+        clock: Clock,
+        slots_of: dict[str, int | None],
+        max_waiting: int = 1000,
+        max_per_identity: int = 8,
+        shared: SharedSlots | None = None,
+    ) -> None:
+        self._inventory = inventory
+        self._clock = clock
+        self._slots_of = slots_of
+        self.enabled = any(slots is not None for slots in slots_of.values())
+        self.queue = FairQueue(max_waiting, max_per_identity)
+        self.table = SlotTable(UpstreamSlots(name, slots) for name, slots in slots_of.items())
+        self._shared = shared
+        self._synced = -1
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, asyncio.Future[Running]] = {}
+        self._dispatching: set[str] = set()
+        if shared is not None:
+            shared.on_freed(self._slot_freed)
+
+    # -- taking a slot -------------------------------------------------------------------------------
+
+    async def send(self, ticket: Ticket, model: str | None, send: Callable[[str | None], Awaitable[R]]) -> R:
+        """`send(upstream)` once `ticket`'s request holds a slot on `upstream` (None: it needs none). A
+        server that cannot even be connected to (nothing reached it) gives its slot back, and the request
+        takes one elsewhere, as the router's own failover does."""
+        for attempt in itertools.count():
+            hold = await self.acquire(ticket, model)
+            try:
+                return await send(hold.upstream if hold is not None else None)
+            except UpstreamUnavailable:
+                if hold is None or attempt >= _FAILOVER_ATTEMPTS:
+                    raise
+                hold.release()  # the router marked that server down: the next slot is elsewhere
+        raise AssertionError("unreachable")
+
+    async def acquire(self, ticket: Ticket, model: str | None) -> Hold | None:
+        """A slot for `ticket`'s request, on the upstream it names, given back when the ticket ends (or
+        the hold is released); None when the request needs no slot (the queue is off, or no online
+        upstream has the model: Ollama's own answer comes at once).
+
+        Raises TooManyQueued (429) or QueueFull (503) at once, QueueTimeout (503) after the plan's
+        `queue_timeout`; each refunds the ticket (the request consumed nothing). A client that leaves
+        while waiting (CancelledError) is out of the queue at once, and refunded too.
+        """
+        if not self.enabled:
+            return None
+        self._sync()
+        key = job_model(model)
+        if not self.table.serves(key):
+            return None
+        plan = ticket.plan
+        now = self._now()
+        job = Job(
+            next(self._ids),
+            ticket.caller.counted_as,
+            key,
+            plan.effective_priority,
+            plan.effective_weight,
+            now,
+        )
+        running = await self._start_now(job, now)
+        if running is None:
+            running = await self._wait(ticket, job, plan.effective_queue_timeout)
+        ticket.queue_ms = round(max(0.0, running.started - job.arrived) * 1000, 3)
+        hold = Hold(self, running)
+        ticket.on_end(hold.release)
+        return hold
+
+    async def _start_now(self, job: Job, now: float) -> Running | None:
+        """A free slot, when nobody waits for the model: the request goes at once."""
+        if self.queue.waiting_for(job.model):
+            return None
+        if self._shared is None:
+            candidates = self.table.candidates(job.model)
+            if not candidates:
+                return None
+            self.table.take(candidates[0], job.model)
+            return self.queue.start(job, candidates[0], now)
+        upstream = await self._shared.take(job.model, self._claim(job), self._preferences(job.model))
+        if upstream is None:
+            return None
+        self.table.take(upstream, job.model)
+        return self.queue.start(job, upstream, self._now())
+
+    async def _wait(self, ticket: Ticket, job: Job, timeout: float) -> Running:
+        refusal = self.queue.refusal(job.identity)
+        if refusal is not None:
+            ticket.refund()
+            if refusal is Refusal.QUEUE_FULL:
+                raise QueueFull("the GPU queue is full: try again shortly")
+            raise TooManyQueued(
+                f"too many requests waiting for the GPU: at most {self.queue.max_per_identity} per caller"
+            )
+        waiter: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+        self._waiters[job.id] = waiter
+        self.queue.enqueue(job)
+        self._advertise(job.model)
+        self._dispatch(job.model)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            self._leave(job, waiter)
+            ticket.refund()
+            raise QueueTimeout(
+                f"no GPU slot for {job.model or 'the model'} within {timeout:g}s: try again shortly",
+                retry_after=max(1.0, math.ceil(timeout / 4)),
+            ) from None
+        except asyncio.CancelledError:
+            # Its client left: out of the queue, never sent; its usage row shows how long it waited.
+            self._leave(job, waiter)
+            ticket.queue_ms = round(max(0.0, self._now() - job.arrived) * 1000, 3)
+            ticket.refund()
+            raise
+        finally:
+            self._waiters.pop(job.id, None)
+
+    def _leave(self, job: Job, waiter: asyncio.Future[Running]) -> None:
+        """Out of the queue; a slot granted in the same instant goes to the next in line."""
+        if not self.queue.cancel(job, self._now()) and waiter.done() and not waiter.cancelled():
+            self._finished(waiter.result())
+        self._advertise(job.model)
+
+    # -- giving slots out ----------------------------------------------------------------------------
+
+    def _finished(self, running: Running) -> None:
+        self.table.give_back(running.upstream, running.job.model)
+        self.queue.finish(running, self._now())
+        if self._shared is not None:
+            self._shared.give_back(running.upstream, running.job.model, _lease(running.job))
+        self._dispatch(running.job.model)
+
+    def _slot_freed(self, model: str) -> None:
+        """Another instance gave a slot back (or one expired): our next in line may take it."""
+        if self.queue.waiting_for(model):
+            self._dispatch(model)
+
+    def _dispatch(self, model: str) -> None:
+        if not self.queue.waiting_for(model):
+            return
+        if self._shared is None:
+            for running in next_grants(self.queue, self.table, [model], self._now()):
+                self._hand_over(running)
+            self._advertise(model)
+        elif model not in self._dispatching:
+            self._dispatching.add(model)
+            asyncio.get_running_loop().create_task(self._dispatch_shared(model))
+
+    async def _dispatch_shared(self, model: str) -> None:
+        try:
+            while (job := self.queue.peek(model)) is not None:
+                upstream = await self._shared.take(model, self._claim(job), self._preferences(model))  # type: ignore[union-attr]
+                if upstream is None:
+                    break
+                if self.queue.peek(model) is not job:  # it left while we asked
+                    self._shared.give_back(upstream, model, _lease(job))  # type: ignore[union-attr]
+                    continue
+                self.table.take(upstream, model)
+                self._hand_over(self.queue.start(job, upstream, self._now()))
+        except Exception:
+            log.exception("handing out shared GPU slots failed; retried on the next event")
+        finally:
+            self._dispatching.discard(model)
+            self._advertise(model)
+
+    def _hand_over(self, running: Running) -> None:
+        waiter = self._waiters.get(running.job.id)
+        if waiter is None or waiter.done():
+            self._finished(running)  # nobody to take it (gone in the same instant): the next one's
+        else:
+            waiter.set_result(running)
+
+    # -- the shared view -------------------------------------------------------------------------------
+
+    def _claim(self, job: Job) -> Claim:
+        usage = self.queue.gpu.key(job.identity, job.weight, self._now())
+        return Claim(_lease(job), job.priority, usage, job.arrived)
+
+    def _preferences(self, model: str) -> list[tuple[str, int | None, bool]]:
+        """The upstreams that could run `model`, best first, with their slots and whether it is loaded."""
+        ordered = sorted(
+            (u for u in self.table.upstreams.values() if u.online and u.has(model)),
+            key=lambda u: (not u.has_loaded(model), u.total_busy),
+        )
+        return [(u.name, u.slots, u.has_loaded(model)) for u in ordered]
+
+    def _advertise(self, model: str) -> None:
+        """Tell the other instances who is next here (so the best request anywhere goes first)."""
+        if self._shared is not None:
+            head = self.queue.peek(model)
+            self._shared.advertise(model, self._claim(head) if head is not None else None)
+
+    # -- what the status shows -------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Follow the upstreams' health, model lists and loaded models (cheap unless they changed)."""
+        version = self._inventory.inventory_version
+        if version == self._synced:
+            return
+        self._synced = version
+        for state in self._inventory.upstream_states():
+            slots = self.table.upstreams.get(state.name)
+            if slots is None:
+                continue
+            slots.online = state.online
+            slots.models = frozenset(state.models) if state.models_known else None
+            slots.loaded = frozenset(state.loaded)
+        # An upstream that came back (or listed a model now) can take waiting requests.
+        for model in self.queue.models_waiting():
+            self._dispatch(model)
+
+    def models(self) -> list[ModelQueue]:
+        self._sync()
+        names = sorted(
+            {m for u in self.table.upstreams.values() for m in (u.models or ())}
+            | {m for u in self.table.upstreams.values() for m in u.busy}
+            | set(self.queue.models_waiting())
+        )
+        views = []
+        for model in names:
+            having = [u for u in self.table.upstreams.values() if u.has(model)]
+            slots = None if any(u.slots is None for u in having) else sum(u.slots or 0 for u in having)
+            views.append(
+                ModelQueue(
+                    model, slots, sum(u.busy.get(model, 0) for u in having), self.queue.waiting_for(model)
+                )
+            )
+        return views
+
+    def waiting_of(self, identity: str) -> int:
+        return self.queue.waiting_of(identity)
+
+    def _now(self) -> float:
+        # Wall time: instances sharing slots compare arrival times and GPU time with each other.
+        return self._clock.now().timestamp()
+
+
+def _lease(job: Job) -> str:
+    return f"job-{job.id}"
+
+
+def slot_count(slots: int) -> int | None:
+    """A configured slot count as the queue takes it: 0 means the gateway does not limit (None)."""
+    return slots if slots > 0 else None

@@ -1,0 +1,125 @@
+"""The GPU queue service: waiting, timing out, leaving, refusals that consume nothing, failover."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ollama_gate.domain.errors import QueueFull, QueueTimeout, TooManyQueued, UpstreamUnavailable
+from ollama_gate.domain.identity import Caller
+from ollama_gate.domain.plans import Plan
+from ollama_gate.domain.usage import TokenCounts
+from ollama_gate.ports.llm import UpstreamState
+from ollama_gate.services.gatekeeper import Ticket
+from ollama_gate.services.gpu_queue import GpuQueue
+from tests.unit.fakes import FakeClock, ticket
+
+MODEL = "smollm:latest"
+
+
+class Inventory:
+    def __init__(self, *names: str) -> None:
+        self.states = [UpstreamState(f"http://{n}", n, True, 0, (MODEL,), ()) for n in names]
+        self.inventory_version = 1
+        self.health_version = 0
+
+    def upstream_states(self) -> list[UpstreamState]:
+        return self.states
+
+
+def queue(
+    slots: dict[str, int | None] | None = None, inventory: Inventory | None = None, **bounds: int
+) -> GpuQueue:
+    slots = slots or {"gpu0": 1}
+    return GpuQueue(inventory or Inventory(*slots), FakeClock(), slots, **bounds)
+
+
+def caller(name: str) -> Caller:
+    return Caller.member(name, 1, "10.0.0.1")
+
+
+def on(plan: Plan, name: str = "alice") -> Ticket:
+    return ticket(caller(name), plan)
+
+
+async def test_a_free_slot_is_taken_at_once_and_given_back_when_the_ticket_ends() -> None:
+    gpu = queue()
+    held = on(Plan("member"))
+    hold = await gpu.acquire(held, MODEL)
+    assert hold is not None and hold.upstream == "gpu0" and held.queue_ms == 0
+    waiting = asyncio.create_task(gpu.acquire(on(Plan("member"), "bob"), MODEL))
+    await asyncio.sleep(0)
+    assert not waiting.done() and gpu.queue.waiting == 1
+    held.end(TokenCounts())
+    granted = await asyncio.wait_for(waiting, 1)
+    assert granted is not None and granted.upstream == "gpu0"
+
+
+async def test_a_request_that_waits_its_queue_timeout_is_refused_and_refunded() -> None:
+    gpu = queue()
+    await gpu.acquire(on(Plan("member")), MODEL)
+    impatient = on(Plan("member", queue_timeout=0.05), "bob")
+    with pytest.raises(QueueTimeout) as raised:
+        await gpu.acquire(impatient, MODEL)
+    assert raised.value.status == 503 and raised.value.retry_after is not None
+    assert impatient.ended  # refunded: it consumed nothing
+    assert gpu.queue.waiting == 0
+
+
+async def test_a_client_that_leaves_while_waiting_is_out_of_the_queue_at_once() -> None:
+    gpu = queue()
+    holder = on(Plan("member"))
+    await gpu.acquire(holder, MODEL)
+    leaving = on(Plan("member"), "bob")
+    waiting = asyncio.create_task(gpu.acquire(leaving, MODEL))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert gpu.queue.waiting == 0 and leaving.ended and leaving.queue_ms is not None
+    holder.end(TokenCounts())
+    assert gpu.table.upstreams["gpu0"].busy == {}  # its slot went to nobody: nobody else waited
+
+
+async def test_the_bounds_refuse_at_once_and_refund() -> None:
+    gpu = queue(max_waiting=2, max_per_identity=1)
+    await gpu.acquire(on(Plan("member"), "holder"), MODEL)
+    first = asyncio.create_task(gpu.acquire(on(Plan("member"), "alice"), MODEL))
+    await asyncio.sleep(0)
+    again = on(Plan("member"), "alice")
+    with pytest.raises(TooManyQueued):
+        await gpu.acquire(again, MODEL)
+    assert again.ended
+    second = asyncio.create_task(gpu.acquire(on(Plan("member"), "bob"), MODEL))
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull):
+        await gpu.acquire(on(Plan("member"), "carol"), MODEL)
+    for task in (first, second):
+        task.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_a_model_no_upstream_has_needs_no_slot() -> None:
+    gpu = queue()
+    assert await gpu.acquire(on(Plan("member")), "not-there:1b") is None
+    assert await queue({"gpu0": None}).acquire(on(Plan("member")), MODEL) is None  # the queue is off
+
+
+async def test_a_server_that_refuses_connections_gives_its_slot_back_and_the_request_goes_elsewhere() -> None:
+    inventory = Inventory("gpu0", "gpu1")
+    gpu = queue({"gpu0": 1, "gpu1": 1}, inventory)
+    tried: list[str | None] = []
+
+    async def send(upstream: str | None) -> str:
+        tried.append(upstream)
+        if upstream == "gpu0":
+            # The router marks the server down as it fails to connect.
+            inventory.states[0] = UpstreamState("http://gpu0", "gpu0", False, 0, (MODEL,), ())
+            inventory.inventory_version += 1
+            raise UpstreamUnavailable("cannot connect to gpu0")
+        return "answered"
+
+    assert await gpu.send(on(Plan("member")), MODEL, send) == "answered"
+    assert tried == ["gpu0", "gpu1"]
+    assert gpu.table.upstreams["gpu0"].busy == {} and gpu.table.upstreams["gpu1"].busy == {MODEL: 1}
