@@ -162,7 +162,7 @@ def test_the_queue_bounds_answer_at_once_and_consume_nothing(
         first, second = key(gate, "capped", "capped", requests="100/60"), key(gate, "other")
         run = tag()
 
-        async def scenario() -> tuple[list[httpx.Response], httpx.Response, dict[str, Any]]:
+        async def scenario() -> tuple[list[httpx.Response], dict[str, Any], dict[str, Any]]:
             async with httpx.AsyncClient(timeout=60) as client:
                 holding = asyncio.create_task(generate(client, gate, f"!wait=2 hold {run}", first))
                 await until_started(upstream, f"!wait=2 hold {run}")

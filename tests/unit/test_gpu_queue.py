@@ -29,10 +29,13 @@ class Inventory:
 
 
 def queue(
-    slots: dict[str, int | None] | None = None, inventory: Inventory | None = None, **bounds: int
+    slots: dict[str, int | None] | None = None,
+    inventory: Inventory | None = None,
+    max_waiting: int = 1000,
+    max_per_identity: int = 8,
 ) -> GpuQueue:
     slots = slots or {"gpu0": 1}
-    return GpuQueue(inventory or Inventory(*slots), FakeClock(), slots, **bounds)
+    return GpuQueue(inventory or Inventory(*slots), FakeClock(), slots, max_waiting, max_per_identity)
 
 
 def caller(name: str) -> Caller:
