@@ -13,6 +13,7 @@ from ollama_gate.adapters.ollama_http import OllamaHttpBackend
 from ollama_gate.adapters.psutil_metrics import PsutilMetrics
 from ollama_gate.adapters.redis_cluster import RedisCounters, RedisKeyEvents
 from ollama_gate.adapters.redis_quota import RedisQuotaLimiter
+from ollama_gate.adapters.redis_slots import RedisSharedSlots
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.plan_store import SqlPlanStore
 from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
@@ -23,6 +24,7 @@ from ollama_gate.entrypoints.config import Settings
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.cluster import KeyEvents, SharedCounters
 from ollama_gate.ports.quota import QuotaLimiter
+from ollama_gate.ports.slots import SharedSlots
 from ollama_gate.services.access import AccessPolicy
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.chat import ChatService
@@ -63,6 +65,10 @@ def _quota_limiter(settings: Settings, clock: Clock, client: aioredis.Redis | No
         return local
     fallback = local if settings.rate_limit_fallback == "local" else None
     return RedisQuotaLimiter(client, clock, fallback, lease_ttl=settings.lease_seconds)
+
+
+def _shared_slots(settings: Settings, client: aioredis.Redis | None) -> SharedSlots | None:
+    return None if client is None else RedisSharedSlots(client, lease_ttl=settings.lease_seconds)
 
 
 def _builtin_plans(settings: Settings) -> dict[str, Plan]:
@@ -107,6 +113,7 @@ def _lifecycle(
     key_events: KeyEvents,
     shared_counters: SharedCounters,
     limiter: QuotaLimiter,
+    shared_slots: SharedSlots | None,
     authenticator: Authenticator,
     *components: Any,
 ) -> list[Any]:
@@ -116,8 +123,8 @@ def _lifecycle(
     managed: list[Any] = [] if redis_client is None else [_RedisConnection(redis_client)]
     managed += [
         c
-        for c in (key_events, shared_counters, limiter)
-        if isinstance(c, RedisKeyEvents | RedisCounters | RedisQuotaLimiter)
+        for c in (key_events, shared_counters, limiter, shared_slots)
+        if isinstance(c, RedisKeyEvents | RedisCounters | RedisQuotaLimiter | RedisSharedSlots)
     ]
     return [*components[:1], *managed, *components[1:]]
 
@@ -162,6 +169,7 @@ class Container(containers.DeclarativeContainer):
         ipv6_prefix=settings.provided.ipv6_prefix,
     )
     access = providers.Singleton(AccessPolicy, authenticator, admin_token=settings.provided.admin_token)
+    shared_slots = providers.Singleton(_shared_slots, settings, redis_client)
     gpu_queue = providers.Singleton(
         GpuQueue,
         llm,
@@ -169,6 +177,7 @@ class Container(containers.DeclarativeContainer):
         slots_of=settings.provided.slots_of.call(),
         max_waiting=settings.provided.max_queue,
         max_per_identity=settings.provided.max_queued_per_identity,
+        shared=shared_slots,
     )
     chat = providers.Singleton(
         ChatService, llm, usage_recorder, clock, default_model=settings.provided.default_model, gpu=gpu_queue
@@ -201,6 +210,7 @@ class Container(containers.DeclarativeContainer):
         key_events,
         shared_counters,
         limiter,
+        shared_slots,
         authenticator,
         database,
         plans,

@@ -40,3 +40,7 @@ class SharedSlots(Protocol):
     def on_freed(self, callback: Callable[[str], None]) -> None:
         """Call `callback(model)` whenever a slot of `model` may have freed anywhere."""
         ...
+
+    async def busy(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int] | None:
+        """Busy slots per (upstream, model), summed over instances; None when that cannot be known now."""
+        ...

@@ -288,7 +288,26 @@ class GpuQueue:
         for model in self.queue.models_waiting():
             self._dispatch(model)
 
+    async def snapshot(self) -> list[ModelQueue]:
+        """`models()`, with the busy slots of every instance when slots are shared."""
+        views = self.models()
+        if self._shared is None:
+            return views
+        pairs = [
+            (u.name, view.model) for view in views for u in self.table.upstreams.values() if u.has(view.model)
+        ]
+        busy = await self._shared.busy(pairs)
+        if busy is None:
+            return views
+        return [
+            ModelQueue(
+                view.model, view.slots, sum(n for (_, m), n in busy.items() if m == view.model), view.waiting
+            )
+            for view in views
+        ]
+
     def models(self) -> list[ModelQueue]:
+        """Each model's slots, busy slots (this instance's) and waiting requests, over the upstreams."""
         self._sync()
         names = sorted(
             {m for u in self.table.upstreams.values() for m in (u.models or ())}

@@ -160,7 +160,7 @@ class StatusService:
             },
         }
         if self._gpu is not None and self._gpu.enabled:
-            models = self._gpu.models()
+            models = await self._gpu.snapshot()
             document["queue"] = {
                 "waiting": sum(m.waiting for m in models),
                 "models": [

@@ -1,0 +1,294 @@
+"""GPU slots shared by every gateway instance, in Redis.
+
+Per upstream and model, a sorted set of leases scored by their expiry: a slot is free while fewer than
+the upstream's slots leases are live. A holder renews its leases every third of `lease_ttl`; an instance
+that dies stops renewing, and its slots free themselves within `lease_ttl` seconds.
+
+Order across instances: each instance advertises its next in line per model (`heads`, renewed the same
+way); a slot goes to a claim only when no other live instance advertises a claim that ranks before it
+(higher priority, then less GPU time, then earlier arrival). Whoever gives a slot back publishes it, so
+the instance whose claim ranks first takes it within a round trip; a periodic nudge covers a lost
+message or an expired lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ollama_gate.adapters.redis_quota import REDIS_DOWN
+from ollama_gate.ports.slots import Claim
+from ollama_gate.services.background import BackgroundTask
+
+log = logging.getLogger(__name__)
+
+_LEAST = -1e300  # "no GPU time at all" in a form Lua's tonumber reads
+
+# KEYS: the model's heads, then one slot set per upstream.
+# ARGV: instance, lease, priority, usage, arrived, lease ttl (us), then per upstream: name, slots (-1: no
+#       limit), loaded (1/0). Returns the upstream taken, or false.
+_TAKE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local priority, usage, arrived = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local heads = redis.call('HGETALL', KEYS[1])
+for i = 1, #heads, 2 do
+  if heads[i] ~= ARGV[1] then
+    local p, u, a, expires = string.match(heads[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')
+    p, u, a, expires = tonumber(p), tonumber(u), tonumber(a), tonumber(expires)
+    if expires > now then
+      if p > priority or (p == priority and (u < usage or (u == usage and a < arrived))) then
+        return false
+      end
+    else
+      redis.call('HDEL', KEYS[1], heads[i])
+    end
+  end
+end
+local best, best_key, best_rank = nil, nil, nil
+for n = 1, #KEYS - 1 do
+  local key = KEYS[n + 1]
+  local base = 6 + (n - 1) * 3
+  local name, slots, loaded = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local busy = redis.call('ZCARD', key)
+  if slots < 0 or busy < slots then
+    local rank = (1 - loaded) * 1000000000 + busy
+    if best_rank == nil or rank < best_rank then best, best_key, best_rank = name, key, rank end
+  end
+end
+if best == nil then return false end
+local ttl = tonumber(ARGV[6])
+redis.call('ZADD', best_key, now + ttl, ARGV[2])
+redis.call('PEXPIRE', best_key, math.ceil(ttl / 1000))
+return best
+"""
+
+# KEYS: the slot set. ARGV: lease, channel, model.
+_GIVE_BACK = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+# KEYS: the slot set. ARGV: lease, ttl (us).
+_RENEW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) / 1000))
+return 1
+"""
+
+# KEYS: the model's heads. ARGV: instance, "priority usage arrived" or '' (none), ttl (us).
+_ADVERTISE = """
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) / 1000))
+return 1
+"""
+
+# KEYS: slot sets. Returns the live leases of each.
+_BUSY = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local counts = {}
+for n = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[n], '-inf', now)
+  counts[n] = redis.call('ZCARD', KEYS[n])
+end
+return counts
+"""
+
+
+def _rank(claim: Claim) -> str:
+    usage = claim.usage if math.isfinite(claim.usage) else _LEAST
+    return f"{claim.priority} {usage!r} {claim.arrived!r}"
+
+
+class RedisSharedSlots:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "ollama-gate",
+        lease_ttl: float = 10.0,
+        nudge_interval: float = 0.5,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self.lease_ttl = lease_ttl
+        self._nudge_interval = nudge_interval
+        self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._channel = f"{prefix}:slots-freed"
+        self._take: Any = client.register_script(_TAKE)
+        self._give_back: Any = client.register_script(_GIVE_BACK)
+        self._renew: Any = client.register_script(_RENEW)
+        self._advertise: Any = client.register_script(_ADVERTISE)
+        self._busy: Any = client.register_script(_BUSY)
+        self._live: dict[str, str] = {}  # lease -> slot set, renewed while its request runs
+        self._heads: dict[str, str] = {}  # model -> our advertised rank
+        self._writes: deque[tuple[Any, list[str], list[Any]]] = deque()
+        self._written = asyncio.Event()
+        self._callbacks: list[Callable[[str], None]] = []
+        self._models: set[str] = set()
+        self._writer = BackgroundTask("slot-writes", self._write_forever)
+        self._keeper = BackgroundTask("slot-leases", self._keep_forever)
+        self._listener = BackgroundTask("slot-freed", self._listen_forever)
+
+    def _slots_key(self, upstream: str, model: str) -> str:
+        return f"{self._prefix}:slots:{upstream}:{model}"
+
+    def _heads_key(self, model: str) -> str:
+        return f"{self._prefix}:heads:{model}"
+
+    def _lease(self, lease: str) -> str:
+        return f"{self._instance}:{lease}"
+
+    # -- SharedSlots --------------------------------------------------------------------------------
+
+    async def take(
+        self, model: str, claim: Claim, upstreams: Sequence[tuple[str, int | None, bool]]
+    ) -> str | None:
+        if not upstreams:
+            return None
+        self._models.add(model)
+        keys = [self._heads_key(model), *(self._slots_key(name, model) for name, _, _ in upstreams)]
+        args: list[Any] = [
+            self._instance,
+            self._lease(claim.lease),
+            *_rank(claim).split(),
+            int(self.lease_ttl * 1e6),
+        ]
+        for name, slots, loaded in upstreams:
+            args += [name, -1 if slots is None else slots, 1 if loaded else 0]
+        try:
+            taken = await self._take(keys=keys, args=args)
+        except REDIS_DOWN as error:
+            # Without Redis no instance can know the others' slots: wait (bounded by the queue timeout)
+            # rather than overrun the GPU; the nudge retries.
+            log.warning("Redis down: GPU slots cannot be shared now (%s)", error.__class__.__name__)
+            return None
+        if not taken:
+            return None
+        upstream = taken.decode() if isinstance(taken, bytes) else str(taken)
+        self._live[self._lease(claim.lease)] = self._slots_key(upstream, model)
+        return upstream
+
+    def give_back(self, upstream: str, model: str, lease: str) -> None:
+        full = self._lease(lease)
+        self._live.pop(full, None)
+        self._queue(self._give_back, [self._slots_key(upstream, model)], [full, self._channel, model])
+
+    def advertise(self, model: str, head: Claim | None) -> None:
+        rank = _rank(head) if head is not None else ""
+        if self._heads.get(model, "") == rank:
+            return
+        if rank:
+            self._heads[model] = rank
+        else:
+            self._heads.pop(model, None)
+        self._queue(
+            self._advertise, [self._heads_key(model)], [self._instance, rank, int(self.lease_ttl * 1e6)]
+        )
+
+    def on_freed(self, callback: Callable[[str], None]) -> None:
+        self._callbacks.append(callback)
+
+    async def busy(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int] | None:
+        """Live leases per (upstream, model), summed over instances; None when Redis does not answer."""
+        if not pairs:
+            return {}
+        try:
+            async with asyncio.timeout(0.5):
+                counts = await self._busy(keys=[self._slots_key(u, m) for u, m in pairs])
+        except (*REDIS_DOWN, TimeoutError):
+            return None
+        return {pair: int(count) for pair, count in zip(pairs, counts, strict=True)}
+
+    # -- background ---------------------------------------------------------------------------------
+
+    def _queue(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        self._writes.append((script, keys, args))
+        self._written.set()
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._written.wait()
+            self._written.clear()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        while self._writes:
+            batch = [self._writes.popleft() for _ in range(min(len(self._writes), 200))]
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for script, keys, args in batch:
+                        await script(keys=keys, args=args, client=pipe)
+                    await pipe.execute()
+            except REDIS_DOWN as error:
+                log.warning(
+                    "Redis down: %d slot updates not sent (leases expire by themselves): %s",
+                    len(batch),
+                    error,
+                )
+
+    async def _keep_forever(self) -> None:
+        """Renew live leases and advertised heads; nudge the queue now and then (a lost message, an
+        expired lease of a dead instance)."""
+        since_renewal = 0.0
+        while True:
+            await asyncio.sleep(self._nudge_interval)
+            since_renewal += self._nudge_interval
+            if since_renewal >= self.lease_ttl / 3:
+                since_renewal = 0.0
+                ttl = int(self.lease_ttl * 1e6)
+                for lease, key in list(self._live.items()):
+                    self._queue(self._renew, [key], [lease, ttl])
+                for model, rank in list(self._heads.items()):
+                    self._queue(self._advertise, [self._heads_key(model)], [self._instance, rank, ttl])
+            self._notify(list(self._models))
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                async with self._client.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if message is not None:
+                            data = message["data"]
+                            self._notify([data.decode() if isinstance(data, bytes) else str(data)])
+            except REDIS_DOWN as error:
+                log.warning("slot listener lost Redis (%s); reconnecting", error.__class__.__name__)
+                await asyncio.sleep(1.0)
+
+    def _notify(self, models: list[str]) -> None:
+        for model in models:
+            for callback in self._callbacks:
+                callback(model)
+
+    async def start(self) -> None:
+        self._writer.start()
+        self._keeper.start()
+        self._listener.start()
+
+    async def close(self) -> None:
+        await self._listener.stop()
+        await self._keeper.stop()
+        for model in list(self._heads):
+            self.advertise(model, None)
+        await self._writer.stop()
+        await self._drain()
