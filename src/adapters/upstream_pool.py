@@ -147,6 +147,8 @@ class UpstreamPool:
         self.health_version = 0
         self.inventory_version = 0
         self._watcher = BackgroundTask("upstream-watch", self._watch)
+        self._first_listing = BackgroundTask("upstream-first-listing", self._list_once)
+        self._known_models: tuple[int, frozenset[str]] = (-1, frozenset())
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -156,17 +158,30 @@ class UpstreamPool:
         if self._routes_by_model:
             # Route the first requests by model too; bounded by the probe timeout.
             await self.refresh()
+        else:
+            # One server: nothing to choose, so its first model list (for the queue and the metrics'
+            # labels) need not hold the start-up back.
+            self._first_listing.start()
         self._watcher.start()
 
     async def close(self) -> None:
+        await self._first_listing.stop()
         await self._watcher.stop()
         for upstream in self.upstreams:
             await upstream.backend.close()
 
     @property
     def _routes_by_model(self) -> bool:
-        # With one server there is no choice to make: no model lists, no periodic listing traffic.
+        # With one server there is no choice to make: its model list is kept (every refresh interval)
+        # for the queue and the metrics, not for routing, and /api/ps is not polled.
         return len(self.upstreams) > 1
+
+    def known_models(self) -> frozenset[str]:
+        """Every model some server lists (the bound of the metrics' model labels)."""
+        if self._known_models[0] != self.inventory_version:
+            listed = frozenset(m for u in self.upstreams for m in (u.models or ()))
+            self._known_models = (self.inventory_version, listed)
+        return self._known_models[1]
 
     async def _watch(self) -> None:
         """Probe down servers every `retry_interval`; refresh every model list every `refresh_interval`."""
@@ -174,7 +189,7 @@ class UpstreamPool:
         while True:
             await asyncio.sleep(self._retry_interval)
             since_refresh += self._retry_interval
-            full = self._routes_by_model and since_refresh >= self._refresh_interval
+            full = since_refresh >= self._refresh_interval
             if full:
                 since_refresh = 0.0
             targets = self.upstreams if full else [u for u in self.upstreams if not u.online]
@@ -183,6 +198,9 @@ class UpstreamPool:
                     await self.refresh(targets)
                 except Exception:
                     log.exception("refreshing the Ollama servers failed")
+
+    async def _list_once(self) -> None:
+        await self.refresh()
 
     async def refresh(self, targets: Sequence[Upstream] | None = None) -> list[list[ModelInfo] | None]:
         """List the models of `targets` (default: all) at once; a server that fails is marked down."""

@@ -24,6 +24,7 @@ from ollama_gate.entrypoints.controllers.usage import list_usage
 from ollama_gate.entrypoints.heap import settle_after_startup
 from ollama_gate.entrypoints.http_errors import exception_handlers
 from ollama_gate.entrypoints.log_setup import configure_logging
+from ollama_gate.entrypoints.metrics import metrics, metrics_middleware
 from ollama_gate.entrypoints.request_context import decided_client_ip
 
 log = logging.getLogger("ollama_gate")
@@ -51,7 +52,7 @@ def create_app(container: Container) -> Litestar:
                 except Exception:
                     log.exception("error while closing %s", type(component).__name__)
 
-    middleware = []
+    middleware = [metrics_middleware(container.telemetry())]
     if settings.log_level in ("info", "debug"):
         middleware.append(access_log_middleware(lambda scope: decided_client_ip(scope, settings)))
 
@@ -64,6 +65,7 @@ def create_app(container: Container) -> Litestar:
             revoke_key,
             list_usage,
             status,
+            metrics,
             *plans.route_handlers,
             *ollama_api.route_handlers,
             *openai_api.route_handlers,

@@ -15,7 +15,7 @@ from ollama_gate.domain.errors import GatewayError, InvalidRequest
 from ollama_gate.domain.keys import IssuedKey
 from ollama_gate.domain.plans import FIELD_NAMES
 from ollama_gate.entrypoints.config import ConfigError, Settings, load_settings
-from ollama_gate.entrypoints.container import Container, build_container
+from ollama_gate.entrypoints.container import Container, build_container, prepare_worker_metrics
 from ollama_gate.entrypoints.controllers.keys import key_view
 from ollama_gate.entrypoints.log_setup import configure_logging
 from ollama_gate.services.keys import KeyService
@@ -114,8 +114,16 @@ def _serve(settings: Settings, workers: int) -> int:
         "server_header": False,
     }
     if workers > 1:
-        # Each worker builds its own app from the same environment (uvicorn imports the factory).
-        serve("ollama_gate.entrypoints.app:app_from_environment", limits, workers, factory=True, **options)
+        # Each worker builds its own app from the same environment (uvicorn imports the factory); their
+        # metrics meet in one directory, so /metrics from any of them covers all.
+        serve(
+            "ollama_gate.entrypoints.app:app_from_environment",
+            limits,
+            workers,
+            on_worker_exit=prepare_worker_metrics(),
+            factory=True,
+            **options,
+        )
     else:
         serve(create_app(build_container(settings)), limits, workers, **options)
     return 0

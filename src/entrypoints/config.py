@@ -65,6 +65,7 @@ class Settings:
     database_timeout: float = 2.0
     lease_seconds: float = 10.0
     slots: int = 4
+    metrics_public: bool = False
     max_queue: int = 1000
     max_queued_per_identity: int = 8
     auto_migrate: bool = True
@@ -115,6 +116,7 @@ class Settings:
             "OLLAMA_GATE_LEASE_SECONDS": f"{self.lease_seconds:g}",
             "OLLAMA_GATE_SLOTS": str(self.slots) if self.slots else "0 (the gateway's queue is off)",
             "OLLAMA_GATE_MAX_QUEUE": str(self.max_queue),
+            "OLLAMA_GATE_METRICS_PUBLIC": str(self.metrics_public).lower(),
             "OLLAMA_GATE_MAX_QUEUED_PER_IDENTITY": str(self.max_queued_per_identity),
             "OLLAMA_GATE_AUTO_MIGRATE": str(self.auto_migrate).lower(),
             "OLLAMA_GATE_REDIS_URL": _hide_password(self.redis_url)
@@ -334,6 +336,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         database_timeout=get("DATABASE_TIMEOUT", _positive_seconds, defaults.database_timeout),
         lease_seconds=get("LEASE_SECONDS", _positive_seconds, defaults.lease_seconds),
         slots=get("SLOTS", _non_negative_int, defaults.slots),
+        metrics_public=get("METRICS_PUBLIC", _boolean, defaults.metrics_public),
         max_queue=get("MAX_QUEUE", _positive_int, defaults.max_queue),
         max_queued_per_identity=get(
             "MAX_QUEUED_PER_IDENTITY", _positive_int, defaults.max_queued_per_identity

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -10,6 +15,7 @@ from dependency_injector import containers, providers
 from ollama_gate.adapters.local_cluster import LocalKeyEvents, NoSharedCounters
 from ollama_gate.adapters.memory_quota import InMemoryQuotaLimiter
 from ollama_gate.adapters.ollama_http import OllamaHttpBackend
+from ollama_gate.adapters.prometheus_telemetry import MULTIPROCESS_DIR, PrometheusTelemetry, worker_exited
 from ollama_gate.adapters.psutil_metrics import PsutilMetrics
 from ollama_gate.adapters.redis_cluster import RedisCounters, RedisKeyEvents
 from ollama_gate.adapters.redis_quota import RedisQuotaLimiter
@@ -29,6 +35,7 @@ from ollama_gate.services.access import AccessPolicy
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.chat import ChatService
 from ollama_gate.services.gatekeeper import Gatekeeper
+from ollama_gate.services.gauges import GaugeSampler
 from ollama_gate.services.gpu_queue import GpuQueue
 from ollama_gate.services.keys import KeyService
 from ollama_gate.services.passthrough import PassthroughService
@@ -69,6 +76,15 @@ def _quota_limiter(settings: Settings, clock: Clock, client: aioredis.Redis | No
 
 def _shared_slots(settings: Settings, client: aioredis.Redis | None) -> SharedSlots | None:
     return None if client is None else RedisSharedSlots(client, lease_ttl=settings.lease_seconds)
+
+
+def _online_of(database: Database) -> Callable[[], bool]:
+    return lambda: database.online
+
+
+def _shared_limiter(limiter: QuotaLimiter) -> QuotaLimiter | None:
+    """The limiter when it is Redis's (its health is the Redis dependency's), else None."""
+    return limiter if isinstance(limiter, RedisQuotaLimiter) else None
 
 
 def _builtin_plans(settings: Settings) -> dict[str, Plan]:
@@ -153,7 +169,10 @@ class Container(containers.DeclarativeContainer):
     shared_counters = providers.Singleton(_shared_counters, redis_client)
     key_events = providers.Singleton(_key_events, redis_client)
 
-    usage_recorder = providers.Singleton(UsageRecorder, usage_store, clock)
+    # One telemetry per process; its model labels are bounded by what the servers list.
+    telemetry = providers.Singleton(PrometheusTelemetry, known_models=llm.provided.known_models)
+    metrics_exposition = telemetry
+    usage_recorder = providers.Singleton(UsageRecorder, usage_store, clock, telemetry=telemetry)
     authenticator = providers.Singleton(
         Authenticator, key_store, clock, lookup_timeout=settings.provided.database_timeout
     )
@@ -167,6 +186,7 @@ class Container(containers.DeclarativeContainer):
         admin_token=settings.provided.admin_token,
         listing_window=settings.provided.listing_rate_limit,
         ipv6_prefix=settings.provided.ipv6_prefix,
+        telemetry=telemetry,
     )
     access = providers.Singleton(AccessPolicy, authenticator, admin_token=settings.provided.admin_token)
     shared_slots = providers.Singleton(_shared_slots, settings, redis_client)
@@ -178,6 +198,7 @@ class Container(containers.DeclarativeContainer):
         max_waiting=settings.provided.max_queue,
         max_per_identity=settings.provided.max_queued_per_identity,
         shared=shared_slots,
+        telemetry=telemetry,
     )
     chat = providers.Singleton(
         ChatService, llm, usage_recorder, clock, default_model=settings.provided.default_model, gpu=gpu_queue
@@ -201,6 +222,16 @@ class Container(containers.DeclarativeContainer):
     )
     # Edits made on another instance (or with the CLI) reach this one within half a second.
     plan_refresher = providers.Singleton(Periodic, "plan-refresh", plans.provided.refresh, interval=0.5)
+    gauges = providers.Singleton(
+        GaugeSampler,
+        telemetry,
+        llm,
+        gpu_queue,
+        usage_recorder,
+        database_online=providers.Callable(_online_of, database),
+        shared_limiter=providers.Callable(_shared_limiter, limiter),
+    )
+    gauge_sampler = providers.Singleton(Periodic, "gauges", gauges.provided.sample, interval=1.0)
 
     # Started in this order with the app, closed in reverse: the usage writer drains before the
     # database closes.
@@ -218,7 +249,18 @@ class Container(containers.DeclarativeContainer):
         usage_recorder,
         last_used_writer,
         plan_refresher,
+        gauge_sampler,
     )
+
+
+def prepare_worker_metrics() -> Callable[[int], None]:
+    """Before `serve --workers N` starts its workers: a fresh directory for prometheus_client's
+    multiprocess mode (every worker reads the variable at start); returns what to call when a worker
+    exits. The directory lives as long as the supervisor."""
+    directory = tempfile.mkdtemp(prefix="ollama-gate-metrics-")
+    os.environ[MULTIPROCESS_DIR] = directory
+    atexit.register(shutil.rmtree, directory, True)
+    return worker_exited
 
 
 def build_container(settings: Settings) -> Container:

@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, ClassVar, cast
@@ -548,9 +548,20 @@ class GatewaySupervisor(Multiprocess):
     `WORKER_STOP_GRACE_SECONDS` past the deadline, so the supervisor itself always ends.
     """
 
-    def __init__(self, config: GatewayConfig, sockets: list[socket.socket]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        sockets: list[socket.socket],
+        on_worker_exit: Callable[[int], None] | None = None,
+    ) -> None:
         super().__init__(config, sockets)
         self._shutdown_timeout = config.limits.shutdown_timeout
+        self._on_worker_exit = on_worker_exit
+
+    def _exited(self, pid: int | None) -> None:
+        """A worker is gone (its metrics' live gauges must no longer count)."""
+        if self._on_worker_exit is not None and pid is not None:
+            self._on_worker_exit(pid)
 
     def _new_worker(self) -> GatewayWorker:
         worker = GatewayWorker(self.config, self.sockets)
@@ -570,6 +581,7 @@ class GatewaySupervisor(Multiprocess):
                 continue
             process.kill()
             process.join()
+            self._exited(process.pid)
             if process.exitcode == STARTUP_FAILURE:
                 log.error("worker [%s] failed to start, stopping the supervisor", process.pid)
                 self.should_exit.set()
@@ -593,6 +605,7 @@ class GatewaySupervisor(Multiprocess):
                 return
             old.terminate()
             old.join()
+            self._exited(old.pid)
             self.processes[index] = new
 
     def handle_ttin(self) -> None:
@@ -654,9 +667,16 @@ def raise_open_file_limit() -> int | None:
     return hard
 
 
-def serve(app: Any, limits: HttpLimits, workers: int, **options: Any) -> None:
+def serve(
+    app: Any,
+    limits: HttpLimits,
+    workers: int,
+    on_worker_exit: Callable[[int], None] | None = None,
+    **options: Any,
+) -> None:
     """Run the gateway: one `GatewayServer`, or `workers` of them under a `GatewaySupervisor` (then `app`
-    is an import string and each worker builds its own app)."""
+    is an import string and each worker builds its own app; `on_worker_exit(pid)` hears of each that
+    ends)."""
     open_files = raise_open_file_limit()
     if open_files is not None and limits.max_connections > open_files - RESERVED_DESCRIPTORS:
         log.warning(
@@ -668,6 +688,6 @@ def serve(app: Any, limits: HttpLimits, workers: int, **options: Any) -> None:
         )
     config = GatewayConfig(app, limits, workers=workers, **options)
     if workers > 1:
-        GatewaySupervisor(config, sockets=[config.bind_socket()]).run()
+        GatewaySupervisor(config, sockets=[config.bind_socket()], on_worker_exit=on_worker_exit).run()
     else:
         GatewayServer(config).run()

@@ -92,6 +92,7 @@ async def admit(request: Request[Any, Any, Any], model: str | None) -> Ticket:
     an admitted request, whose state the answer's RateLimit headers (and error answers) read."""
     gatekeeper = container_of(request).gatekeeper()
     caller = caller_of(request)
+    request.state.model = model  # for the metrics' labels, even when the request is refused
     ticket = await gatekeeper.admit(caller, gatekeeper.check_model(caller, model))
     request.state.admission = ticket.admission
     return ticket

@@ -15,12 +15,21 @@ from ollama_gate.domain.quota import Admission, LimitKind, Limits, LimitState, Q
 from ollama_gate.domain.usage import TokenCounts
 from ollama_gate.ports.cluster import SharedCounters
 from ollama_gate.ports.quota import QuotaLimiter
+from ollama_gate.ports.telemetry import Telemetry
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.plans import PlanBook
 
 REJECTED_UNAUTHORIZED = "rejected_unauthorized"
 REJECTED_RATE_LIMITED = "rejected_rate_limited"
 LISTING = "listing"
+# The metrics' reason for a limit that refused (daily tokens are tokens too).
+_REASONS = {
+    None: "requests",
+    LimitKind.REQUESTS: "requests",
+    LimitKind.TOKENS: "tokens",
+    LimitKind.DAILY_TOKENS: "tokens",
+    LimitKind.CONCURRENCY: "concurrency",
+}
 
 
 @dataclass(slots=True)
@@ -88,6 +97,7 @@ class Gatekeeper:
         admin_token: str | None = None,
         listing_window: Window | None = None,
         ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._limiter = limiter
@@ -97,6 +107,7 @@ class Gatekeeper:
         self._admin_token = AdminToken(admin_token) if admin_token else None
         self._listing = Limits(LISTING, requests=listing_window) if listing_window is not None else None
         self._ipv6_prefix = ipv6_prefix
+        self._telemetry = telemetry
         self._in_flight: dict[str, int] = {}
 
     # -- who -----------------------------------------------------------------------------------------
@@ -120,7 +131,7 @@ class Gatekeeper:
                 return Caller.anonymous(client_ip, f"ip:{quota_address(client_ip, self._ipv6_prefix)}")
             key = await self._authenticator.member_key(secret)
         except Unauthorized:
-            self._count_rejection(REJECTED_UNAUTHORIZED)
+            self._count_rejection(REJECTED_UNAUTHORIZED, "unauthorized")
             raise
         if key.plan is not None and self.plans.exists(key.plan):
             return Caller.member(key.user_id, key.id, client_ip, key.plan, per_key=True)
@@ -134,6 +145,8 @@ class Gatekeeper:
         admission: a refused model consumes nothing."""
         plan = self.plan_of(caller)
         if not plan.allows_model(model):
+            if self._telemetry is not None:
+                self._telemetry.rejected("model")
             raise ModelNotAllowed(model or "", plan.name)
         return plan
 
@@ -149,7 +162,7 @@ class Gatekeeper:
         else:
             admission = await self._limiter.admit(caller.counted_as, limits)
             if not admission.admitted:
-                self._count_rejection(REJECTED_RATE_LIMITED)
+                self._count_rejection(REJECTED_RATE_LIMITED, _REASONS[admission.refused_by])
                 raise QuotaExceeded(admission)
         identity = caller.counted_as
         self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
@@ -162,7 +175,7 @@ class Gatekeeper:
             return None
         admission = await self._limiter.admit(f"{LISTING}:{caller.counted_as}", self._listing)
         if not admission.admitted:
-            self._count_rejection(REJECTED_RATE_LIMITED)
+            self._count_rejection(REJECTED_RATE_LIMITED, "requests")
             raise QuotaExceeded(admission)
         return admission
 
@@ -198,7 +211,9 @@ class Gatekeeper:
 
     # -- what the status shows -----------------------------------------------------------------------
 
-    def _count_rejection(self, name: str) -> None:
+    def _count_rejection(self, name: str, reason: str) -> None:
+        if self._telemetry is not None:
+            self._telemetry.rejected(reason)
         if name == REJECTED_UNAUTHORIZED:
             self.rejections.unauthorized += 1
         else:

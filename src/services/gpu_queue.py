@@ -33,6 +33,7 @@ from ollama_gate.domain.scheduler import (
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import UpstreamInventory
 from ollama_gate.ports.slots import Claim, SharedSlots
+from ollama_gate.ports.telemetry import Telemetry
 from ollama_gate.services.gatekeeper import Ticket
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class GpuQueue:
         max_waiting: int = 1000,
         max_per_identity: int = 8,
         shared: SharedSlots | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._inventory = inventory
         self._clock = clock
@@ -90,6 +92,7 @@ class GpuQueue:
         self.queue = FairQueue(max_waiting, max_per_identity)
         self.table = SlotTable(UpstreamSlots(name, slots) for name, slots in slots_of.items())
         self._shared = shared
+        self._telemetry = telemetry
         self._synced = -1
         self._ids = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[Running]] = {}
@@ -141,6 +144,7 @@ class GpuQueue:
         running = await self._start_now(job, now)
         if running is None:
             running = await self._wait(ticket, job, plan.effective_queue_timeout)
+            self._waited(job, plan.name, running.started)
         ticket.queue_ms = round(max(0.0, running.started - job.arrived) * 1000, 3)
         hold = Hold(self, running)
         ticket.on_end(hold.release)
@@ -165,6 +169,7 @@ class GpuQueue:
     async def _wait(self, ticket: Ticket, job: Job, timeout: float) -> Running:
         refusal = self.queue.refusal(job.identity)
         if refusal is not None:
+            self._rejected("queue_full")
             ticket.refund()
             if refusal is Refusal.QUEUE_FULL:
                 raise QueueFull("the GPU queue is full: try again shortly")
@@ -180,6 +185,8 @@ class GpuQueue:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
             self._leave(job, waiter)
+            self._rejected("queue_timeout")
+            self._waited(job, ticket.plan.name, self._now())
             ticket.refund()
             raise QueueTimeout(
                 f"no GPU slot for {job.model or 'the model'} within {timeout:g}s: try again shortly",
@@ -189,10 +196,19 @@ class GpuQueue:
             # Its client left: out of the queue, never sent; its usage row shows how long it waited.
             self._leave(job, waiter)
             ticket.queue_ms = round(max(0.0, self._now() - job.arrived) * 1000, 3)
+            self._waited(job, ticket.plan.name, self._now())
             ticket.refund()
             raise
         finally:
             self._waiters.pop(job.id, None)
+
+    def _rejected(self, reason: str) -> None:
+        if self._telemetry is not None:
+            self._telemetry.rejected(reason)
+
+    def _waited(self, job: Job, plan: str, until: float) -> None:
+        if self._telemetry is not None:
+            self._telemetry.queue_waited(job.model, plan, max(0.0, until - job.arrived))
 
     def _leave(self, job: Job, waiter: asyncio.Future[Running]) -> None:
         """Out of the queue; a slot granted in the same instant goes to the next in line."""

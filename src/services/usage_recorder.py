@@ -11,6 +11,7 @@ from ollama_gate.domain.errors import StoreUnavailable
 from ollama_gate.domain.usage import Outcome, TokenCounts, UsageRecord
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.stores import UsageStore
+from ollama_gate.ports.telemetry import Telemetry
 from ollama_gate.services.background import BackgroundTask
 from ollama_gate.services.gatekeeper import Ticket
 
@@ -33,8 +34,10 @@ class UsageRecorder:
         batch_size: int = 500,
         flush_interval: float = 0.25,
         max_retry_interval: float = 5.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry
         self._clock = clock
         self._max_pending = max_pending
         self._batch_size = batch_size
@@ -100,6 +103,8 @@ class UsageRecorder:
                 queue_ms=ticket.queue_ms,
             )
         )
+        if self._telemetry is not None:
+            self._telemetry.tokens(model, ticket.plan.name, tokens.prompt or 0, tokens.completion or 0)
         ticket.end(tokens)
 
     async def start(self) -> None:

@@ -59,6 +59,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _enable_sqlite_concurrency)
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
+        self.online = True  # as the last transaction found it (what the metrics and status read)
 
     @staticmethod
     def _ensure_sqlite_directory(database: str | None) -> None:
@@ -118,13 +119,18 @@ class Database:
         """One transaction, bounded by `timeout` seconds (default `query_timeout`) from the first
         connection attempt to the commit: a database whose TCP connection is open but silent makes the
         caller wait that long, then StoreUnavailable, never longer."""
-        await self.ensure_schema()
         try:
+            await self.ensure_schema()
             async with asyncio.timeout(self.query_timeout if timeout is None else timeout):
                 async with self.engine.begin() as connection:
                     yield connection
         except _UNAVAILABLE as error:
+            self.online = False
             raise StoreUnavailable() from error
+        except StoreUnavailable:
+            self.online = False
+            raise
+        self.online = True
 
     async def start(self) -> None:
         await self.try_ensure_schema()
