@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from ollama_gate.adapters.redis_quota import REDIS_DOWN
+from ollama_gate.adapters.redis_writes import REDIS_DOWN
 from ollama_gate.services.background import BackgroundTask
 from ollama_gate.services.periodic import Periodic
 

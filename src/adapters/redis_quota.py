@@ -15,13 +15,11 @@ import itertools
 import logging
 import os
 import uuid
-from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ollama_gate.adapters.redis_writes import REDIS_DOWN, PipelinedWrites
 from ollama_gate.domain.errors import LimiterUnavailable
 from ollama_gate.domain.plans import Window
 from ollama_gate.domain.quota import Admission, LimitKind, Limits, LimitState
@@ -31,7 +29,6 @@ from ollama_gate.services.background import BackgroundTask
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 NONE = -1  # an absent limit, in the scripts' arguments
 _CODES = {1: LimitKind.REQUESTS, 2: LimitKind.TOKENS, 3: LimitKind.DAILY_TOKENS, 4: LimitKind.CONCURRENCY}
 
@@ -228,10 +225,8 @@ class RedisQuotaLimiter:
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._live_leases: dict[str, str] = {}  # lease -> its key, renewed while the request runs
-        self._ends: deque[tuple[Any, list[str], list[Any]]] = deque()
-        self._ends_ready = asyncio.Event()
-        self._closing = False
-        self._sender = BackgroundTask("quota-ends", self._send_ends)
+        # The ends of requests (charges, leases given back); lost during an outage, leases expire.
+        self._ends = PipelinedWrites(client, "request ends")
         self._renewer = BackgroundTask("quota-leases", self._renew_leases)
 
     @property
@@ -314,28 +309,7 @@ class RedisQuotaLimiter:
         )
 
     def _queue(self, script: Any, keys: list[str], args: list[Any]) -> None:
-        self._ends.append((script, keys, args))
-        self._ends_ready.set()
-
-    async def _send_ends(self) -> None:
-        while True:
-            await self._ends_ready.wait()
-            self._ends_ready.clear()
-            await self._drain_ends()
-            if self._closing:
-                return
-
-    async def _drain_ends(self) -> None:
-        while self._ends:
-            batch = [self._ends.popleft() for _ in range(min(len(self._ends), 200))]
-            try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for script, keys, args in batch:
-                        await script(keys=keys, args=args, client=pipe)
-                    await pipe.execute()
-            except REDIS_DOWN as error:
-                # Leases expire by themselves; the charges are lost with the outage.
-                log.warning("Redis down: %d request ends not recorded (%s)", len(batch), error)
+        self._ends.queue(script, keys, args)
 
     async def _renew_leases(self) -> None:
         while True:
@@ -390,15 +364,12 @@ class RedisQuotaLimiter:
             self._down_since = None
 
     async def start(self) -> None:
-        self._sender.start()
+        self._ends.start()
         self._renewer.start()
 
     async def close(self) -> None:
         await self._renewer.stop()
-        # The last ends go out before the connection closes: the sender drains, then returns.
-        self._closing = True
-        self._ends_ready.set()
-        await self._sender.finish(timeout=5.0)
+        await self._ends.close()  # the last ends go out before the connection closes
 
 
 def _states(limits: Limits, answer: list[Any]) -> tuple[LimitState, ...]:

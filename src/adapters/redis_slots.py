@@ -18,13 +18,12 @@ import logging
 import math
 import os
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from ollama_gate.adapters.redis_quota import REDIS_DOWN
+from ollama_gate.adapters.redis_writes import REDIS_DOWN, PipelinedWrites
 from ollama_gate.ports.slots import Claim
 from ollama_gate.services.background import BackgroundTask
 
@@ -140,11 +139,10 @@ class RedisSharedSlots:
         self._busy: Any = client.register_script(_BUSY)
         self._live: dict[str, str] = {}  # lease -> slot set, renewed while its request runs
         self._heads: dict[str, str] = {}  # model -> our advertised rank
-        self._writes: deque[tuple[Any, list[str], list[Any]]] = deque()
-        self._written = asyncio.Event()
+        # Slots given back, leases renewed, heads advertised: a lost one repairs itself (expiry, renewal).
+        self._writes = PipelinedWrites(client, "slot updates")
         self._callbacks: list[Callable[[str], None]] = []
         self._models: set[str] = set()
-        self._writer = BackgroundTask("slot-writes", self._write_forever)
         self._keeper = BackgroundTask("slot-leases", self._keep_forever)
         self._listener = BackgroundTask("slot-freed", self._listen_forever)
 
@@ -221,29 +219,7 @@ class RedisSharedSlots:
     # -- background ---------------------------------------------------------------------------------
 
     def _queue(self, script: Any, keys: list[str], args: list[Any]) -> None:
-        self._writes.append((script, keys, args))
-        self._written.set()
-
-    async def _write_forever(self) -> None:
-        while True:
-            await self._written.wait()
-            self._written.clear()
-            await self._drain()
-
-    async def _drain(self) -> None:
-        while self._writes:
-            batch = [self._writes.popleft() for _ in range(min(len(self._writes), 200))]
-            try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for script, keys, args in batch:
-                        await script(keys=keys, args=args, client=pipe)
-                    await pipe.execute()
-            except REDIS_DOWN as error:
-                log.warning(
-                    "Redis down: %d slot updates not sent (leases expire by themselves): %s",
-                    len(batch),
-                    error,
-                )
+        self._writes.queue(script, keys, args)
 
     async def _keep_forever(self) -> None:
         """Renew live leases and advertised heads; nudge the queue now and then (a lost message, an
@@ -281,7 +257,7 @@ class RedisSharedSlots:
                 callback(model)
 
     async def start(self) -> None:
-        self._writer.start()
+        self._writes.start()
         self._keeper.start()
         self._listener.start()
 
@@ -290,5 +266,4 @@ class RedisSharedSlots:
         await self._keeper.stop()
         for model in list(self._heads):
             self.advertise(model, None)
-        await self._writer.stop()
-        await self._drain()
+        await self._writes.close()

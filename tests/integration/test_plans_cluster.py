@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.cluster import gateway_pair
 from tests.support.fake_ollama_openai import FakeOllamaServer
 from tests.support.gateway import GatewayProcess
-from tests.support.services import postgres_database, shared_redis_url
 
 MODEL = "smollm:latest"
 ADMIN_TOKEN = "cluster-admin-token"
@@ -33,19 +33,14 @@ def upstream() -> Iterator[FakeOllamaServer]:
 
 @pytest.fixture
 def pair(tmp_path: Path, upstream: FakeOllamaServer) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    with postgres_database() as database:
-        env = {
-            "DATABASE_URL": database,
-            "REDIS_URL": shared_redis_url(),
-            "ADMIN_TOKEN": ADMIN_TOKEN,
-            "MEMBER_RATE_LIMIT": "100000/60",
-            "ANON_RATE_LIMIT": "100000/60",
-            "LEASE_SECONDS": str(LEASE_SECONDS),
-        }
-        first = GatewayProcess(tmp_path / "a", ollama_url=upstream.url, env=env)
-        second = GatewayProcess(tmp_path / "b", ollama_url=upstream.url, env=env)
-        with first, second:
-            yield first, second
+    env = {
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "MEMBER_RATE_LIMIT": "100000/60",
+        "ANON_RATE_LIMIT": "100000/60",
+        "LEASE_SECONDS": str(LEASE_SECONDS),
+    }
+    with gateway_pair(tmp_path, upstream.url, env) as gateways:
+        yield gateways
 
 
 def member(gates: tuple[GatewayProcess, ...], user: str, plan: str, **fields: object) -> dict[str, str]:
