@@ -7,6 +7,7 @@ per network prefix, because one user controls a whole /64 at least.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from enum import StrEnum
@@ -53,6 +54,8 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+# Every request resolves its peer's address: the same few thousand texts again and again.
+@functools.lru_cache(maxsize=65536)
 def parse_ip(text: str) -> Address | None:
     """The address `text` names (brackets and an IPv6 zone allowed), IPv4-mapped ones as IPv4; else None."""
     value = text.strip()
@@ -68,6 +71,7 @@ def parse_ip(text: str) -> Address | None:
     return address
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_ip(text: str) -> str:
     """One spelling per address: `::ffff:10.0.0.1` and `0:0:0:0:0:ffff:a00:1` are `10.0.0.1`.
 
@@ -77,6 +81,7 @@ def normalize_ip(text: str) -> str:
     return text if address is None else str(address)
 
 
+@functools.lru_cache(maxsize=65536)
 def quota_address(client_ip: str, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -> str:
     """The identity an anonymous caller is counted as: its IPv4 address, or its IPv6 network."""
     address = parse_ip(client_ip)

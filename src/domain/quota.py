@@ -179,13 +179,15 @@ class IdentityUsage:
         full = [state for state in before if state.remaining <= 0]
         if full:
             return Admission(False, limits, before, full[0].kind, max(state.reset_after for state in full))
+        taken = None
         if limits.requests is not None:
             self.admissions.append((now, mark))
-        taken = None
         if limits.concurrency is not None:
             self.leases.add(lease)
             taken = lease
-        return Admission(True, limits, self.states(limits, now), mark=mark, lease=taken)
+        return Admission(
+            True, limits, tuple(_after_admission(state, now) for state in before), mark=mark, lease=taken
+        )
 
     def finish(self, admission: Admission, tokens: int, now: float) -> None:
         """The admitted request ended having used `tokens`: charge them, give the lease back."""
@@ -210,6 +212,18 @@ class IdentityUsage:
     def idle(self, now: float) -> bool:
         """Nothing recorded that any limit could still count."""
         return not self.leases and now - self.last_seen >= self.retention
+
+
+def _after_admission(state: LimitState, now: float) -> LimitState:
+    """A limit's state once an admission was recorded (the same as computing it again, without the work):
+    one less request or lease; a request window that was empty now resets a window from now."""
+    if state.kind is LimitKind.REQUESTS:
+        reset = state.reset_after if state.remaining < state.limit else (state.window or 0.0)
+        return LimitState(state.kind, state.limit, state.window, state.remaining - 1, reset)
+    if state.kind is LimitKind.CONCURRENCY:
+        left = state.remaining - 1
+        return LimitState(state.kind, state.limit, None, left, 0.0 if left else CONCURRENCY_RETRY_AFTER)
+    return state
 
 
 def longest_window(limits: Limits) -> float:

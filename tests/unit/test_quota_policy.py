@@ -63,7 +63,7 @@ def test_requests_retry_after_is_exactly_when_the_oldest_admission_leaves(
         oldest = min(within(admitted, now, seconds))
         assert admission.retry_after == oldest + seconds - now > 0
         # At that moment a request fits; a moment before, it still does not.
-        assert len(within(admitted, now + admission.retry_after, seconds)) == limit - 1
+        assert len(within(admitted, now + admission.retry_after, seconds)) < limit
         assert len(within(admitted, math.nextafter(now + admission.retry_after, 0), seconds)) == limit
 
 
@@ -137,6 +137,8 @@ def test_a_request_is_admitted_iff_every_limit_has_room_and_a_refusal_records_no
             snapshot: Any = (list(usage.admissions), usage.tokens.total, usage.daily.total, set(usage.leases))
             admission = usage.admit(limits, now, f"m{number}", f"l{number}")
             assert admission.admitted == all(state.remaining > 0 for state in before)
+            # What the admission says is what the usage now holds (headers and /api/me agree).
+            assert admission.states == usage.states(limits, now)
             if admission.admitted:
                 flying.append((admission, used))
             else:
