@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ollama_gate.adapters.redis_writes import REDIS_DOWN, PipelinedWrites
-from ollama_gate.ports.slots import Claim
+from ollama_gate.ports.slots import Claim, SharedSlotsUnavailable
 from ollama_gate.services.background import BackgroundTask
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,14 @@ class RedisSharedSlots:
         prefix: str = "ollama-gate",
         lease_ttl: float = 10.0,
         nudge_interval: float = 0.5,
+        retry_interval: float = 1.0,
     ) -> None:
         self._client = client
         self._prefix = prefix
         self.lease_ttl = lease_ttl
         self._nudge_interval = nudge_interval
+        self._retry_interval = retry_interval
+        self._down_until = 0.0  # while Redis is known to be down, decide locally without asking it
         self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._channel = f"{prefix}:slots-freed"
         self._take: Any = client.register_script(_TAKE)
@@ -172,13 +176,21 @@ class RedisSharedSlots:
         ]
         for name, slots, loaded in upstreams:
             args += [name, -1 if slots is None else slots, 1 if loaded else 0]
+        if time.monotonic() < self._down_until:
+            raise SharedSlotsUnavailable()
         try:
             taken = await self._take(keys=keys, args=args)
         except REDIS_DOWN as error:
-            # Without Redis no instance can know the others' slots: wait (bounded by the queue timeout)
-            # rather than overrun the GPU; the nudge retries.
-            log.warning("Redis down: GPU slots cannot be shared now (%s)", error.__class__.__name__)
-            return None
+            if not self._down_until:
+                log.warning(
+                    "Redis unreachable (%s): each instance counts its own GPU slots until it is back",
+                    error.__class__.__name__,
+                )
+            self._down_until = time.monotonic() + self._retry_interval
+            raise SharedSlotsUnavailable() from error
+        if self._down_until:
+            log.warning("Redis reachable again: GPU slots shared again")
+            self._down_until = 0.0
         if not taken:
             return None
         upstream = taken.decode() if isinstance(taken, bytes) else str(taken)

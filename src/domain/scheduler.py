@@ -88,6 +88,7 @@ class SlotTable:
     def __init__(self, upstreams: Iterable[UpstreamSlots]) -> None:
         self.upstreams = {upstream.name: upstream for upstream in upstreams}
         self._order = list(self.upstreams)
+        self._turn = 0  # ties go round, so that sequential traffic is spread too
 
     def serves(self, model: str) -> bool:
         """Whether any online upstream has the model: only then does a request wait for one of its slots
@@ -96,13 +97,19 @@ class SlotTable:
 
     def candidates(self, model: str) -> list[str]:
         """The upstreams that could run `model` now, best first: a free slot, the model loaded, the
-        fewest requests running, the configured order."""
-        free = [
-            (not u.has_loaded(model), u.total_busy, position, name)
+        fewest requests running, then in turn."""
+        return self.ranked(model, free_only=True)
+
+    def ranked(self, model: str, free_only: bool = False) -> list[str]:
+        """The online upstreams that have `model` (with a free slot, when `free_only`), best first."""
+        self._turn += 1
+        count = len(self._order)
+        ranked = [
+            (not u.has_loaded(model), u.total_busy, (position - self._turn) % count, name)
             for position, name in enumerate(self._order)
-            if (u := self.upstreams[name]).online and u.has(model) and u.free(model)
+            if (u := self.upstreams[name]).online and u.has(model) and (u.free(model) or not free_only)
         ]
-        return [name for *_, name in sorted(free)]
+        return [name for *_, name in sorted(ranked)]
 
     def take(self, upstream: str, model: str) -> None:
         busy = self.upstreams[upstream].busy

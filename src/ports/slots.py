@@ -5,6 +5,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class SharedSlotsUnavailable(Exception):
+    """The shared store of slots cannot be reached: the caller decides alone, for now."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A request asking for a slot, with what ranks it against every instance's next in line: higher
@@ -26,7 +30,8 @@ class SharedSlots(Protocol):
     ) -> str | None:
         """A slot for `claim` on the first of `upstreams` (name, slots, model loaded there) that has one
         free, preferring those where the model is loaded, then the least busy; None when none is free,
-        or when another instance's next in line ranks before `claim` (that one goes first)."""
+        or when another instance's next in line ranks before `claim` (that one goes first). Raises
+        SharedSlotsUnavailable (at once, while it is known to be down) when the store cannot answer."""
         ...
 
     def give_back(self, upstream: str, model: str, lease: str) -> None:

@@ -32,7 +32,7 @@ from ollama_gate.domain.scheduler import (
 )
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import UpstreamInventory
-from ollama_gate.ports.slots import Claim, SharedSlots
+from ollama_gate.ports.slots import Claim, SharedSlots, SharedSlotsUnavailable
 from ollama_gate.ports.telemetry import Telemetry
 from ollama_gate.services.gatekeeper import Ticket
 
@@ -155,16 +155,29 @@ class GpuQueue:
         if self.queue.waiting_for(job.model):
             return None
         if self._shared is None:
-            candidates = self.table.candidates(job.model)
-            if not candidates:
-                return None
-            self.table.take(candidates[0], job.model)
-            return self.queue.start(job, candidates[0], now)
-        upstream = await self._shared.take(job.model, self._claim(job), self._preferences(job.model))
+            return self._start_locally(job, now)
+        upstream = await self._take_shared(job)
         if upstream is None:
             return None
         self.table.take(upstream, job.model)
         return self.queue.start(job, upstream, self._now())
+
+    def _start_locally(self, job: Job, now: float) -> Running | None:
+        candidates = self.table.candidates(job.model)
+        if not candidates:
+            return None
+        self.table.take(candidates[0], job.model)
+        return self.queue.start(job, candidates[0], now)
+
+    async def _take_shared(self, job: Job) -> str | None:
+        """A shared slot for `job`; while the shared store is down, one of this instance's own count
+        (the GPU's slots may then be overrun by the instances together: better than nobody served)."""
+        assert self._shared is not None
+        try:
+            return await self._shared.take(job.model, self._claim(job), self._preferences(job.model))
+        except SharedSlotsUnavailable:
+            candidates = self.table.candidates(job.model)
+            return candidates[0] if candidates else None
 
     async def _wait(self, ticket: Ticket, job: Job, timeout: float) -> Running:
         refusal = self.queue.refusal(job.identity)
@@ -244,7 +257,7 @@ class GpuQueue:
     async def _dispatch_shared(self, model: str) -> None:
         try:
             while (job := self.queue.peek(model)) is not None:
-                upstream = await self._shared.take(model, self._claim(job), self._preferences(model))  # type: ignore[union-attr]
+                upstream = await self._take_shared(job)
                 if upstream is None:
                     break
                 if self.queue.peek(model) is not job:  # it left while we asked
@@ -273,11 +286,11 @@ class GpuQueue:
 
     def _preferences(self, model: str) -> list[tuple[str, int | None, bool]]:
         """The upstreams that could run `model`, best first, with their slots and whether it is loaded."""
-        ordered = sorted(
-            (u for u in self.table.upstreams.values() if u.online and u.has(model)),
-            key=lambda u: (not u.has_loaded(model), u.total_busy),
-        )
-        return [(u.name, u.slots, u.has_loaded(model)) for u in ordered]
+        upstreams = self.table.upstreams
+        return [
+            (name, upstreams[name].slots, upstreams[name].has_loaded(model))
+            for name in self.table.ranked(model)
+        ]
 
     def _advertise(self, model: str) -> None:
         """Tell the other instances who is next here (so the best request anywhere goes first)."""

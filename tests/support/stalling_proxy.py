@@ -22,6 +22,8 @@ class StallingProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
 
     def stall(self) -> None:
         self._running.clear()
@@ -37,11 +39,26 @@ class StallingProxy:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+        """Close every connection and end every task before the loop stops: nothing outlives it."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    async def _shutdown(self) -> None:
+        self._running.set()  # a stalled pump must not sleep through its cancellation
+        if self._server is not None:
+            self._server.close()
+        tasks = [task for task in self._tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
 
     def __enter__(self) -> StallingProxy:
         return self.start()
@@ -62,11 +79,16 @@ class StallingProxy:
         self._loop.run_forever()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        current = asyncio.current_task()
+        if current is not None:
+            self._tasks.add(current)
+        self._writers.append(writer)
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
             return
+        self._writers.append(upstream_writer)
         await asyncio.gather(
             self._pump(reader, upstream_writer), self._pump(upstream_reader, writer), return_exceptions=True
         )
@@ -79,4 +101,5 @@ class StallingProxy:
                 sink.write(data)
                 await sink.drain()
         finally:
-            sink.close()
+            if not sink.is_closing():
+                sink.close()

@@ -204,10 +204,16 @@ def test_the_upstream_that_has_the_model_loaded_is_preferred_then_the_least_busy
     )
     assert slots.candidates(MODELS[1])[0] == "gpu1"
     slots.take("gpu0", MODELS[0])
-    assert slots.candidates(MODELS[0]) == ["gpu1", "gpu2", "gpu0"]  # least busy first, then order
+    assert slots.candidates(MODELS[0])[-1] == "gpu0"  # least busy first
     slots.take("gpu1", MODELS[1])
     slots.take("gpu1", MODELS[1])
     assert slots.candidates(MODELS[1])[0] == "gpu2"  # loaded but full
+
+
+def test_ties_go_round_so_sequential_traffic_is_spread() -> None:
+    slots = SlotTable([UpstreamSlots(f"gpu{n}", 2) for n in range(3)])
+    firsts = Counter(slots.candidates(MODELS[0])[0] for _ in range(30))
+    assert firsts == Counter({"gpu0": 10, "gpu1": 10, "gpu2": 10})
 
 
 def test_only_upstreams_that_have_the_model_and_are_online_take_it() -> None:
