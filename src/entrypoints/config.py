@@ -335,7 +335,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         lease_seconds=get("LEASE_SECONDS", _positive_seconds, defaults.lease_seconds),
         slots=get("SLOTS", _non_negative_int, defaults.slots),
         max_queue=get("MAX_QUEUE", _positive_int, defaults.max_queue),
-        max_queued_per_identity=get("MAX_QUEUED_PER_IDENTITY", _positive_int, defaults.max_queued_per_identity),
+        max_queued_per_identity=get(
+            "MAX_QUEUED_PER_IDENTITY", _positive_int, defaults.max_queued_per_identity
+        ),
         auto_migrate=get("AUTO_MIGRATE", _boolean, defaults.auto_migrate),
         redis_url=get("REDIS_URL", _redis_url, defaults.redis_url),
         rate_limit_fallback=get("RATE_LIMIT_FALLBACK", _fallback, defaults.rate_limit_fallback),
