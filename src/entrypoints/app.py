@@ -26,6 +26,7 @@ from ollama_gate.entrypoints.controllers.usage import list_usage
 from ollama_gate.entrypoints.heap import settle_after_startup
 from ollama_gate.entrypoints.http_errors import exception_handlers
 from ollama_gate.entrypoints.log_setup import configure_logging
+from ollama_gate.entrypoints.openapi_contract import complete_document
 from ollama_gate.entrypoints.request_context import decided_client_ip
 
 log = logging.getLogger("ollama_gate")
@@ -113,6 +114,7 @@ def create_app(container: Container) -> Litestar:
         ),
         logging_config=None,
     )
+    complete_document(app)
     return app
 
 
