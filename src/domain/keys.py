@@ -17,7 +17,8 @@ _KEY_RANDOM_BYTES = 32
 _KEY_MAX_LENGTH = 256
 _DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 _KEY_PATTERN = re.compile(r"oa-[A-Za-z0-9_-]{32,253}")
-_USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
+USER_ID_PATTERN = r"[A-Za-z0-9_.@-]{1,128}"
+_USER_ID_PATTERN = re.compile(USER_ID_PATTERN)
 KEY_NAME_MAX_LENGTH = 100
 DEFAULT_KEY_NAME = "default"
 

@@ -29,7 +29,8 @@ DEFAULT_QUEUE_TIMEOUT = 60.0
 DAY_SECONDS = 86_400.0
 
 _WINDOW = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*")
-_PLAN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+PLAN_NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+_PLAN_NAME = re.compile(PLAN_NAME_PATTERN)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_PRIORITY = 1000

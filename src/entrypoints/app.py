@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar
+from litestar import HttpMethod, Litestar, Response, route
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
@@ -25,9 +27,38 @@ from ollama_gate.entrypoints.heap import settle_after_startup
 from ollama_gate.entrypoints.http_errors import exception_handlers
 from ollama_gate.entrypoints.log_setup import configure_logging
 from ollama_gate.entrypoints.metrics import metrics, metrics_middleware
+from ollama_gate.entrypoints.openapi_contract import complete_document
 from ollama_gate.entrypoints.request_context import decided_client_ip
 
 log = logging.getLogger("ollama_gate")
+
+
+def _options_handler(path: str, methods: set[str]) -> HTTPRouteHandler:
+    allow = ", ".join(sorted(methods | {"OPTIONS"}))
+
+    @route(path, http_method=[HttpMethod.OPTIONS], include_in_schema=False, sync_to_thread=False)
+    def options() -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": allow}, media_type="text/plain")
+
+    return options
+
+
+def with_options(handlers: Sequence[HTTPRouteHandler]) -> list[HTTPRouteHandler]:
+    """`handlers`, with an OPTIONS handler of our own for each path that several of them share.
+
+    Litestar registers handlers one at a time: the first at a path gets an OPTIONS handler whose `Allow`
+    lists the methods of the route as it was then, and the route rebuilt for the next handler keeps that
+    OPTIONS handler, so `OPTIONS /api/keys` would say `POST, OPTIONS` without GET. An OPTIONS handler that
+    is there first, with every method of the path, leaves Litestar nothing to create.
+    """
+    methods: dict[str, set[str]] = defaultdict(set)
+    count: dict[str, int] = defaultdict(int)
+    for handler in handlers:
+        for path in handler.paths:
+            methods[path] |= set(handler.http_methods)
+            count[path] += 1
+    shared = [_options_handler(path, methods[path]) for path in methods if count[path] > 1]
+    return [*shared, *handlers]
 
 
 def create_app(container: Container) -> Litestar:
@@ -56,20 +87,22 @@ def create_app(container: Container) -> Litestar:
     if settings.log_level in ("info", "debug"):
         middleware.append(access_log_middleware(lambda scope: decided_client_ip(scope, settings)))
 
-    return Litestar(
-        route_handlers=[
-            chat,
-            chat_stream,
-            create_key,
-            list_keys,
-            revoke_key,
-            list_usage,
-            status,
-            metrics,
-            *plans.route_handlers,
-            *ollama_api.route_handlers,
-            *openai_api.route_handlers,
-        ],
+    app = Litestar(
+        route_handlers=with_options(
+            [
+                chat,
+                chat_stream,
+                create_key,
+                list_keys,
+                revoke_key,
+                list_usage,
+                status,
+                metrics,
+                *plans.route_handlers,
+                *ollama_api.route_handlers,
+                *openai_api.route_handlers,
+            ]
+        ),
         state=State({"container": container}),
         lifespan=[lifespan],
         middleware=middleware,
@@ -83,6 +116,8 @@ def create_app(container: Container) -> Litestar:
         ),
         logging_config=None,
     )
+    complete_document(app)
+    return app
 
 
 def app_from_environment() -> Litestar:

@@ -24,7 +24,8 @@ def _encode_headers(headers: Mapping[str, str]) -> EncodedHeaders:
 
 
 def _head(content_type: str, headers: Mapping[str, str] | None) -> EncodedHeaders:
-    head = [(b"content-type", content_type.encode("latin-1"))]
+    """The response's headers; no content type when it is "" (an empty body that is no document)."""
+    head = [(b"content-type", content_type.encode("latin-1"))] if content_type else []
     if headers:
         head += _encode_headers(headers)
     return head

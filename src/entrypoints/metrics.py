@@ -15,6 +15,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_gate.domain.errors import Forbidden
 from ollama_gate.domain.quota import Admission
+from ollama_gate.entrypoints.openapi_contract import GATEWAY_SHAPE, answer, errors
 from ollama_gate.entrypoints.request_context import container_of, principal_of
 from ollama_gate.ports.telemetry import Telemetry
 
@@ -62,10 +63,16 @@ def metrics_middleware(telemetry: Telemetry) -> Any:
     return wrap
 
 
-@get("/metrics", summary="Prometheus metrics (admins; everyone with OLLAMA_GATE_METRICS_PUBLIC=true)")
+@get(
+    "/metrics",
+    summary="Prometheus metrics (admins; everyone with OLLAMA_GATE_METRICS_PUBLIC=true)",
+    responses=answer(str, media_type="text/plain", description="The Prometheus text format")
+    | errors(GATEWAY_SHAPE, 401, 403, 503),
+)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     container = container_of(request)
     if not container.settings().metrics_public and not (await principal_of(request)).is_admin:
         raise Forbidden("metrics are for admins (or set OLLAMA_GATE_METRICS_PUBLIC=true)")
     exposition = container.metrics_exposition()
-    return Response(exposition.exposition(), media_type=exposition.content_type)
+    # The exposition's own content type names its charset: Litestar would add a second one.
+    return Response(exposition.exposition(), headers={"content-type": exposition.content_type})

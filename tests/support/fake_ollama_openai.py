@@ -116,7 +116,14 @@ class FakeOllamaServer(FakeOllama):
             raw = await request.read()  # cached: the handler reads it again
             with contextlib.suppress(ValueError):
                 self.received.append((request.path, raw, json.loads(raw)))
-        response: web.StreamResponse = await handler(request)
+        try:
+            response: web.StreamResponse = await handler(request)
+        except (AttributeError, TypeError, ValueError, KeyError) as error:
+            # Ollama decodes a body into typed structs: a field of the wrong type is its 400, never a 500.
+            message = f"json: cannot unmarshal request body: {error}"
+            if request.path.startswith("/v1/"):
+                return self._openai_error(400, message, "invalid_request_error")
+            return web.json_response({"error": message}, status=400)
         return response
 
     def bodies(self, path: str, prompt: str) -> list[dict[str, Any]]:
@@ -153,7 +160,7 @@ class FakeOllamaServer(FakeOllama):
         routes.add_post("/v1/completions", self._openai_completions)
         routes.add_post("/v1/embeddings", self._openai_embeddings)
         routes.add_get("/v1/models", self._openai_models)
-        routes.add_get("/v1/models/{model:.+}", self._openai_model)
+        routes.add_get(r"/v1/models/{model:[\s\S]+}", self._openai_model)  # any name, newlines too
         # Cancelling a handler whose client left is how Ollama behaves: it stops generating.
         self._runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=0.5, handler_cancellation=True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import msgspec
 from litestar import Request, post
@@ -10,6 +10,7 @@ from litestar import Request, post
 from ollama_gate.domain.chat import ChatRequest
 from ollama_gate.entrypoints.asgi_answers import JSON, NDJSON, BodyAnswer, StreamAnswer
 from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
+from ollama_gate.entrypoints.openapi_contract import GATEWAY_SHAPE, answer, documented, errors
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 from ollama_gate.entrypoints.request_context import admit, container_of, identify_caller_then_check_body
 
@@ -26,12 +27,25 @@ class ChatBody(msgspec.Struct):
         return ChatRequest(self.message, self.model, self.system, self.options)
 
 
+class ChatAnswer(TypedDict):
+    user: str
+    tier: str
+    plan: str
+    response: dict[str, Any]  # Ollama's answer, without its `context`
+
+
+# Before the first chunk, errors are ordinary answers; after it, a last line `{"error": ..., "done": true}`.
+CHAT_ERRORS = errors(GATEWAY_SHAPE, 400, 401, 403, 404, 413, 429, 502, 503, 504)
+
+
 @post(
     "/chat",
     status_code=200,
     before_request=identify_caller_then_check_body,
     middleware=[cancel_on_disconnect],
     summary="Chat (one JSON answer)",
+    responses=answer(ChatAnswer) | CHAT_ERRORS,
+    opt=documented(metered=True),
 )
 async def chat(request: Request[Any, Any, Any], data: ChatBody) -> BodyAnswer:
     service = container_of(request).chat()
@@ -47,6 +61,9 @@ async def chat(request: Request[Any, Any, Any], data: ChatBody) -> BodyAnswer:
     before_request=identify_caller_then_check_body,
     middleware=[cancel_on_disconnect],
     summary="Chat (streamed as NDJSON)",
+    responses=answer(dict[str, Any], media_type=NDJSON, description="Ollama's chunks, one per line")
+    | CHAT_ERRORS,
+    opt=documented(metered=True),
 )
 async def chat_stream(request: Request[Any, Any, Any], data: ChatBody) -> StreamAnswer:
     service = container_of(request).chat()

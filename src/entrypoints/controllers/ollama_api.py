@@ -7,13 +7,25 @@ listings are not; model management is for admins only. Gateway errors on these p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from litestar import Request, Response, delete, get, head, post
 
 from ollama_gate.domain.errors import Forbidden
 from ollama_gate.entrypoints.asgi_answers import JSON, Answer, BodyAnswer, StreamAnswer
 from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
+from ollama_gate.entrypoints.openapi_contract import (
+    BLOB_BODY,
+    NDJSON,
+    OCTET_STREAM,
+    OLLAMA_BODIES,
+    OLLAMA_MANAGEMENT_BODY,
+    OLLAMA_SHAPE,
+    OLLAMA_SHOW_BODY,
+    answer,
+    documented,
+    errors,
+)
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 from ollama_gate.entrypoints.request_context import (
     admit,
@@ -32,14 +44,33 @@ from ollama_gate.services.passthrough import (
     model_named_in,
 )
 
-INFERENCE_PATHS = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings"]
-MANAGEMENT_PATHS = ["/api/pull", "/api/push", "/api/create", "/api/copy"]
+GENERATION_PATHS = ["/api/generate", "/api/chat"]
+EMBEDDING_PATHS = ["/api/embed", "/api/embeddings"]
+MANAGEMENT_PATHS = ["/api/pull", "/api/push", "/api/create"]
 ADMINS_ONLY = "model management is for admins only"
+
+# What these routes answer besides their success: the gateway's own refusals, and Ollama's errors as it
+# sent them (400, 404 for an unknown model, 500, 503 when its queue is full).
+UPSTREAM_ERRORS = (400, 404, 500, 502, 503, 504)
+INFERENCE_ERRORS = errors(OLLAMA_SHAPE, *UPSTREAM_ERRORS, 401, 403, 413, 429)
+LISTING_ERRORS = errors(OLLAMA_SHAPE, 401, 429, 502, 503, 504)
+MANAGEMENT_ERRORS = errors(OLLAMA_SHAPE, *UPSTREAM_ERRORS, 401, 403, 413)
+AN_OBJECT = dict[str, Any]
+HEAD_ERRORS = errors(None, 400, 401, 403, 404, 500, 502, 503, 504)  # a HEAD answer has no body
+
+
+class ModelList(TypedDict):
+    models: list[dict[str, Any]]
+
+
+class Version(TypedDict):
+    version: str
 
 
 def as_response(relayed: Relayed, headers: dict[str, str] | None = None) -> Answer:
-    """The upstream's status, content type and body (or stream) as they came."""
-    content_type = relayed.content_type or JSON
+    """The upstream's status, content type and body (or stream) as they came. A body without a content
+    type is taken for JSON, but an empty one stays without: it is no JSON document (a copy's 200)."""
+    content_type = relayed.content_type or (JSON if relayed.body or relayed.stream else "")
     if relayed.stream is not None:
         return StreamAnswer(relayed.stream, content_type, headers, relayed.abandon)
     return BodyAnswer(relayed.body, content_type, headers, relayed.status)
@@ -77,32 +108,69 @@ async def require_admin(request: Request[Any, Any, Any]) -> None:
 
 
 @post(
-    INFERENCE_PATHS,
+    GENERATION_PATHS,
     status_code=200,
     before_request=identify_caller,
     middleware=[cancel_on_disconnect],
-    summary="Ollama inference (metered)",
+    summary="Ollama generation (metered; streamed unless `stream` is false)",
+    responses=answer(AN_OBJECT, description="Ollama's answer (`stream: false`)") | INFERENCE_ERRORS,
+    opt=documented(OLLAMA_BODIES, streamed=[NDJSON], metered=True),
 )
-async def ollama_inference(request: Request[Any, Any, Any]) -> Answer:
+async def ollama_generation(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OLLAMA)
 
 
-@get("/api/tags", before_request=identify_lister, summary="Models on every Ollama server")
+@post(
+    EMBEDDING_PATHS,
+    status_code=200,
+    before_request=identify_caller,
+    middleware=[cancel_on_disconnect],
+    summary="Ollama embeddings (metered)",
+    responses=answer(AN_OBJECT, description="Ollama's answer") | INFERENCE_ERRORS,
+    opt=documented(OLLAMA_BODIES, metered=True),
+)
+async def ollama_embedding(request: Request[Any, Any, Any]) -> Answer:
+    return await relay_inference(request, OLLAMA)
+
+
+@get(
+    "/api/tags",
+    before_request=identify_lister,
+    summary="Models on every Ollama server",
+    responses=answer(ModelList) | LISTING_ERRORS,
+)
 async def ollama_tags(request: Request[Any, Any, Any]) -> Response[Any]:
     return await listing(request, "/api/tags", "models", "name")
 
 
-@get("/api/ps", before_request=identify_lister, summary="Models loaded on every Ollama server")
+@get(
+    "/api/ps",
+    before_request=identify_lister,
+    summary="Models loaded on every Ollama server",
+    responses=answer(ModelList) | LISTING_ERRORS,
+)
 async def ollama_ps(request: Request[Any, Any, Any]) -> Response[Any]:
     return await listing(request, "/api/ps", "models", "name")
 
 
-@get("/api/version", before_request=identify_lister, summary="Ollama's version")
+@get(
+    "/api/version",
+    before_request=identify_lister,
+    summary="Ollama's version",
+    responses=answer(Version) | LISTING_ERRORS,
+)
 async def ollama_version(request: Request[Any, Any, Any]) -> Answer:
     return as_response(await container_of(request).passthrough().forward("GET", "/api/version", None, None))
 
 
-@post("/api/show", status_code=200, before_request=identify_lister, summary="A model's details")
+@post(
+    "/api/show",
+    status_code=200,
+    before_request=identify_lister,
+    summary="A model's details",
+    responses=answer(AN_OBJECT) | errors(OLLAMA_SHAPE, *UPSTREAM_ERRORS, 401, 403, 413, 429),
+    opt=documented(OLLAMA_SHOW_BODY),
+)
 async def ollama_show(request: Request[Any, Any, Any]) -> Answer:
     body = await request.body()
     model = model_named_in(body)
@@ -135,14 +203,33 @@ async def _manage(request: Request[Any, Any, Any], method: str) -> Answer:
     MANAGEMENT_PATHS,
     status_code=200,
     middleware=[cancel_on_disconnect],
-    summary="Model management (admins only; pull progress streamed)",
+    summary="Model management (admins only; progress streamed unless `stream` is false)",
+    responses=answer(AN_OBJECT, description="Ollama's answer (`stream: false`)") | MANAGEMENT_ERRORS,
+    opt=documented(OLLAMA_MANAGEMENT_BODY, streamed=[NDJSON]),
 )
 async def ollama_manage(request: Request[Any, Any, Any]) -> Answer:
     return await _manage(request, "POST")
 
 
+@post(
+    "/api/copy",
+    status_code=200,
+    middleware=[cancel_on_disconnect],
+    summary="Copy a model (admins only)",
+    responses=answer(None, description="Copied (an empty body)") | MANAGEMENT_ERRORS,
+    opt=documented(OLLAMA_MANAGEMENT_BODY),
+)
+async def ollama_copy(request: Request[Any, Any, Any]) -> Answer:
+    return await _manage(request, "POST")
+
+
 @delete(
-    "/api/delete", status_code=200, middleware=[cancel_on_disconnect], summary="Delete a model (admins only)"
+    "/api/delete",
+    status_code=200,
+    middleware=[cancel_on_disconnect],
+    summary="Delete a model (admins only)",
+    responses=answer(None, description="Deleted (an empty body)") | MANAGEMENT_ERRORS,
+    opt=documented(OLLAMA_MANAGEMENT_BODY),
 )
 async def ollama_delete(request: Request[Any, Any, Any]) -> Answer:
     return await _manage(request, "DELETE")
@@ -154,6 +241,9 @@ async def ollama_delete(request: Request[Any, Any, Any]) -> Answer:
     request_max_body_size=None,
     middleware=[cancel_on_disconnect],
     summary="Upload a model blob (admins only)",
+    responses=answer(None, status=201, description="Stored (an empty body)")
+    | errors(OLLAMA_SHAPE, *UPSTREAM_ERRORS, 401, 403),
+    opt=documented(BLOB_BODY, body_type=OCTET_STREAM),
 )
 async def ollama_blob_upload(request: Request[Any, Any, Any], digest: str) -> Answer:
     await require_admin(request)
@@ -165,7 +255,11 @@ async def ollama_blob_upload(request: Request[Any, Any, Any], digest: str) -> An
     return as_response(relayed)
 
 
-@head("/api/blobs/{digest:str}", summary="Whether a model blob exists (admins only)")
+@head(
+    "/api/blobs/{digest:str}",
+    summary="Whether a model blob exists (admins only)",
+    responses=answer(None, description="It exists") | HEAD_ERRORS,
+)
 async def ollama_blob_exists(request: Request[Any, Any, Any], digest: str) -> Response[None]:
     await require_admin(request)
     relayed = await (
@@ -175,7 +269,8 @@ async def ollama_blob_exists(request: Request[Any, Any, Any], digest: str) -> Re
 
 
 route_handlers = [
-    ollama_inference,
+    ollama_generation,
+    ollama_embedding,
     ollama_tags,
     ollama_ps,
     ollama_version,
@@ -183,6 +278,7 @@ route_handlers = [
     ollama_root,
     ollama_root_head,
     ollama_manage,
+    ollama_copy,
     ollama_delete,
     ollama_blob_upload,
     ollama_blob_exists,

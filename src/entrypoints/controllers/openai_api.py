@@ -6,7 +6,7 @@ the exception handlers, so the `openai` SDK raises its own error classes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote
 
 from litestar import Request, Response, get, post
@@ -19,29 +19,73 @@ from ollama_gate.entrypoints.controllers.ollama_api import (
     listing,
     relay_inference,
 )
+from ollama_gate.entrypoints.openapi_contract import (
+    OPENAI_BODIES,
+    OPENAI_SHAPE,
+    SSE,
+    answer,
+    documented,
+    errors,
+)
 from ollama_gate.entrypoints.request_context import container_of, identify_caller, identify_lister
 from ollama_gate.services.passthrough import OPENAI
 
-INFERENCE_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+GENERATION_PATHS = ["/v1/chat/completions", "/v1/completions"]
+
+# Besides the gateway's refusals, Ollama's own errors in OpenAI's shape, as it sent them.
+UPSTREAM_ERRORS = (400, 404, 500, 502, 503, 504)
+INFERENCE_ERRORS = errors(OPENAI_SHAPE, *UPSTREAM_ERRORS, 401, 403, 413, 429)
+LISTING_ERRORS = errors(OPENAI_SHAPE, 401, 429, 502, 503, 504)
+AN_OBJECT = dict[str, Any]
+
+
+class ModelList(TypedDict):
+    object: str
+    data: list[dict[str, Any]]
 
 
 @post(
-    INFERENCE_PATHS,
+    GENERATION_PATHS,
     status_code=200,
     before_request=identify_caller,
     middleware=[cancel_on_disconnect],
-    summary="OpenAI-compatible inference",
+    summary="OpenAI-compatible completions (metered; server-sent events with `stream: true`)",
+    responses=answer(AN_OBJECT, description="The completion (without `stream: true`)") | INFERENCE_ERRORS,
+    opt=documented(OPENAI_BODIES, streamed=[SSE], metered=True),
 )
-async def openai_inference(request: Request[Any, Any, Any]) -> Answer:
+async def openai_generation(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OPENAI)
 
 
-@get("/v1/models", before_request=identify_lister, summary="Models on every Ollama server (OpenAI shape)")
+@post(
+    "/v1/embeddings",
+    status_code=200,
+    before_request=identify_caller,
+    middleware=[cancel_on_disconnect],
+    summary="OpenAI-compatible embeddings (metered)",
+    responses=answer(AN_OBJECT, description="The embeddings") | INFERENCE_ERRORS,
+    opt=documented(OPENAI_BODIES, metered=True),
+)
+async def openai_embedding(request: Request[Any, Any, Any]) -> Answer:
+    return await relay_inference(request, OPENAI)
+
+
+@get(
+    "/v1/models",
+    before_request=identify_lister,
+    summary="Models on every Ollama server (OpenAI shape)",
+    responses=answer(ModelList) | LISTING_ERRORS,
+)
 async def openai_models(request: Request[Any, Any, Any]) -> Response[Any]:
     return await listing(request, "/v1/models", "data", "id")
 
 
-@get("/v1/models/{model:path}", before_request=identify_lister, summary="One model (OpenAI shape)")
+@get(
+    "/v1/models/{model:path}",
+    before_request=identify_lister,
+    summary="One model (OpenAI shape)",
+    responses=answer(AN_OBJECT) | errors(OPENAI_SHAPE, *UPSTREAM_ERRORS, 401, 403, 429),
+)
 async def openai_model(request: Request[Any, Any, Any], model: str) -> Answer:
     name = model.lstrip("/")
     allowed_model(request, name)
@@ -49,4 +93,4 @@ async def openai_model(request: Request[Any, Any, Any], model: str) -> Answer:
     return as_response(await container_of(request).passthrough().forward("GET", path, None, name))
 
 
-route_handlers = [openai_inference, openai_models, openai_model]
+route_handlers = [openai_generation, openai_embedding, openai_models, openai_model]
