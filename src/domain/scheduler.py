@@ -130,12 +130,13 @@ class SlotTable:
 class GpuTime:
     """Each identity's recent GPU time, decayed with `half_life`, and its usual request duration."""
 
-    __slots__ = ("_estimates", "_used", "half_life")
+    __slots__ = ("_estimates", "_next_sweep", "_used", "half_life")
 
     def __init__(self, half_life: float = DEFAULT_HALF_LIFE) -> None:
         self.half_life = half_life
         self._used: dict[str, tuple[float, float]] = {}  # identity -> (value, at)
         self._estimates: dict[str, float] = {}
+        self._next_sweep = -math.inf
 
     def decayed(self, identity: str, now: float) -> float:
         value, at = self._used.get(identity, (0.0, now))
@@ -152,6 +153,9 @@ class GpuTime:
             return -math.inf
         return math.log2(value / weight) + at / self.half_life
 
+    def remembers(self, identity: str) -> bool:
+        return identity in self._used
+
     def estimate(self, identity: str) -> float:
         return self._estimates.get(identity, DEFAULT_ESTIMATE)
 
@@ -160,7 +164,12 @@ class GpuTime:
         self._estimates[identity] = seconds if old is None else old + _ESTIMATE_SMOOTHING * (seconds - old)
 
     def forget_idle(self, now: float, keep: set[str]) -> None:
-        """Drop identities whose GPU time has decayed to nothing (bounded memory)."""
+        """Drop identities whose GPU time has decayed to nothing (bounded memory). A sweep visits every
+        identity, so it runs at most once per half-life: memory stays bounded by the identities of about
+        31 half-lives, and a request's end costs O(1)."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.half_life
         horizon = 30 * self.half_life
         for identity in [i for i, (_, at) in self._used.items() if now - at > horizon and i not in keep]:
             del self._used[identity]
@@ -303,7 +312,7 @@ class FairQueue:
 
     def _refresh(self, identity: str, now: float) -> None:
         """The identity's GPU time changed: re-rank its heads wherever it waits."""
-        for model in self.models_waiting():
+        for model in self._per_model:  # only models with jobs waiting (counts of 0 are deleted)
             if (model, identity) in self._waiting:
                 self._push(model, identity, now)
 

@@ -11,6 +11,10 @@ class Clock(Protocol):
         """The current UTC time, timezone-aware."""
         ...
 
+    def time(self) -> float:
+        """The current wall time as seconds since the epoch (what `now()` is, without a datetime)."""
+        ...
+
     def monotonic(self) -> float:
         """Seconds from an arbitrary origin; never goes backwards."""
         ...

@@ -195,7 +195,10 @@ class GpuQueue:
         self._advertise(job.model)
         self._dispatch(job.model)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            # Not wait_for(shield(...)): a grant that races the timeout or the client leaving is in the
+            # future's result either way, and `_leave` hands it on.
+            async with asyncio.timeout(timeout):
+                return await waiter
         except TimeoutError:
             self._leave(job, waiter)
             self._rejected("queue_timeout")
@@ -359,7 +362,7 @@ class GpuQueue:
 
     def _now(self) -> float:
         # Wall time: instances sharing slots compare arrival times and GPU time with each other.
-        return self._clock.now().timestamp()
+        return self._clock.time()
 
 
 def _lease(job: Job) -> str:

@@ -29,6 +29,9 @@ class FakeClock:
     def now(self) -> datetime:
         return self.epoch + timedelta(seconds=self.seconds)
 
+    def time(self) -> float:
+        return self.epoch.timestamp() + self.seconds
+
     def monotonic(self) -> float:
         return self.seconds
 

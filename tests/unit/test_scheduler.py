@@ -249,3 +249,26 @@ def test_gpu_time_decays_so_old_use_is_forgiven() -> None:
     w.end(w.running[0])
     assert w.started[-1] == old  # arrived first; its hour-old use no longer counts against it
     assert newer not in w.started
+
+
+def test_identities_whose_gpu_time_decayed_away_are_forgotten() -> None:
+    """Memory is bounded by recent identities: a sweep (at most once per half-life, so that a request's
+    end stays O(1)) drops those idle for 30 half-lives, and keeps the recent ones."""
+    world = World(SlotTable([UpstreamSlots("gpu", 1)]), FairQueue(half_life=1.0))
+    for index in range(500):
+        world.arrive(f"old-{index}", MODELS[0])
+        world.now += 0.01
+        world.end(world.running[0])
+    assert world.queue.gpu.decayed("old-0", world.now) > 0
+
+    world.now += 31.0
+    world.arrive("recent", MODELS[0])
+    world.now += 0.5
+    world.end(world.running[0])
+    world.now += 1.0  # past the next sweep
+    world.arrive("newer", MODELS[0])
+    world.end(world.running[0])
+
+    gpu = world.queue.gpu
+    assert not any(gpu.remembers(f"old-{index}") for index in range(500))
+    assert gpu.remembers("recent") and gpu.remembers("newer")
