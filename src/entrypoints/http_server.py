@@ -38,9 +38,11 @@ from typing import Any, ClassVar, cast
 import msgspec
 from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import HANDLED_SIGNALS, ServerState
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+from ollama_gate.entrypoints.client_presence import CLIENT_GONE, ClientGone
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_heard_at = 0.0
         self._body_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        # Each request's ClientGone (see client_presence) with its cycle, until its response is complete.
+        self._gone: list[tuple[ClientGone, RequestResponseCycle]] = []
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -224,6 +228,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = self._body_timer = self._linger_timer = None
         self._body_pending = False
         super().connection_lost(exc)
+        gone, self._gone = self._gone, []
+        for client_gone, cycle in gone:
+            if not cycle.response_complete:
+                client_gone.fire()
 
     def handle_websocket_upgrade(self) -> None:
         # The connection now belongs to the websocket protocol: none of our timers may close it.
@@ -297,7 +305,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Until on_message_complete a body is awaited; the end of the head counts as its first sign of life.
         self._body_pending = True
         self._body_in_read = True
+        client_gone = ClientGone()
+        extensions: dict[str, object] = self.scope.setdefault("extensions", {})  # type: ignore[assignment]
+        extensions[CLIENT_GONE] = client_gone
         _base_on_headers_complete(self)
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            # Pipelined requests answer in order: those whose responses completed are done with.
+            self._gone = [(s, c) for s, c in self._gone if not c.response_complete]
+            self._gone.append((client_gone, self.cycle))
 
     def on_body(self, body: bytes) -> None:
         self._body_in_read = True

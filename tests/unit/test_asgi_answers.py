@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ollama_gate.entrypoints.asgi_answers import JSON, NDJSON, BodyAnswer, StreamAnswer
-from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
+from ollama_gate.entrypoints.client_presence import CLIENT_GONE, ClientGone, cancel_on_disconnect
 
 SCOPE: Any = {"type": "http", "method": "POST", "path": "/chat/stream"}
 
@@ -214,3 +214,49 @@ async def test_an_app_listening_after_its_body_hears_of_the_disconnect() -> None
     await asyncio.wait_for(request, 5)
     assert heard == ["http.disconnect"]
     assert client.receives == 2  # the body, then the one listener's wait: nobody else read the socket
+
+
+async def test_under_the_gateways_server_the_client_gone_signal_cancels_without_a_listener() -> None:
+    """The gateway's server fires the request's ClientGone when its connection closes early: the task is
+    cancelled and ends quietly, and nothing ever read the connection's events but the handler."""
+    waiting, seen = asyncio.Event(), []
+
+    async def handler(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        waiting.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    gone = ClientGone()
+    client = Client()
+    scope = {**SCOPE, "extensions": {CLIENT_GONE: gone}}
+    request = asyncio.create_task(cancel_on_disconnect(handler)(scope, client.receive, client.send))
+    await waiting.wait()
+    gone.fire()
+    gone.fire()  # at most once
+    await asyncio.wait_for(request, 5)
+    assert seen == ["cancelled"]
+    assert not request.cancelled()
+    assert client.receives == 1  # the body only: no listener
+    assert gone.on_fire is None  # the request let go of its task
+
+
+async def test_under_the_gateways_server_a_cancellation_of_its_own_still_propagates() -> None:
+    """A cancellation that is not the client leaving (the shutdown deadline) is not swallowed."""
+    started = asyncio.Event()
+
+    async def handler(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        started.set()
+        await asyncio.sleep(30)
+
+    client = Client()
+    scope = {**SCOPE, "extensions": {CLIENT_GONE: ClientGone()}}
+    request = asyncio.create_task(cancel_on_disconnect(handler)(scope, client.receive, client.send))
+    await started.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
