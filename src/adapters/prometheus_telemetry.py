@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,6 +29,9 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Model names clients sent, with their labels, remembered until the upstreams' models change (or this
+# many pile up: a client may send any name).
+_MODEL_LABELS_KEPT = 1024
 
 
 def multiprocess() -> bool:
@@ -135,14 +139,34 @@ class PrometheusTelemetry:
         self.rows_pending.set(0)
         self.rows_dropped.set(0)
         self._known: set[tuple[str, ...]] = set()
+        # `labels()` hashes and locks on every call; a request's children are looked up once per
+        # distinct label set (bounded, as the labels are) and then reused.
+        self._labels_for: frozenset[str] = frozenset()
+        self._model_labels: dict[str | None, str] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     # -- Telemetry ------------------------------------------------------------------------------------
 
     def _model(self, model: str | None) -> str:
-        if not model:
-            return "none"
-        key = model_key(model)
-        return key if key in self._known_models() else "other"
+        known = self._known_models()
+        if known is not self._labels_for or len(self._model_labels) > _MODEL_LABELS_KEPT:
+            self._labels_for, self._model_labels = known, {}
+        label = self._model_labels.get(model)
+        if label is None:
+            if not model:
+                label = "none"
+            else:
+                key = model_key(model)
+                label = key if key in known else "other"
+            self._model_labels[model] = label
+        return label
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def request_done(
         self,
@@ -154,23 +178,23 @@ class PrometheusTelemetry:
         first_byte: float | None,
     ) -> None:
         model = self._model(model)
-        self.requests.labels(endpoint, model, plan, str(status)).inc()
-        self.duration.labels(endpoint, model).observe(seconds)
+        self._child(self.requests, endpoint, model, plan, str(status)).inc()
+        self._child(self.duration, endpoint, model).observe(seconds)
         if first_byte is not None:
-            self.first_byte.labels(endpoint, model).observe(first_byte)
+            self._child(self.first_byte, endpoint, model).observe(first_byte)
 
     def tokens(self, model: str | None, plan: str, prompt: int, completion: int) -> None:
         model = self._model(model)
         if prompt:
-            self.token_count.labels(model, plan, "prompt").inc(prompt)
+            self._child(self.token_count, model, plan, "prompt").inc(prompt)
         if completion:
-            self.token_count.labels(model, plan, "completion").inc(completion)
+            self._child(self.token_count, model, plan, "completion").inc(completion)
 
     def rejected(self, reason: str) -> None:
-        self.rejections.labels(reason).inc()
+        self._child(self.rejections, reason).inc()
 
     def queue_waited(self, model: str | None, plan: str, seconds: float) -> None:
-        self.queue_wait.labels(self._model(model), plan).observe(seconds)
+        self._child(self.queue_wait, self._model(model), plan).observe(seconds)
 
     def sample(self, snapshot: GaugeSnapshot) -> None:
         seen: set[tuple[str, ...]] = set()
