@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Annotated, Any, TypedDict
 
+import msgspec
 from litestar import Litestar
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
@@ -29,6 +30,7 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Reference,
     RequestBody,
     Schema,
 )
@@ -188,6 +190,44 @@ def _string(description: str | None = None) -> Schema:
 
 def _integer(description: str | None = None) -> Schema:
     return Schema(type=OpenAPIType.INTEGER, description=description)
+
+
+_JSON_SCHEMA_KEYS = {
+    "type": "type",
+    "description": "description",
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "required": "required",
+    "default": "default",
+    "title": "title",
+}
+
+
+def _from_json_schema(schema: Mapping[str, Any]) -> Schema:
+    """A JSON Schema (the subset msgspec writes for a Struct's fields) as Litestar's Schema."""
+    fields: dict[str, Any] = {
+        ours: schema[theirs] for theirs, ours in _JSON_SCHEMA_KEYS.items() if theirs in schema
+    }
+    if "type" in fields:
+        fields["type"] = OpenAPIType(fields["type"])
+    if "anyOf" in schema:
+        fields["any_of"] = [_from_json_schema(option) for option in schema["anyOf"]]
+    if "properties" in schema:
+        fields["properties"] = {
+            name: _from_json_schema(field) for name, field in schema["properties"].items()
+        }
+    return Schema(**fields)
+
+
+def struct_body(struct: type[msgspec.Struct], example: dict[str, Any]) -> Schema:
+    """The request body a handler decodes into `struct` itself, documented from the struct's own rules
+    (msgspec's schema of it), so the document and the decoder cannot disagree; other fields are ignored."""
+    schema = msgspec.json.schema(struct)
+    name = schema["$ref"].rsplit("/", 1)[1]
+    body = _from_json_schema(schema["$defs"][name])
+    body.additional_properties = True
+    body.examples = [example]
+    return body
 
 
 def free_object(
@@ -356,11 +396,16 @@ def _operations(app: Litestar, openapi: OpenAPI) -> Iterable[tuple[str, Operatio
                     yield path, operation, declared if isinstance(declared, Documented) else None
 
 
-def _apply(path: str, operation: Operation, declared: Documented) -> None:
+def _apply(openapi: OpenAPI, path: str, operation: Operation, declared: Documented) -> None:
     body = declared.body.get(path) if isinstance(declared.body, Mapping) else declared.body
     if body is not None:
+        schema: Schema | Reference = body
+        if body.title:  # a named type (`struct_body`): one component, referenced
+            components = openapi.components
+            components.schemas = {**(components.schemas or {}), body.title: body}
+            schema = Reference(ref=f"#/components/schemas/{body.title}")
         operation.request_body = RequestBody(
-            content={declared.body_type: OpenAPIMediaType(schema=body)}, required=declared.required
+            content={declared.body_type: OpenAPIMediaType(schema=schema)}, required=declared.required
         )
     responses = operation.responses or {}
     success = next((r for code, r in responses.items() if code.startswith("2")), None)
@@ -381,7 +426,7 @@ def complete_document(app: Litestar) -> OpenAPI:
     openapi = app.openapi_schema
     for path, operation, declared in _operations(app, openapi):
         if declared is not None:
-            _apply(path, operation, declared)
+            _apply(openapi, path, operation, declared)
         for status, answer in (operation.responses or {}).items():
             if isinstance(answer, OpenAPIResponse) and (headers := _status_headers(status)):
                 answer.headers = {**(answer.headers or {}), **headers}

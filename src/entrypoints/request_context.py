@@ -1,4 +1,8 @@
-"""What the handlers read off a request: the container, the client address, the caller."""
+"""What the handlers read off a request: the container, the client address, the caller.
+
+The metered routes run these on every request, so they read the ASGI scope itself (its raw header list,
+its state dict) rather than Litestar's `Headers` and `State` wrappers, which are built per access.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from litestar.types import Scope
 from ollama_gate.domain.access import Principal
 from ollama_gate.domain.client_address import FORWARDING_HEADERS, client_address
 from ollama_gate.domain.identity import Caller
-from ollama_gate.domain.json_depth import check_nesting
 from ollama_gate.entrypoints.config import Settings
 from ollama_gate.entrypoints.container import Container
 from ollama_gate.services.gatekeeper import Ticket
@@ -56,50 +59,52 @@ def client_ip_of(connection: AnyConnection) -> str:
     return decided_client_ip(connection.scope, container_of(connection).settings())
 
 
+def _credentials(scope: Scope) -> tuple[str | None, str | None, str | None]:
+    """The X-API-Key, Authorization and X-Admin-Token headers (the first of each), in one pass."""
+    api_key = authorization = admin_token = None
+    for name, value in scope["headers"]:
+        if name == b"x-api-key":
+            api_key = api_key or value.decode("latin-1")
+        elif name == b"authorization":
+            authorization = authorization or value.decode("latin-1")
+        elif name == b"x-admin-token":
+            admin_token = admin_token or value.decode("latin-1")
+    return api_key, authorization, admin_token
+
+
 async def identify_caller(connection: AnyConnection) -> None:
     """`before_request` hook of the metered routes: it runs before the body is read, so a bad key is 401
     before all else. (A guard would too, but Litestar copies the route handler for every guard call.)"""
-    headers = connection.headers
-    caller = (
-        await container_of(connection)
-        .gatekeeper()
-        .identify(
-            headers.get("x-api-key"),
-            headers.get("authorization"),
-            client_ip_of(connection),
-            headers.get("x-admin-token"),
-        )
+    scope = connection.scope
+    container = container_of(connection)
+    api_key, authorization, admin_token = _credentials(scope)
+    caller = await container.gatekeeper().identify(
+        api_key, authorization, decided_client_ip(scope, container.settings()), admin_token
     )
-    connection.state.caller = caller
-
-
-async def identify_caller_then_check_body(request: Request[Any, Any, Any]) -> None:
-    """`before_request` hook of `/chat`: the caller first (a bad key is 401 whatever the body), then the
-    body's nesting, before Litestar decodes it into the handler's `data`."""
-    await identify_caller(request)
-    check_nesting(await request.body())
+    scope["state"]["caller"] = caller
 
 
 async def identify_lister(connection: AnyConnection) -> None:
     """`before_request` hook of the listing paths: the caller as on inference (the admin token included),
     then one admission of the listing paths' own per-identity quota."""
     await identify_caller(connection)
-    await container_of(connection).gatekeeper().admit_listing(connection.state.caller)
+    await container_of(connection).gatekeeper().admit_listing(caller_of(connection))
 
 
 async def admit(request: Request[Any, Any, Any], model: str | None) -> Ticket:
     """The caller's plan must allow `model` (403), then its limits must have room (429): the ticket of
     an admitted request, whose state the answer's RateLimit headers (and error answers) read."""
     gatekeeper = container_of(request).gatekeeper()
-    caller = caller_of(request)
-    request.state.model = model  # for the metrics' labels, even when the request is refused
+    state = request.scope["state"]
+    caller: Caller = state["caller"]
+    state["model"] = model  # for the metrics' labels, even when the request is refused
     ticket = await gatekeeper.admit(caller, gatekeeper.check_model(caller, model))
-    request.state.admission = ticket.admission
+    state["admission"] = ticket.admission
     return ticket
 
 
-def caller_of(request: Request[Any, Any, Any]) -> Caller:
-    caller: Caller = request.state.caller
+def caller_of(connection: AnyConnection) -> Caller:
+    caller: Caller = connection.scope["state"]["caller"]
     return caller
 
 

@@ -93,8 +93,8 @@ async def test_a_stream_sends_every_line_then_ends_once() -> None:
     assert ends.count == 1
 
 
-async def run(app: Any, client: Client) -> None:
-    await app(SCOPE, client.receive, client.send)
+async def run(app: Any, client: Client, scope: Any = SCOPE) -> None:
+    await app(scope, client.receive, client.send)
 
 
 def read_body_then(answer: Any) -> Callable[[Any, Any, Any], Coroutine[Any, Any, None]]:
@@ -233,7 +233,7 @@ async def test_under_the_gateways_server_the_client_gone_signal_cancels_without_
     gone = ClientGone()
     client = Client()
     scope = {**SCOPE, "extensions": {CLIENT_GONE: gone}}
-    request = asyncio.create_task(cancel_on_disconnect(handler)(scope, client.receive, client.send))
+    request = asyncio.create_task(run(cancel_on_disconnect(handler), client, scope))
     await waiting.wait()
     gone.fire()
     gone.fire()  # at most once
@@ -255,7 +255,7 @@ async def test_under_the_gateways_server_a_cancellation_of_its_own_still_propaga
 
     client = Client()
     scope = {**SCOPE, "extensions": {CLIENT_GONE: ClientGone()}}
-    request = asyncio.create_task(cancel_on_disconnect(handler)(scope, client.receive, client.send))
+    request = asyncio.create_task(run(cancel_on_disconnect(handler), client, scope))
     await started.wait()
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
