@@ -27,6 +27,7 @@ from ollama_gate.entrypoints.openapi_contract import (
     errors,
 )
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
+from ollama_gate.entrypoints.request_body import read_body
 from ollama_gate.entrypoints.request_context import (
     admit,
     caller_of,
@@ -78,7 +79,7 @@ def as_response(relayed: Relayed, headers: dict[str, str] | None = None) -> Answ
 
 async def relay_inference(request: Request[Any, Any, Any], dialect: Dialect) -> Answer:
     """Read the body, take a slot of the caller's quota, forward; rate-limit headers on the answer."""
-    body = await request.body()
+    body = await read_body(request)
     model = model_named_in(body)
     ticket = await admit(request, model)
     relayed = (
@@ -172,7 +173,7 @@ async def ollama_version(request: Request[Any, Any, Any]) -> Answer:
     opt=documented(OLLAMA_SHOW_BODY),
 )
 async def ollama_show(request: Request[Any, Any, Any]) -> Answer:
-    body = await request.body()
+    body = await read_body(request)
     model = model_named_in(body)
     allowed_model(request, model)
     return as_response(await container_of(request).passthrough().forward("POST", "/api/show", body, model))
@@ -191,7 +192,7 @@ async def ollama_root_head(request: Request[Any, Any, Any]) -> Response[None]:
 
 async def _manage(request: Request[Any, Any, Any], method: str) -> Answer:
     await require_admin(request)
-    body = await request.body()
+    body = await read_body(request)
     model = managed_model_in(body)
     path = request.scope["path"]
     # Sticky: an upload, then the create that uses it, must reach the same server.
