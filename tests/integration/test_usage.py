@@ -28,6 +28,8 @@ ROW_FIELDS = {
     "prompt_tokens",
     "completion_tokens",
     "plan",
+    "queue_ms",
+    "request_id",
 }
 
 # No admin token (this process is the admin through loopback); limits out of the way.
