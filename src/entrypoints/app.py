@@ -20,7 +20,7 @@ from ollama_gate.entrypoints.controllers import ollama_api, openai_api, plans
 from ollama_gate.entrypoints.controllers.chat import chat, chat_stream
 from ollama_gate.entrypoints.controllers.keys import create_key, list_keys, revoke_key
 from ollama_gate.entrypoints.controllers.status import status
-from ollama_gate.entrypoints.controllers.usage import list_usage
+from ollama_gate.entrypoints.controllers.usage import export_usage, list_usage, usage_summary
 from ollama_gate.entrypoints.heap import settle_after_startup
 from ollama_gate.entrypoints.http_errors import exception_handlers
 from ollama_gate.entrypoints.log_setup import configure_logging
@@ -63,6 +63,8 @@ def create_app(container: Container) -> Litestar:
             list_keys,
             revoke_key,
             list_usage,
+            usage_summary,
+            export_usage,
             status,
             *plans.route_handlers,
             *ollama_api.route_handlers,

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    case,
+    cast,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.selectable import Join
 
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.tables import api_keys, usage_logs
@@ -14,6 +33,15 @@ from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.usage import Outcome, UsageRecord
+from ollama_gate.domain.usage_query import (
+    ALL_ROWS,
+    PERCENTILES,
+    GroupBy,
+    UsageFilter,
+    UsageGroup,
+    ordered_groups,
+    rounded,
+)
 
 BATCH_TIMEOUT = 30.0
 
@@ -176,15 +204,192 @@ class SqlUsageStore:
             # An executemany: one round trip per batch (asyncpg and sqlite3 both batch it).
             await connection.execute(insert(usage_logs), [_usage_row(r) for r in records])
 
-    async def recent(self, limit: int, scope: UsageScope | None) -> list[UsageRecord]:
-        query = select(usage_logs).order_by(usage_logs.c.id.desc()).limit(limit)
-        if scope is not None:
-            query = query.where(usage_logs.c.user == scope.user, usage_logs.c.tier == scope.tier.value)
+    async def recent(
+        self, limit: int, scope: UsageScope | None, filters: UsageFilter = ALL_ROWS
+    ) -> list[UsageRecord]:
+        query = select(usage_logs).where(*_conditions(scope, filters)).order_by(_c.id.desc()).limit(limit)
         async with self._db.transaction() as connection:
             result = await connection.execute(query)
             return [_usage_record(row) for row in result]
+
+    async def summary(
+        self, scope: UsageScope | None, filters: UsageFilter, group_by: GroupBy
+    ) -> list[UsageGroup]:
+        conditions = _conditions(scope, filters)
+        if self._db.is_sqlite:
+            query = _sqlite_summary(_sqlite_group(group_by), conditions)
+        else:
+            query = _postgres_summary(_postgres_group(group_by), conditions)
+        # A report reads every row in its range: a million take seconds, not the lookups' bound.
+        async with self._db.transaction(timeout=SUMMARY_TIMEOUT) as connection:
+            rows = (await connection.execute(query)).all()
+        return ordered_groups((_group(row, group_by) for row in rows), group_by)
+
+    async def export(
+        self, scope: UsageScope | None, filters: UsageFilter, chunk_size: int = 1000
+    ) -> AsyncGenerator[list[UsageRecord], None]:
+        query = select(usage_logs).where(*_conditions(scope, filters)).order_by(_c.id)
+        # Closed with this generator (a client that leaves mid-export), not whenever it is collected.
+        async with aclosing(self._db.stream(query, chunk_size)) as chunks:
+            async for rows in chunks:
+                yield [_usage_record(row) for row in rows]
 
     async def count(self) -> int:
         async with self._db.transaction() as connection:
             result = await connection.execute(select(func.count()).select_from(usage_logs))
             return int(result.scalar_one())
+
+
+# -- usage queries -----------------------------------------------------------------------------------
+
+SUMMARY_TIMEOUT = 120.0
+_c = usage_logs.c
+
+
+def _conditions(scope: UsageScope | None, filters: UsageFilter) -> list[ColumnElement[bool]]:
+    """The WHERE of a usage query: whose rows, then the filters (all bounded by the domain already)."""
+    conditions: list[ColumnElement[bool]] = []
+    if scope is not None:
+        conditions += [_c.user == scope.user, _c.tier == scope.tier.value]
+    if filters.since is not None:
+        conditions.append(_c.timestamp >= filters.since)
+    if filters.until is not None:
+        conditions.append(_c.timestamp < filters.until)
+    if filters.model is not None:
+        conditions.append(_c.model == filters.model)
+    if filters.status is not None:
+        conditions.append(_c.status == filters.status)
+    if filters.outcome is not None:
+        conditions.append(_c.outcome == filters.outcome.value)
+    if filters.before_id is not None:
+        conditions.append(_c.id < filters.before_id)
+    return conditions
+
+
+def _totals(group: ColumnElement[Any]) -> list[ColumnElement[Any]]:
+    """The columns every summary row has, after its group key: what the domain's UsageGroup holds."""
+    return [
+        group.label("g"),
+        func.count().label("requests"),
+        func.coalesce(func.sum(_c.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(_c.completion_tokens), 0).label("completion_tokens"),
+        func.count().filter(_c.outcome == Outcome.UPSTREAM_ERROR.value).label("errors"),
+        func.count().filter(_c.outcome == Outcome.CANCELLED.value).label("cancelled"),
+        func.avg(_c.queue_ms).label("mean_queue_ms"),
+    ]
+
+
+def _sqlite_group(group_by: GroupBy) -> ColumnElement[Any]:
+    # Timestamps are stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: a day and an hour are prefixes.
+    if group_by is GroupBy.DAY:
+        return func.substr(_c.timestamp, 1, 10, type_=String)
+    if group_by is GroupBy.HOUR:
+        return func.substr(_c.timestamp, 1, 13, type_=String)
+    column = {GroupBy.USER: _c.user, GroupBy.MODEL: _c.model, GroupBy.PLAN: _c.plan}[group_by]
+    # `|| ''` keeps SQLite from walking the (user, id) index to group by user: a table scan and a sort
+    # is twice as fast as a million index-ordered row lookups. A WHERE on the user still uses the index.
+    return column.concat("")
+
+
+def _sqlite_summary(group: ColumnElement[Any], conditions: list[ColumnElement[bool]]) -> Select[Any]:
+    """Totals per group, then exact percentiles: SQLite has no percentile_cont, so each row is ranked
+    within its group by latency (a window function over one sort) and only the rows at the ranks that
+    percentile_cont interpolates between are summed, with their weights.
+
+    One pass for the totals, one sort for the ranks; the ranked rows stream through the join (the small
+    totals table is the one looked up), so nothing of the size of the table is materialized.
+    """
+    totals = select(*_totals(group)).where(*conditions).group_by(group).cte("totals")
+    ranked = (
+        select(
+            group.label("g"),
+            _c.latency_ms,
+            (func.row_number().over(partition_by=group, order_by=_c.latency_ms) - 1).label("rank"),
+        )
+        .where(*conditions)
+        .subquery("ranked")
+    )
+    picks: list[ColumnElement[Any]] = []
+    wanted: list[ColumnElement[Any]] = []
+    for fraction in PERCENTILES:
+        position = (totals.c.requests - 1) * fraction  # a REAL: percentile_cont's rank
+        low = cast(position, Integer)  # truncates: floor, for ranks are never negative
+        weight = position - low
+        picks.append(
+            func.sum(
+                case(
+                    (ranked.c.rank == low, ranked.c.latency_ms * (1 - weight)),
+                    (ranked.c.rank == low + 1, ranked.c.latency_ms * weight),
+                    else_=0.0,
+                )
+            ).label(f"p{round(fraction * 100)}")
+        )
+        wanted += [low, low + 1]
+    joined = _OuterLoopJoin(ranked, totals, ranked.c.g.is_(totals.c.g) & ranked.c.rank.in_(wanted))
+    columns = [totals.c[name] for name in _TOTAL_NAMES]
+    return select(*columns, *picks).select_from(joined).group_by(*columns)
+
+
+class _OuterLoopJoin(Join):
+    """An inner join whose left side SQLite must keep as the outer loop: `a CROSS JOIN b ON ...` (SQLite's
+    documented way to fix the join order). Left to itself, SQLite would materialize the million ranked
+    rows and build an index on them to look them up from the few totals, which takes half again as long."""
+
+    inherit_cache = True
+
+
+@compiles(_OuterLoopJoin, "sqlite")
+def _cross_join(join: _OuterLoopJoin, compiler: SQLCompiler, **kw: Any) -> str:
+    kw.pop("asfrom", None)
+    assert join.onclause is not None  # always given: an inner join with its condition
+    return (
+        join.left._compiler_dispatch(compiler, asfrom=True, **kw)
+        + " CROSS JOIN "
+        + join.right._compiler_dispatch(compiler, asfrom=True, **kw)
+        + " ON "
+        + join.onclause._compiler_dispatch(compiler, **kw)
+    )
+
+
+def _postgres_group(group_by: GroupBy) -> ColumnElement[Any]:
+    if group_by.is_time:
+        field = "day" if group_by is GroupBy.DAY else "hour"
+        return func.date_trunc(field, func.timezone("UTC", _c.timestamp))
+    return {GroupBy.USER: _c.user, GroupBy.MODEL: _c.model, GroupBy.PLAN: _c.plan}[group_by]
+
+
+def _postgres_summary(group: ColumnElement[Any], conditions: list[ColumnElement[bool]]) -> Select[Any]:
+    # One ordered-set aggregate with an array of fractions: one sort per group for both percentiles.
+    fractions = literal_column("ARRAY[" + ", ".join(repr(f) for f in PERCENTILES) + "]", ARRAY(Float))
+    percentiles = func.percentile_cont(fractions).within_group(_c.latency_ms).label("percentiles")
+    return select(*_totals(group), percentiles).where(*conditions).group_by(group)
+
+
+_TOTAL_NAMES = ("g", "requests", "prompt_tokens", "completion_tokens", "errors", "cancelled", "mean_queue_ms")
+
+
+def _group_key(value: Any, group_by: GroupBy) -> str | None:
+    if value is None or not group_by.is_time:
+        return value if value is None else str(value)
+    if isinstance(value, datetime):  # PostgreSQL: date_trunc's timestamp, in UTC
+        return value.strftime("%Y-%m-%d") if group_by is GroupBy.DAY else value.strftime("%Y-%m-%dT%H:00Z")
+    text = str(value)  # SQLite: 'YYYY-MM-DD' or 'YYYY-MM-DD HH'
+    return text if group_by is GroupBy.DAY else f"{text[:10]}T{text[11:13]}:00Z"
+
+
+def _group(row: Any, group_by: GroupBy) -> UsageGroup:
+    if hasattr(row, "percentiles"):
+        p50, p95 = row.percentiles or (None, None)
+    else:
+        p50, p95 = row.p50, row.p95
+    return UsageGroup(
+        key=_group_key(row.g, group_by),
+        requests=int(row.requests),
+        prompt_tokens=int(row.prompt_tokens),
+        completion_tokens=int(row.completion_tokens),
+        errors=int(row.errors),
+        cancelled=int(row.cancelled),
+        p50_latency_ms=rounded(p50),
+        p95_latency_ms=rounded(p95),
+        mean_queue_ms=rounded(row.mean_queue_ms),
+    )
