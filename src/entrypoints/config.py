@@ -19,6 +19,7 @@ from ollama_gate.domain.plans import Window
 
 PREFIX = "OLLAMA_GATE_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 MIN_HEADER_BYTES = 1024
 
 T = TypeVar("T")
@@ -55,6 +56,7 @@ class Settings:
     connect_timeout: float = 5.0
     read_timeout: float = 300.0
     log_level: str = "info"
+    log_format: str = "text"
     admin_token: str | None = field(default=None, repr=False)
     anon_rate_limit: Window = Window(10, 60)
     member_rate_limit: Window = Window(30, 60)
@@ -102,6 +104,7 @@ class Settings:
             "OLLAMA_GATE_CONNECT_TIMEOUT": f"{self.connect_timeout:g}",
             "OLLAMA_GATE_READ_TIMEOUT": f"{self.read_timeout:g}",
             "OLLAMA_GATE_LOG_LEVEL": self.log_level,
+            "OLLAMA_GATE_LOG_FORMAT": self.log_format,
             "OLLAMA_GATE_ADMIN_TOKEN": "(set)"
             if self.admin_token
             else "(not set: loopback callers are admins)",
@@ -283,6 +286,13 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {text!r}")
+    return value
+
+
 def _non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -324,6 +334,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         connect_timeout=get("CONNECT_TIMEOUT", _positive_seconds, defaults.connect_timeout),
         read_timeout=get("READ_TIMEOUT", _positive_seconds, defaults.read_timeout),
         log_level=get("LOG_LEVEL", _log_level, defaults.log_level),
+        log_format=get("LOG_FORMAT", _log_format, defaults.log_format),
         admin_token=get("ADMIN_TOKEN", lambda t: t.strip() or None, defaults.admin_token),
         anon_rate_limit=get("ANON_RATE_LIMIT", Window.parse, defaults.anon_rate_limit),
         member_rate_limit=get("MEMBER_RATE_LIMIT", Window.parse, defaults.member_rate_limit),
@@ -335,7 +346,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         lease_seconds=get("LEASE_SECONDS", _positive_seconds, defaults.lease_seconds),
         slots=get("SLOTS", _non_negative_int, defaults.slots),
         max_queue=get("MAX_QUEUE", _positive_int, defaults.max_queue),
-        max_queued_per_identity=get("MAX_QUEUED_PER_IDENTITY", _positive_int, defaults.max_queued_per_identity),
+        max_queued_per_identity=get(
+            "MAX_QUEUED_PER_IDENTITY", _positive_int, defaults.max_queued_per_identity
+        ),
         auto_migrate=get("AUTO_MIGRATE", _boolean, defaults.auto_migrate),
         redis_url=get("REDIS_URL", _redis_url, defaults.redis_url),
         rate_limit_fallback=get("RATE_LIMIT_FALLBACK", _fallback, defaults.rate_limit_fallback),

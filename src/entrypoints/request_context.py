@@ -14,6 +14,7 @@ from ollama_gate.domain.identity import Caller
 from ollama_gate.domain.json_depth import check_nesting
 from ollama_gate.entrypoints.config import Settings
 from ollama_gate.entrypoints.container import Container
+from ollama_gate.entrypoints.request_edge import REQUEST_ID
 from ollama_gate.services.gatekeeper import Ticket
 
 AnyConnection = ASGIConnection[Any, Any, Any, Any]
@@ -89,11 +90,17 @@ async def identify_lister(connection: AnyConnection) -> None:
 
 async def admit(request: Request[Any, Any, Any], model: str | None) -> Ticket:
     """The caller's plan must allow `model` (403), then its limits must have room (429): the ticket of
-    an admitted request, whose state the answer's RateLimit headers (and error answers) read."""
+    an admitted request, whose state the answer's RateLimit headers (and error answers) read. The ticket
+    carries the request's id to its usage row; the state keeps the model and the ticket for the access
+    line."""
     gatekeeper = container_of(request).gatekeeper()
     caller = caller_of(request)
-    ticket = await gatekeeper.admit(caller, gatekeeper.check_model(caller, model))
-    request.state.admission = ticket.admission
+    state = request.state
+    state.model = model
+    request_id: str | None = request.scope["state"].get(REQUEST_ID)
+    ticket = await gatekeeper.admit(caller, gatekeeper.check_model(caller, model), request_id)
+    state.admission = ticket.admission
+    state.ticket = ticket
     return ticket
 
 

@@ -98,6 +98,7 @@ class UsageRecorder:
                 completion_tokens=tokens.completion,
                 plan=ticket.plan.name,
                 queue_ms=ticket.queue_ms,
+                request_id=ticket.request_id,
             )
         )
         ticket.end(tokens)
