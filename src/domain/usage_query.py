@@ -115,17 +115,29 @@ def group_key(record: UsageRecord, group_by: GroupBy) -> str | None:
 # -- the arithmetic ----------------------------------------------------------------------------------
 
 
+def percentile_ranks(count: int, fraction: float) -> tuple[int, float]:
+    """Where SQL's percentile_cont looks among `count` values sorted ascending: the 0-based rank at or
+    below (n - 1) x fraction, and the weight of the value at the next rank."""
+    position = (count - 1) * fraction
+    low = math.floor(position)
+    return low, position - low
+
+
+def interpolate(low_value: float, high_value: float | None, weight: float) -> float:
+    """The value between two neighbouring ranks (the one above is not needed when the weight is 0), as
+    PostgreSQL computes it: equal neighbours give exactly their value."""
+    if weight == 0 or high_value is None:
+        return low_value
+    return low_value + (high_value - low_value) * weight
+
+
 def percentile_cont(ordered: list[float], fraction: float) -> float | None:
     """SQL's percentile_cont over values sorted ascending: the value at rank (n - 1) x fraction, linearly
     interpolated between its two neighbours. None for no values."""
     if not ordered:
         return None
-    position = (len(ordered) - 1) * fraction
-    low = math.floor(position)
-    weight = position - low
-    if weight == 0 or low + 1 >= len(ordered):
-        return ordered[low]
-    return ordered[low] * (1 - weight) + ordered[low + 1] * weight
+    low, weight = percentile_ranks(len(ordered), fraction)
+    return interpolate(ordered[low], ordered[low + 1] if low + 1 < len(ordered) else None, weight)
 
 
 def rounded(value: float | None) -> float | None:

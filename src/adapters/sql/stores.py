@@ -9,23 +9,25 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Float,
     Integer,
     Select,
     String,
     bindparam,
-    case,
     cast,
     func,
     insert,
+    literal,
     literal_column,
+    null,
     select,
+    tuple_,
+    union,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.selectable import Join
 
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.tables import api_keys, usage_logs
@@ -39,7 +41,9 @@ from ollama_gate.domain.usage_query import (
     GroupBy,
     UsageFilter,
     UsageGroup,
+    interpolate,
     ordered_groups,
+    percentile_ranks,
     rounded,
 )
 
@@ -216,14 +220,17 @@ class SqlUsageStore:
         self, scope: UsageScope | None, filters: UsageFilter, group_by: GroupBy
     ) -> list[UsageGroup]:
         conditions = _conditions(scope, filters)
-        if self._db.is_sqlite:
-            query = _sqlite_summary(_sqlite_group(group_by), conditions)
-        else:
-            query = _postgres_summary(_postgres_group(group_by), conditions)
+        sqlite = self._db.is_sqlite
+        query = (
+            _sqlite_summary(_sqlite_group(group_by), conditions)
+            if sqlite
+            else _postgres_summary(_postgres_group(group_by), conditions)
+        )
         # A report reads every row in its range: a million take seconds, not the lookups' bound.
         async with self._db.transaction(timeout=SUMMARY_TIMEOUT) as connection:
             rows = (await connection.execute(query)).all()
-        return ordered_groups((_group(row, group_by) for row in rows), group_by)
+        groups = _sqlite_groups(rows, group_by) if sqlite else _postgres_groups(rows, group_by)
+        return ordered_groups(groups, group_by)
 
     async def export(
         self, scope: UsageScope | None, filters: UsageFilter, chunk_size: int = 1000
@@ -279,6 +286,11 @@ def _totals(group: ColumnElement[Any]) -> list[ColumnElement[Any]]:
     ]
 
 
+# SQLite groups rows without a model or plan under this blob, which no text key equals: the row-value IN
+# below never matches a NULL, and they must keep their percentiles.
+_NULL_KEY: ColumnElement[bytes] = literal_column("x'00'")
+
+
 def _sqlite_group(group_by: GroupBy) -> ColumnElement[Any]:
     # Timestamps are stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: a day and an hour are prefixes.
     if group_by is GroupBy.DAY:
@@ -286,20 +298,29 @@ def _sqlite_group(group_by: GroupBy) -> ColumnElement[Any]:
     if group_by is GroupBy.HOUR:
         return func.substr(_c.timestamp, 1, 13, type_=String)
     column = {GroupBy.USER: _c.user, GroupBy.MODEL: _c.model, GroupBy.PLAN: _c.plan}[group_by]
-    # `|| ''` keeps SQLite from walking the (user, id) index to group by user: a table scan and a sort
-    # is twice as fast as a million index-ordered row lookups. A WHERE on the user still uses the index.
-    return column.concat("")
+    # `|| ''` also keeps SQLite from walking the (user, id) index to group by user: a table scan and a
+    # sort is twice as fast as a million index-ordered row lookups. A WHERE on the user still uses it.
+    return func.coalesce(column.concat(""), _NULL_KEY)
 
 
-def _sqlite_summary(group: ColumnElement[Any], conditions: list[ColumnElement[bool]]) -> Select[Any]:
-    """Totals per group, then exact percentiles: SQLite has no percentile_cont, so each row is ranked
-    within its group by latency (a window function over one sort) and only the rows at the ranks that
-    percentile_cont interpolates between are summed, with their weights.
+def _sqlite_summary(group: ColumnElement[Any], conditions: list[ColumnElement[bool]]) -> CompoundSelect[Any]:
+    """SQLite has no percentile_cont. One statement, two kinds of rows (`kind`):
 
-    One pass for the totals, one sort for the ranks; the ranked rows stream through the join (the small
-    totals table is the one looked up), so nothing of the size of the table is materialized.
+    0. the totals of each group (one pass, grouped);
+    1. for each group, the latencies at the ranks percentile_cont interpolates between: every row is
+       ranked within its group by latency (row_number over one sort) and kept only if its (group, rank)
+       is one of those, a row-value IN whose list SQLite builds once, as an index.
+
+    `_sqlite_groups` interpolates. Nothing of the size of the table is materialized but the sort, and
+    the cost does not grow with the number of groups (a join of the ranked rows to the totals would:
+    SQLite may scan the totals once per ranked row).
     """
     totals = select(*_totals(group)).where(*conditions).group_by(group).cte("totals")
+    wanted = []
+    for fraction in PERCENTILES:
+        low = cast((totals.c.requests - 1) * fraction, Integer)  # truncates: floor, for it is never negative
+        wanted += [select(totals.c.g, low.label("rank")), select(totals.c.g, (low + 1).label("rank"))]
+    targets = union(*wanted).subquery("targets")
     ranked = (
         select(
             group.label("g"),
@@ -309,46 +330,36 @@ def _sqlite_summary(group: ColumnElement[Any], conditions: list[ColumnElement[bo
         .where(*conditions)
         .subquery("ranked")
     )
-    picks: list[ColumnElement[Any]] = []
-    wanted: list[ColumnElement[Any]] = []
-    for fraction in PERCENTILES:
-        position = (totals.c.requests - 1) * fraction  # a REAL: percentile_cont's rank
-        low = cast(position, Integer)  # truncates: floor, for ranks are never negative
-        weight = position - low
-        picks.append(
-            func.sum(
-                case(
-                    (ranked.c.rank == low, ranked.c.latency_ms * (1 - weight)),
-                    (ranked.c.rank == low + 1, ranked.c.latency_ms * weight),
-                    else_=0.0,
-                )
-            ).label(f"p{round(fraction * 100)}")
-        )
-        wanted += [low, low + 1]
-    joined = _OuterLoopJoin(ranked, totals, ranked.c.g.is_(totals.c.g) & ranked.c.rank.in_(wanted))
-    columns = [totals.c[name] for name in _TOTAL_NAMES]
-    return select(*columns, *picks).select_from(joined).group_by(*columns)
-
-
-class _OuterLoopJoin(Join):
-    """An inner join whose left side SQLite must keep as the outer loop: `a CROSS JOIN b ON ...` (SQLite's
-    documented way to fix the join order). Left to itself, SQLite would materialize the million ranked
-    rows and build an index on them to look them up from the few totals, which takes half again as long."""
-
-    inherit_cache = True
-
-
-@compiles(_OuterLoopJoin, "sqlite")
-def _cross_join(join: _OuterLoopJoin, compiler: SQLCompiler, **kw: Any) -> str:
-    kw.pop("asfrom", None)
-    assert join.onclause is not None  # always given: an inner join with its condition
-    return (
-        join.left._compiler_dispatch(compiler, asfrom=True, **kw)
-        + " CROSS JOIN "
-        + join.right._compiler_dispatch(compiler, asfrom=True, **kw)
-        + " ON "
-        + join.onclause._compiler_dispatch(compiler, **kw)
+    return union_all(
+        select(literal(0).label("kind"), *[totals.c[name] for name in _TOTAL_NAMES], null(), null()),
+        select(
+            literal(1),
+            ranked.c.g,
+            *[null() for _ in _TOTAL_NAMES[1:]],
+            ranked.c.rank,
+            ranked.c.latency_ms,
+        ).where(tuple_(ranked.c.g, ranked.c.rank).in_(select(targets.c.g, targets.c.rank))),
     )
+
+
+def _sqlite_groups(rows: Sequence[Any], group_by: GroupBy) -> list[UsageGroup]:
+    """The groups from `_sqlite_summary`'s rows: the totals, and the percentiles interpolated from the
+    latencies at their ranks exactly as percentile_cont does."""
+    at_rank: dict[Any, dict[int, float]] = {}
+    for row in rows:
+        if row[0] == 1:
+            at_rank.setdefault(row[1], {})[int(row[-2])] = float(row[-1])
+    groups = []
+    for row in rows:
+        if row[0] != 0:
+            continue
+        latencies = at_rank[row.g]
+        percentiles = []
+        for fraction in PERCENTILES:
+            low, weight = percentile_ranks(int(row.requests), fraction)
+            percentiles.append(interpolate(latencies[low], latencies.get(low + 1), weight))
+        groups.append(_group(row, group_by, *percentiles))
+    return groups
 
 
 def _postgres_group(group_by: GroupBy) -> ColumnElement[Any]:
@@ -369,19 +380,17 @@ _TOTAL_NAMES = ("g", "requests", "prompt_tokens", "completion_tokens", "errors",
 
 
 def _group_key(value: Any, group_by: GroupBy) -> str | None:
-    if value is None or not group_by.is_time:
-        return value if value is None else str(value)
+    if value is None or isinstance(value, bytes):  # SQLite's _NULL_KEY
+        return None
+    if not group_by.is_time:
+        return str(value)
     if isinstance(value, datetime):  # PostgreSQL: date_trunc's timestamp, in UTC
         return value.strftime("%Y-%m-%d") if group_by is GroupBy.DAY else value.strftime("%Y-%m-%dT%H:00Z")
     text = str(value)  # SQLite: 'YYYY-MM-DD' or 'YYYY-MM-DD HH'
     return text if group_by is GroupBy.DAY else f"{text[:10]}T{text[11:13]}:00Z"
 
 
-def _group(row: Any, group_by: GroupBy) -> UsageGroup:
-    if hasattr(row, "percentiles"):
-        p50, p95 = row.percentiles or (None, None)
-    else:
-        p50, p95 = row.p50, row.p95
+def _group(row: Any, group_by: GroupBy, p50: float | None, p95: float | None) -> UsageGroup:
     return UsageGroup(
         key=_group_key(row.g, group_by),
         requests=int(row.requests),
@@ -393,3 +402,7 @@ def _group(row: Any, group_by: GroupBy) -> UsageGroup:
         p95_latency_ms=rounded(p95),
         mean_queue_ms=rounded(row.mean_queue_ms),
     )
+
+
+def _postgres_groups(rows: Sequence[Any], group_by: GroupBy) -> list[UsageGroup]:
+    return [_group(row, group_by, *(row.percentiles or (None, None))) for row in rows]
