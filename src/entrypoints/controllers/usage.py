@@ -138,22 +138,41 @@ async def usage_summary(
 # -- the CSV export -----------------------------------------------------------------------------------
 
 
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        # As in the JSON rows: ISO 8601 in UTC with a Z.
-        text = value.isoformat()
-        return text[:-6] + "Z" if text.endswith("+00:00") else text
-    return value  # None is written as an empty field
+def _csv_timestamp(moment: datetime) -> str:
+    # As in the JSON rows: ISO 8601 in UTC with a Z.
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def csv_lines(records: Iterable[UsageRecord], header: bool = False) -> bytes:
     """Rows as RFC 4180 CSV (CRLF line ends; a field with a comma, a quote or a line break is quoted,
-    its quotes doubled), UTF-8."""
+    its quotes doubled; None is an empty field), UTF-8."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     if header:
         writer.writerow(USAGE_FIELDS)
-    writer.writerows([_csv_value(v) for v in usage_values(record)] for record in records)
+    # USAGE_FIELDS order, written out rather than through usage_values: an export writes millions.
+    writer.writerows(
+        (
+            r.id,
+            _csv_timestamp(r.timestamp),
+            r.user,
+            r.tier.value,
+            r.key_id,
+            r.client_ip,
+            r.endpoint,
+            r.model,
+            r.status,
+            r.outcome.value,
+            r.latency_ms,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.plan,
+            r.queue_ms,
+            r.request_id,
+        )
+        for r in records
+    )
     return buffer.getvalue().encode()
 
 
