@@ -212,3 +212,18 @@ async def test_the_timestamp_index_exists_after_migrating(
     assert {"name": "ix_usage_logs_timestamp", "column_names": ["timestamp"]}.items() <= next(
         index for index in indexes if index["name"] == "ix_usage_logs_timestamp"
     ).items()
+
+
+async def test_a_model_name_longer_than_its_column_does_not_lose_the_batch(database_url: str) -> None:
+    """A client names any model it likes; PostgreSQL refuses a value longer than the column, which
+    used to fail the writer's whole batch, other callers' rows with it."""
+    database = Database(database_url)
+    try:
+        store = SqlUsageStore(database)
+        await store.add_many([ROWS[0], dataclasses.replace(ROWS[1], model="m" * 5000), ROWS[2]])
+        stored = await store.recent(10, None)
+    finally:
+        await database.close()
+
+    assert len(stored) == 3
+    assert stored[1].model == "m" * 256

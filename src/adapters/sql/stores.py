@@ -38,6 +38,7 @@ from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.domain.usage_query import (
     ALL_ROWS,
     PERCENTILES,
+    MAX_MODEL_LENGTH,
     GroupBy,
     UsageFilter,
     UsageGroup,
@@ -156,6 +157,7 @@ class SqlKeyStore:
 
 
 def _usage_row(record: UsageRecord) -> dict[str, Any]:
+    model = record.model
     return {
         "timestamp": record.timestamp,
         "user": record.user,
@@ -163,7 +165,9 @@ def _usage_row(record: UsageRecord) -> dict[str, Any]:
         "key_id": record.key_id,
         "client_ip": record.client_ip,
         "endpoint": record.endpoint,
-        "model": record.model,
+        # The model a request body named, of any length: PostgreSQL refuses a value longer than the
+        # column, and the whole batch (other callers' rows with it) would be lost.
+        "model": model[:MAX_MODEL_LENGTH] if model is not None else None,
         "status": record.status,
         "outcome": record.outcome.value,
         "latency_ms": record.latency_ms,
