@@ -392,3 +392,16 @@ def test_a_client_leaving_an_export_early_leaves_the_gateway_serving(large: Gate
     summary = get(large, "/api/usage/summary", group_by="model")
     assert summary.status_code == 200
     assert summary.json()["groups"][0]["requests"] == LARGE
+
+
+def test_reports_are_503_when_the_database_is_down(tmp_path: Path, fake_ollama: FakeOllama) -> None:
+    """The export reads its first rows before answering: a dead database is a 503, not a cut-off 200."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("a regular file, so no database can live under it")
+    env = HIGH_LIMITS | {"DATABASE_URL": f"sqlite+aiosqlite:///{blocker}/x.db"}
+    with GatewayProcess(tmp_path / "run", ollama_url=fake_ollama.url, env=env) as down:
+        answers = [get(down, path) for path in ("/api/usage", "/api/usage/summary", "/api/usage/export")]
+        down.kill()
+
+    for response in answers:
+        assert (response.status_code, response.json()) == (503, {"detail": "database unavailable"})

@@ -203,26 +203,26 @@ _USAGE_COLUMNS = (
 
 
 def _usage_record(row: Any) -> UsageRecord:
-    # Positional and with dict lookups for the enums: an export builds a million of these.
+    # Unpacked by position, the enums by dict lookup: an export builds a million of these.
     (id_, timestamp, user, tier, key_id, client_ip, endpoint, model, status, outcome, *rest) = row
     latency_ms, prompt_tokens, completion_tokens, plan, queue_ms, request_id = rest
     return UsageRecord(
-        timestamp if timestamp.tzinfo is not None else timestamp.replace(tzinfo=UTC),
-        user,
-        _TIERS[tier],
-        key_id,
-        client_ip,
-        endpoint,
-        model,
-        status,
-        _OUTCOMES[outcome],
-        latency_ms,
-        prompt_tokens,
-        completion_tokens,
-        id_,
-        plan,
-        queue_ms,
-        request_id,
+        timestamp=timestamp if timestamp.tzinfo is not None else timestamp.replace(tzinfo=UTC),
+        user=user,
+        tier=_TIERS[tier],
+        key_id=key_id,
+        client_ip=client_ip,
+        endpoint=endpoint,
+        model=model,
+        status=status,
+        outcome=_OUTCOMES[outcome],
+        latency_ms=latency_ms,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        id=id_,
+        plan=plan,
+        queue_ms=queue_ms,
+        request_id=request_id,
     )
 
 
