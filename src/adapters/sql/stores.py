@@ -37,8 +37,8 @@ from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.domain.usage_query import (
     ALL_ROWS,
-    PERCENTILES,
     MAX_MODEL_LENGTH,
+    PERCENTILES,
     GroupBy,
     UsageFilter,
     UsageGroup,
