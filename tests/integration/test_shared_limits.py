@@ -36,6 +36,9 @@ def environment(postgres_url: str, fallback: str) -> dict[str, str]:
         "RATE_LIMIT_FALLBACK": fallback,
         "MEMBER_RATE_LIMIT": f"{QUOTA}/60",
         "ANON_RATE_LIMIT": "100000/60",
+        # The GPU queue must not turn the burst away itself (its per-identity cap): this is about the quota.
+        "MAX_QUEUED_PER_IDENTITY": "100000",
+        "MAX_QUEUE": "100000",
     }
 
 

@@ -19,8 +19,15 @@ import psutil
 
 from tests.support.fake_ollama import free_port
 
-# Rate limits that never get in the way of tests about something else.
-HIGH_LIMITS = {"ANON_RATE_LIMIT": "100000/60", "MEMBER_RATE_LIMIT": "100000/60"}
+# Limits that never get in the way of tests about something else: rate limits, and the GPU queue's slots
+# and bounds (the queue still runs, it never makes anyone wait or turns anyone away).
+HIGH_LIMITS = {
+    "ANON_RATE_LIMIT": "100000/60",
+    "MEMBER_RATE_LIMIT": "100000/60",
+    "SLOTS": "100000",
+    "MAX_QUEUE": "100000",
+    "MAX_QUEUED_PER_IDENTITY": "100000",
+}
 # The background writer stores usage rows every 250 ms: poll this many times, 100 ms apart, for them.
 USAGE_POLLS = 50
 
