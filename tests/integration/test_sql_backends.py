@@ -124,16 +124,11 @@ async def test_unreachable_database_is_store_unavailable(tmp_path: Path) -> None
 def test_a_database_from_before_migrations_is_adopted_without_loss(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     engine = create_engine(f"sqlite:///{path}")
-    # How the first gateway version created its schema: its two tables as they were then (without the
-    # columns later revisions added).
-    later = {"plan", "queue_ms", "request_id"}
+    # How the first gateway version created its schema: its two tables as they were then.
     old = MetaData()
-    old_keys = Table(
-        "api_keys", old, *[column._copy() for column in api_keys.columns if column.name not in later]
-    )
-    old_usage = Table(
-        "usage_logs", old, *[column._copy() for column in usage_logs.columns if column.name not in later]
-    )
+    later = {"plan", "queue_ms", "request_id"}  # columns added by later revisions
+    old_keys = Table("api_keys", old, *[c._copy() for c in api_keys.columns if c.name not in later])
+    old_usage = Table("usage_logs", old, *[c._copy() for c in usage_logs.columns if c.name not in later])
     old.create_all(engine)
     with engine.begin() as connection:
         connection.execute(
