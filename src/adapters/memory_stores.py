@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 
 from ollama_gate.domain.access import UsageScope
@@ -11,6 +11,7 @@ from ollama_gate.domain.errors import Conflict, StoreUnavailable
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.plans import Plan, plan_in_use
 from ollama_gate.domain.usage import UsageRecord
+from ollama_gate.domain.usage_query import ALL_ROWS, GroupBy, UsageFilter, UsageGroup, in_scope, summarize
 from ollama_gate.domain.users import UserRecord
 
 
@@ -84,13 +85,27 @@ class InMemoryUsageStore:
         for record in records:
             self.rows.append(dataclasses.replace(record, id=len(self.rows) + 1))
 
-    async def recent(self, limit: int, scope: UsageScope | None) -> list[UsageRecord]:
+    def _selected(self, scope: UsageScope | None, filters: UsageFilter) -> list[UsageRecord]:
         if not self.available:
             raise StoreUnavailable()
-        rows = [
-            r for r in reversed(self.rows) if scope is None or (r.user == scope.user and r.tier is scope.tier)
-        ]
-        return rows[:limit]
+        return [r for r in self.rows if in_scope(r, scope) and filters.admits(r)]
+
+    async def recent(
+        self, limit: int, scope: UsageScope | None, filters: UsageFilter = ALL_ROWS
+    ) -> list[UsageRecord]:
+        return self._selected(scope, filters)[::-1][:limit]
+
+    async def summary(
+        self, scope: UsageScope | None, filters: UsageFilter, group_by: GroupBy
+    ) -> list[UsageGroup]:
+        return summarize(self._selected(scope, filters), group_by)
+
+    async def export(
+        self, scope: UsageScope | None, filters: UsageFilter, chunk_size: int = 1000
+    ) -> AsyncGenerator[list[UsageRecord], None]:
+        rows = self._selected(scope, filters)
+        for start in range(0, len(rows), chunk_size):
+            yield rows[start : start + chunk_size]
 
     async def count(self) -> int:
         if not self.available:

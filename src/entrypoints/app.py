@@ -15,20 +15,22 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from ollama_gate import __version__
-from ollama_gate.entrypoints.access_log import access_log_middleware
+from ollama_gate.entrypoints.access_log import AccessLog
 from ollama_gate.entrypoints.config import load_settings
 from ollama_gate.entrypoints.container import Container, build_container
 from ollama_gate.entrypoints.controllers import ollama_api, openai_api, plans
 from ollama_gate.entrypoints.controllers.chat import chat, chat_stream
 from ollama_gate.entrypoints.controllers.keys import create_key, list_keys, revoke_key
 from ollama_gate.entrypoints.controllers.status import status
-from ollama_gate.entrypoints.controllers.usage import list_usage
+from ollama_gate.entrypoints.controllers.usage import export_usage, list_usage, usage_summary
 from ollama_gate.entrypoints.heap import settle_after_startup
 from ollama_gate.entrypoints.http_errors import exception_handlers
 from ollama_gate.entrypoints.log_setup import configure_logging
 from ollama_gate.entrypoints.metrics import metrics, metrics_middleware
 from ollama_gate.entrypoints.openapi_contract import complete_document
 from ollama_gate.entrypoints.request_context import decided_client_ip
+from ollama_gate.entrypoints.request_edge import RequestEdge
+from ollama_gate.entrypoints.request_ids import RequestIds
 
 log = logging.getLogger("ollama_gate")
 
@@ -83,10 +85,6 @@ def create_app(container: Container) -> Litestar:
                 except Exception:
                     log.exception("error while closing %s", type(component).__name__)
 
-    middleware = [metrics_middleware(container.telemetry())]
-    if settings.log_level in ("info", "debug"):
-        middleware.append(access_log_middleware(lambda scope: decided_client_ip(scope, settings)))
-
     app = Litestar(
         route_handlers=with_options(
             [
@@ -96,6 +94,8 @@ def create_app(container: Container) -> Litestar:
                 list_keys,
                 revoke_key,
                 list_usage,
+                usage_summary,
+                export_usage,
                 status,
                 metrics,
                 *plans.route_handlers,
@@ -105,7 +105,7 @@ def create_app(container: Container) -> Litestar:
         ),
         state=State({"container": container}),
         lifespan=[lifespan],
-        middleware=middleware,
+        middleware=[metrics_middleware(container.telemetry())],
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -117,11 +117,21 @@ def create_app(container: Container) -> Litestar:
         logging_config=None,
     )
     complete_document(app)
+    # Access lines only when they are wanted: each costs a record per request.
+    access = (
+        AccessLog(lambda scope: decided_client_ip(scope, settings))
+        if settings.log_level in ("info", "debug")
+        else None
+    )
+    # Around Litestar's own handler (its router and exception handlers), not as route middleware: answers
+    # no route produced (404, 405) get a request id and an access line too. Each app (so each worker
+    # process) makes ids with a prefix of its own.
+    app.asgi_handler = RequestEdge(app.asgi_handler, RequestIds(), access)
     return app
 
 
 def app_from_environment() -> Litestar:
     """Factory for `uvicorn --factory` and worker processes: settings from the environment."""
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(build_container(settings))

@@ -87,7 +87,7 @@ def _serve(settings: Settings, workers: int) -> int:
     if workers > 1 and settings.redis_url is None:
         print(f"ollama-gate: {SINGLE_PROCESS_LIMITS.format(n=workers)}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     print(f"ollama-gate listening on http://{settings.host}:{settings.port}", flush=True)
     for name, value in settings.public_view().items():
         print(f"  {name}={value}", flush=True)

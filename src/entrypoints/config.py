@@ -19,6 +19,7 @@ from ollama_gate.domain.plans import Window
 
 PREFIX = "OLLAMA_GATE_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 MIN_HEADER_BYTES = 1024
 
 T = TypeVar("T")
@@ -55,6 +56,7 @@ class Settings:
     connect_timeout: float = 5.0
     read_timeout: float = 300.0
     log_level: str = "info"
+    log_format: str = "text"
     admin_token: str | None = field(default=None, repr=False)
     anon_rate_limit: Window = Window(10, 60)
     member_rate_limit: Window = Window(30, 60)
@@ -103,6 +105,7 @@ class Settings:
             "OLLAMA_GATE_CONNECT_TIMEOUT": f"{self.connect_timeout:g}",
             "OLLAMA_GATE_READ_TIMEOUT": f"{self.read_timeout:g}",
             "OLLAMA_GATE_LOG_LEVEL": self.log_level,
+            "OLLAMA_GATE_LOG_FORMAT": self.log_format,
             "OLLAMA_GATE_ADMIN_TOKEN": "(set)"
             if self.admin_token
             else "(not set: loopback callers are admins)",
@@ -285,6 +288,13 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {text!r}")
+    return value
+
+
 def _non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -326,6 +336,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         connect_timeout=get("CONNECT_TIMEOUT", _positive_seconds, defaults.connect_timeout),
         read_timeout=get("READ_TIMEOUT", _positive_seconds, defaults.read_timeout),
         log_level=get("LOG_LEVEL", _log_level, defaults.log_level),
+        log_format=get("LOG_FORMAT", _log_format, defaults.log_format),
         admin_token=get("ADMIN_TOKEN", lambda t: t.strip() or None, defaults.admin_token),
         anon_rate_limit=get("ANON_RATE_LIMIT", Window.parse, defaults.anon_rate_limit),
         member_rate_limit=get("MEMBER_RATE_LIMIT", Window.parse, defaults.member_rate_limit),

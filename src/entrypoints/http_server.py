@@ -423,7 +423,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if not cycle.response_started and not cycle.disconnected and not self.transport.is_closing():
-                self.transport.write(_json_answer(self.server_state, 503, "server shutting down"))
+                # The id the app gave the request (request_edge), as every other answer carries it.
+                request_id = cycle.scope.get("state", {}).get("request_id")
+                extra = b"x-request-id: " + request_id.encode("ascii") + b"\r\n" if request_id else b""
+                self.transport.write(_json_answer(self.server_state, 503, "server shutting down", extra))
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()

@@ -17,6 +17,7 @@ from ollama_gate.domain.client_address import FORWARDING_HEADERS, client_address
 from ollama_gate.domain.identity import Caller
 from ollama_gate.entrypoints.config import Settings
 from ollama_gate.entrypoints.container import Container
+from ollama_gate.entrypoints.request_edge import REQUEST_ID
 from ollama_gate.services.gatekeeper import Ticket
 
 AnyConnection = ASGIConnection[Any, Any, Any, Any]
@@ -93,13 +94,16 @@ async def identify_lister(connection: AnyConnection) -> None:
 
 async def admit(request: Request[Any, Any, Any], model: str | None) -> Ticket:
     """The caller's plan must allow `model` (403), then its limits must have room (429): the ticket of
-    an admitted request, whose state the answer's RateLimit headers (and error answers) read."""
+    an admitted request, whose state the answer's RateLimit headers (and error answers) read. The ticket
+    carries the request's id to its usage row; the state keeps the model and the ticket for the access
+    line."""
     gatekeeper = container_of(request).gatekeeper()
     state = request.scope["state"]
     caller: Caller = state["caller"]
-    state["model"] = model  # for the metrics' labels, even when the request is refused
-    ticket = await gatekeeper.admit(caller, gatekeeper.check_model(caller, model))
+    state["model"] = model  # for the metrics' labels and the access line, even when refused
+    ticket = await gatekeeper.admit(caller, gatekeeper.check_model(caller, model), state.get(REQUEST_ID))
     state["admission"] = ticket.admission
+    state["ticket"] = ticket
     return ticket
 
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.usage import UsageRecord
+from ollama_gate.domain.usage_query import ALL_ROWS, GroupBy, UsageFilter, UsageGroup
 
 
 class KeyStore(Protocol):
@@ -48,8 +49,26 @@ class UsageStore(Protocol):
         """Write a batch in one round trip."""
         ...
 
-    async def recent(self, limit: int, scope: UsageScope | None) -> list[UsageRecord]:
-        """Newest first; only the rows of `scope` (one user of one tier) when given."""
+    async def recent(
+        self, limit: int, scope: UsageScope | None, filters: UsageFilter = ALL_ROWS
+    ) -> list[UsageRecord]:
+        """Newest first (by id); only the rows of `scope` (one user of one tier) when given, and only
+        those `filters` admit."""
+        ...
+
+    async def summary(
+        self, scope: UsageScope | None, filters: UsageFilter, group_by: GroupBy
+    ) -> list[UsageGroup]:
+        """The totals per group of the rows `recent` would list, as `usage_query.summarize` computes
+        them (and in its order), computed by the store itself."""
+        ...
+
+    def export(
+        self, scope: UsageScope | None, filters: UsageFilter, chunk_size: int = 1000
+    ) -> AsyncGenerator[list[UsageRecord], None]:
+        """Every row `recent` would list, oldest first, in chunks of at most `chunk_size`: never all in
+        memory at once. The first chunk raises StoreUnavailable if the store is down; closing the
+        iterator early releases the store's connection."""
         ...
 
     async def count(self) -> int: ...

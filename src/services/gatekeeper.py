@@ -45,13 +45,21 @@ class Ticket:
     (its tokens charged, its lease given back, and whatever else waited for its end), or refunded when it
     never reached the GPU."""
 
-    __slots__ = ("_gatekeeper", "_on_end", "admission", "caller", "ended", "plan", "queue_ms")
+    __slots__ = ("_gatekeeper", "_on_end", "admission", "caller", "ended", "plan", "queue_ms", "request_id")
 
-    def __init__(self, gatekeeper: Gatekeeper, caller: Caller, plan: Plan, admission: Admission) -> None:
+    def __init__(
+        self,
+        gatekeeper: Gatekeeper,
+        caller: Caller,
+        plan: Plan,
+        admission: Admission,
+        request_id: str | None = None,
+    ) -> None:
         self._gatekeeper = gatekeeper
         self.caller = caller
         self.plan = plan
         self.admission = admission
+        self.request_id = request_id  # the id the request is answered with, for its usage row
         self.ended = False
         self.queue_ms: float | None = None  # how long it waited for a GPU slot (None: it did not queue)
         self._on_end: list[Callable[[], None]] = []
@@ -152,9 +160,9 @@ class Gatekeeper:
 
     # -- how much --------------------------------------------------------------------------------------
 
-    async def admit(self, caller: Caller, plan: Plan | None = None) -> Ticket:
+    async def admit(self, caller: Caller, plan: Plan | None = None, request_id: str | None = None) -> Ticket:
         """Take one admission under every limit of the caller's plan; raises QuotaExceeded (429, counted)
-        when one is used up."""
+        when one is used up. `request_id` rides on the ticket to the request's usage row."""
         plan = plan or self.plan_of(caller)
         limits = Limits.of(plan)
         if limits.empty:
@@ -166,7 +174,7 @@ class Gatekeeper:
                 raise QuotaExceeded(admission)
         identity = caller.counted_as
         self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
-        return Ticket(self, caller, plan, admission)
+        return Ticket(self, caller, plan, admission, request_id)
 
     async def admit_listing(self, caller: Caller) -> Admission | None:
         """The listing paths' own generous quota (`/api/tags`, `/api/show`, ...), so they cannot be used to

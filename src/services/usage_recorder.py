@@ -101,6 +101,7 @@ class UsageRecorder:
                 completion_tokens=tokens.completion,
                 plan=ticket.plan.name,
                 queue_ms=ticket.queue_ms,
+                request_id=ticket.request_id,
             )
         )
         if self._telemetry is not None:

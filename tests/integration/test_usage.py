@@ -221,7 +221,7 @@ def test_usage_is_newest_first_filtered_by_user_and_limited(gate: GatewayProcess
 
     assert {row["user"] for row in only_a} == {"filter-a"}
     assert [row["id"] for row in only_a] == sorted((row["id"] for row in only_a), reverse=True)
-    assert newest_a == {"logs": [only_a[0]], "count": 1}
+    assert newest_a == {"logs": [only_a[0]], "count": 1, "next_cursor": str(only_a[0]["id"])}
     assert newest_overall["count"] == 1 and newest_overall["logs"][0]["id"] >= only_a[0]["id"]
 
 

@@ -22,6 +22,7 @@ VARIABLES = [
     "CONNECT_TIMEOUT",
     "READ_TIMEOUT",
     "LOG_LEVEL",
+    "LOG_FORMAT",
     "ADMIN_TOKEN",
     "ANON_RATE_LIMIT",
     "MEMBER_RATE_LIMIT",
@@ -45,6 +46,7 @@ def test_defaults_without_any_configuration(tmp_path: Path) -> None:
     assert loaded.max_body_bytes == 10_485_760
     assert (loaded.connect_timeout, loaded.read_timeout) == (5.0, 300.0)
     assert loaded.log_level == "info"
+    assert loaded.log_format == "text"
     assert loaded.admin_token is None
     assert loaded.anon_rate_limit == Window(10, 60)
     assert loaded.member_rate_limit == Window(30, 60)
@@ -66,6 +68,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "OLLAMA_GATE_CONNECT_TIMEOUT": "0.5",
         "OLLAMA_GATE_READ_TIMEOUT": "60",
         "OLLAMA_GATE_LOG_LEVEL": "WARNING",
+        "OLLAMA_GATE_LOG_FORMAT": " JSON ",
         "OLLAMA_GATE_ADMIN_TOKEN": "s3cret",
         "OLLAMA_GATE_ANON_RATE_LIMIT": "5/30",
         "OLLAMA_GATE_MEMBER_RATE_LIMIT": "100/3600",
@@ -86,6 +89,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert loaded.max_body_bytes == 1024
     assert (loaded.connect_timeout, loaded.read_timeout) == (0.5, 60.0)
     assert loaded.log_level == "warning"
+    assert loaded.log_format == "json"
     assert loaded.admin_token == "s3cret"
     assert loaded.anon_rate_limit == Window(5, 30)
     assert loaded.member_rate_limit == Window(100, 3600)
@@ -166,6 +170,8 @@ INVALID = [
     ("CONNECT_TIMEOUT", "soon"),
     ("READ_TIMEOUT", "-300"),
     ("LOG_LEVEL", "loud"),
+    ("LOG_FORMAT", "xml"),
+    ("LOG_FORMAT", ""),
     ("ANON_RATE_LIMIT", "10"),
     ("ANON_RATE_LIMIT", "0/60"),
     ("ANON_RATE_LIMIT", "10/0"),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Executable, Row, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -131,6 +131,31 @@ class Database:
             self.online = False
             raise
         self.online = True
+
+    async def stream(
+        self, statement: Executable, chunk_size: int, chunk_timeout: float = 30.0
+    ) -> AsyncGenerator[Sequence[Row[Any]], None]:
+        """The rows of `statement` in chunks, from a server-side cursor (asyncpg) or a stepped statement
+        (SQLite): memory holds one chunk, however many rows there are. There is no bound on the whole (an
+        export of millions of rows takes as long as it takes), but each chunk must arrive within
+        `chunk_timeout` seconds, else StoreUnavailable. Closing the iterator closes the cursor and gives the
+        connection back."""
+        await self.ensure_schema()
+        try:
+            async with self.engine.connect() as connection:
+                async with asyncio.timeout(chunk_timeout):
+                    result = await connection.stream(statement.execution_options(yield_per=chunk_size))
+                try:
+                    while True:
+                        async with asyncio.timeout(chunk_timeout):
+                            rows = await result.fetchmany(chunk_size)
+                        if not rows:
+                            return
+                        yield rows
+                finally:
+                    await result.close()
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable() from error
 
     async def start(self) -> None:
         await self.try_ensure_schema()

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Float,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    literal_column,
+    null,
+    select,
+    tuple_,
+    union,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.tables import api_keys, usage_logs
@@ -14,6 +35,18 @@ from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.usage import Outcome, UsageRecord
+from ollama_gate.domain.usage_query import (
+    ALL_ROWS,
+    MAX_MODEL_LENGTH,
+    PERCENTILES,
+    GroupBy,
+    UsageFilter,
+    UsageGroup,
+    interpolate,
+    ordered_groups,
+    percentile_ranks,
+    rounded,
+)
 
 BATCH_TIMEOUT = 30.0
 
@@ -124,6 +157,7 @@ class SqlKeyStore:
 
 
 def _usage_row(record: UsageRecord) -> dict[str, Any]:
+    model = record.model
     return {
         "timestamp": record.timestamp,
         "user": record.user,
@@ -131,7 +165,9 @@ def _usage_row(record: UsageRecord) -> dict[str, Any]:
         "key_id": record.key_id,
         "client_ip": record.client_ip,
         "endpoint": record.endpoint,
-        "model": record.model,
+        # The model a request body named, of any length: PostgreSQL refuses a value longer than the
+        # column, and the whole batch (other callers' rows with it) would be lost.
+        "model": model[:MAX_MODEL_LENGTH] if model is not None else None,
         "status": record.status,
         "outcome": record.outcome.value,
         "latency_ms": record.latency_ms,
@@ -143,24 +179,50 @@ def _usage_row(record: UsageRecord) -> dict[str, Any]:
     }
 
 
+_TIERS = {tier.value: tier for tier in Tier}
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+# The columns a usage query selects, in the order _usage_record unpacks them.
+_USAGE_COLUMNS = (
+    usage_logs.c.id,
+    usage_logs.c.timestamp,
+    usage_logs.c.user,
+    usage_logs.c.tier,
+    usage_logs.c.key_id,
+    usage_logs.c.client_ip,
+    usage_logs.c.endpoint,
+    usage_logs.c.model,
+    usage_logs.c.status,
+    usage_logs.c.outcome,
+    usage_logs.c.latency_ms,
+    usage_logs.c.prompt_tokens,
+    usage_logs.c.completion_tokens,
+    usage_logs.c.plan,
+    usage_logs.c.queue_ms,
+    usage_logs.c.request_id,
+)
+
+
 def _usage_record(row: Any) -> UsageRecord:
+    # Unpacked by position, the enums by dict lookup: an export builds a million of these.
+    (id_, timestamp, user, tier, key_id, client_ip, endpoint, model, status, outcome, *rest) = row
+    latency_ms, prompt_tokens, completion_tokens, plan, queue_ms, request_id = rest
     return UsageRecord(
-        id=row.id,
-        timestamp=_utc(row.timestamp) or row.timestamp,
-        user=row.user,
-        tier=Tier(row.tier),
-        key_id=row.key_id,
-        client_ip=row.client_ip,
-        endpoint=row.endpoint,
-        model=row.model,
-        status=row.status,
-        outcome=Outcome(row.outcome),
-        latency_ms=row.latency_ms,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
-        plan=row.plan,
-        queue_ms=row.queue_ms,
-        request_id=row.request_id,
+        timestamp=timestamp if timestamp.tzinfo is not None else timestamp.replace(tzinfo=UTC),
+        user=user,
+        tier=_TIERS[tier],
+        key_id=key_id,
+        client_ip=client_ip,
+        endpoint=endpoint,
+        model=model,
+        status=status,
+        outcome=_OUTCOMES[outcome],
+        latency_ms=latency_ms,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        id=id_,
+        plan=plan,
+        queue_ms=queue_ms,
+        request_id=request_id,
     )
 
 
@@ -176,15 +238,206 @@ class SqlUsageStore:
             # An executemany: one round trip per batch (asyncpg and sqlite3 both batch it).
             await connection.execute(insert(usage_logs), [_usage_row(r) for r in records])
 
-    async def recent(self, limit: int, scope: UsageScope | None) -> list[UsageRecord]:
-        query = select(usage_logs).order_by(usage_logs.c.id.desc()).limit(limit)
-        if scope is not None:
-            query = query.where(usage_logs.c.user == scope.user, usage_logs.c.tier == scope.tier.value)
+    async def recent(
+        self, limit: int, scope: UsageScope | None, filters: UsageFilter = ALL_ROWS
+    ) -> list[UsageRecord]:
+        query = (
+            select(*_USAGE_COLUMNS).where(*_conditions(scope, filters)).order_by(_c.id.desc()).limit(limit)
+        )
         async with self._db.transaction() as connection:
             result = await connection.execute(query)
             return [_usage_record(row) for row in result]
+
+    async def summary(
+        self, scope: UsageScope | None, filters: UsageFilter, group_by: GroupBy
+    ) -> list[UsageGroup]:
+        conditions = _conditions(scope, filters)
+        sqlite = self._db.is_sqlite
+        query = (
+            _sqlite_summary(_sqlite_group(group_by), conditions)
+            if sqlite
+            else _postgres_summary(_postgres_group(group_by), conditions)
+        )
+        # A report reads every row in its range: a million take seconds, not the lookups' bound.
+        async with self._db.transaction(timeout=SUMMARY_TIMEOUT) as connection:
+            rows = (await connection.execute(query)).all()
+        groups = _sqlite_groups(rows, group_by) if sqlite else _postgres_groups(rows, group_by)
+        return ordered_groups(groups, group_by)
+
+    async def export(
+        self, scope: UsageScope | None, filters: UsageFilter, chunk_size: int = 1000
+    ) -> AsyncGenerator[list[UsageRecord], None]:
+        query = select(*_USAGE_COLUMNS).where(*_conditions(scope, filters)).order_by(_c.id)
+        # Closed with this generator (a client that leaves mid-export), not whenever it is collected.
+        async with aclosing(self._db.stream(query, chunk_size)) as chunks:
+            async for rows in chunks:
+                yield [_usage_record(row) for row in rows]
 
     async def count(self) -> int:
         async with self._db.transaction() as connection:
             result = await connection.execute(select(func.count()).select_from(usage_logs))
             return int(result.scalar_one())
+
+
+# -- usage queries -----------------------------------------------------------------------------------
+
+SUMMARY_TIMEOUT = 120.0
+_c = usage_logs.c
+
+
+def _conditions(scope: UsageScope | None, filters: UsageFilter) -> list[ColumnElement[bool]]:
+    """The WHERE of a usage query: whose rows, then the filters (all bounded by the domain already)."""
+    conditions: list[ColumnElement[bool]] = []
+    if scope is not None:
+        conditions += [_c.user == scope.user, _c.tier == scope.tier.value]
+    if filters.since is not None:
+        conditions.append(_c.timestamp >= filters.since)
+    if filters.until is not None:
+        conditions.append(_c.timestamp < filters.until)
+    if filters.model is not None:
+        conditions.append(_c.model == filters.model)
+    if filters.status is not None:
+        conditions.append(_c.status == filters.status)
+    if filters.outcome is not None:
+        conditions.append(_c.outcome == filters.outcome.value)
+    if filters.before_id is not None:
+        conditions.append(_c.id < filters.before_id)
+    return conditions
+
+
+def _totals(group: ColumnElement[Any]) -> list[ColumnElement[Any]]:
+    """The columns every summary row has, after its group key: what the domain's UsageGroup holds."""
+    return [
+        group.label("g"),
+        func.count().label("requests"),
+        func.coalesce(func.sum(_c.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(_c.completion_tokens), 0).label("completion_tokens"),
+        func.count().filter(_c.outcome == Outcome.UPSTREAM_ERROR.value).label("errors"),
+        func.count().filter(_c.outcome == Outcome.CANCELLED.value).label("cancelled"),
+        func.avg(_c.queue_ms).label("mean_queue_ms"),
+    ]
+
+
+# SQLite groups rows without a model or plan under this blob, which no text key equals: the row-value IN
+# below never matches a NULL, and they must keep their percentiles.
+_NULL_KEY: ColumnElement[bytes] = literal_column("x'00'")
+
+
+def _sqlite_group(group_by: GroupBy) -> ColumnElement[Any]:
+    # Timestamps are stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: a day and an hour are prefixes.
+    if group_by is GroupBy.DAY:
+        return func.substr(_c.timestamp, 1, 10, type_=String)
+    if group_by is GroupBy.HOUR:
+        return func.substr(_c.timestamp, 1, 13, type_=String)
+    column = {GroupBy.USER: _c.user, GroupBy.MODEL: _c.model, GroupBy.PLAN: _c.plan}[group_by]
+    # `|| ''` also keeps SQLite from walking the (user, id) index to group by user: a table scan and a
+    # sort is twice as fast as a million index-ordered row lookups. A WHERE on the user still uses it.
+    return func.coalesce(column.concat(""), _NULL_KEY)
+
+
+def _sqlite_summary(group: ColumnElement[Any], conditions: list[ColumnElement[bool]]) -> CompoundSelect[Any]:
+    """SQLite has no percentile_cont. One statement, two kinds of rows (`kind`):
+
+    0. the totals of each group (one pass, grouped);
+    1. for each group, the latencies at the ranks percentile_cont interpolates between: every row is
+       ranked within its group by latency (row_number over one sort) and kept only if its (group, rank)
+       is one of those, a row-value IN whose list SQLite builds once, as an index.
+
+    `_sqlite_groups` interpolates. Nothing of the size of the table is materialized but the sort, and
+    the cost does not grow with the number of groups (a join of the ranked rows to the totals would:
+    SQLite may scan the totals once per ranked row).
+    """
+    totals = select(*_totals(group)).where(*conditions).group_by(group).cte("totals")
+    wanted = []
+    for fraction in PERCENTILES:
+        low = cast((totals.c.requests - 1) * fraction, Integer)  # truncates: floor, for it is never negative
+        wanted += [select(totals.c.g, low.label("rank")), select(totals.c.g, (low + 1).label("rank"))]
+    targets = union(*wanted).subquery("targets")
+    ranked = (
+        select(
+            group.label("g"),
+            _c.latency_ms,
+            (func.row_number().over(partition_by=group, order_by=_c.latency_ms) - 1).label("rank"),
+        )
+        .where(*conditions)
+        .subquery("ranked")
+    )
+    return union_all(
+        select(literal(0).label("kind"), *[totals.c[name] for name in _TOTAL_NAMES], null(), null()),
+        select(
+            literal(1),
+            ranked.c.g,
+            *[null() for _ in _TOTAL_NAMES[1:]],
+            ranked.c.rank,
+            ranked.c.latency_ms,
+        ).where(tuple_(ranked.c.g, ranked.c.rank).in_(select(targets.c.g, targets.c.rank))),
+    )
+
+
+def _sqlite_groups(rows: Sequence[Any], group_by: GroupBy) -> list[UsageGroup]:
+    """The groups from `_sqlite_summary`'s rows: the totals, and the percentiles interpolated from the
+    latencies at their ranks exactly as percentile_cont does."""
+    at_rank: dict[Any, dict[int, float]] = {}
+    for row in rows:
+        if row[0] == 1:
+            at_rank.setdefault(row[1], {})[int(row[-2])] = float(row[-1])
+    groups = []
+    for row in rows:
+        if row[0] != 0:
+            continue
+        latencies = at_rank[row.g]
+        percentiles = []
+        for fraction in PERCENTILES:
+            low, weight = percentile_ranks(int(row.requests), fraction)
+            percentiles.append(interpolate(latencies[low], latencies.get(low + 1), weight))
+        groups.append(_group(row, group_by, *percentiles))
+    return groups
+
+
+def _postgres_group(group_by: GroupBy) -> ColumnElement[Any]:
+    if group_by.is_time:
+        field = "day" if group_by is GroupBy.DAY else "hour"
+        return func.date_trunc(field, func.timezone("UTC", _c.timestamp))
+    if group_by is GroupBy.USER:
+        # As on SQLite: not in (user, id) index order, a million random heap reads; a scan and a sort.
+        return _c.user.concat("")
+    return {GroupBy.MODEL: _c.model, GroupBy.PLAN: _c.plan}[group_by]
+
+
+def _postgres_summary(group: ColumnElement[Any], conditions: list[ColumnElement[bool]]) -> Select[Any]:
+    # One ordered-set aggregate with an array of fractions: one sort per group for both percentiles.
+    fractions = literal_column("ARRAY[" + ", ".join(repr(f) for f in PERCENTILES) + "]", ARRAY(Float))
+    percentiles = func.percentile_cont(fractions).within_group(_c.latency_ms).label("percentiles")
+    return select(*_totals(group), percentiles).where(*conditions).group_by(group)
+
+
+_TOTAL_NAMES = ("g", "requests", "prompt_tokens", "completion_tokens", "errors", "cancelled", "mean_queue_ms")
+
+
+def _group_key(value: Any, group_by: GroupBy) -> str | None:
+    if value is None or isinstance(value, bytes):  # SQLite's _NULL_KEY
+        return None
+    if not group_by.is_time:
+        return str(value)
+    if isinstance(value, datetime):  # PostgreSQL: date_trunc's timestamp, in UTC
+        return value.strftime("%Y-%m-%d") if group_by is GroupBy.DAY else value.strftime("%Y-%m-%dT%H:00Z")
+    text = str(value)  # SQLite: 'YYYY-MM-DD' or 'YYYY-MM-DD HH'
+    return text if group_by is GroupBy.DAY else f"{text[:10]}T{text[11:13]}:00Z"
+
+
+def _group(row: Any, group_by: GroupBy, p50: float | None, p95: float | None) -> UsageGroup:
+    return UsageGroup(
+        key=_group_key(row.g, group_by),
+        requests=int(row.requests),
+        prompt_tokens=int(row.prompt_tokens),
+        completion_tokens=int(row.completion_tokens),
+        errors=int(row.errors),
+        cancelled=int(row.cancelled),
+        p50_latency_ms=rounded(p50),
+        p95_latency_ms=rounded(p95),
+        mean_queue_ms=rounded(row.mean_queue_ms),
+    )
+
+
+def _postgres_groups(rows: Sequence[Any], group_by: GroupBy) -> list[UsageGroup]:
+    return [_group(row, group_by, *(row.percentiles or (None, None))) for row in rows]

@@ -52,6 +52,7 @@ usage_logs = Table(
     Column("queue_ms", Float, nullable=True),
     Column("request_id", String(128), nullable=True),
     Index("ix_usage_logs_user_id", "user", "id"),
+    Index("ix_usage_logs_timestamp", "timestamp"),
 )
 
 plans = Table(

@@ -1,0 +1,65 @@
+"""What every HTTP request gets at the edge of the app: its id, the `X-Request-ID` header on its answer,
+and (when access lines are wanted) its access line.
+
+It wraps the whole app, outside Litestar's router: answers that no route produced (404, 405, errors of
+the exception handlers) and the forwarding routes' bare ASGI answers get the header like any other. One
+wrapper for both jobs, so the hot path pays one extra `send` hop per message, not two.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from ollama_gate.entrypoints.access_log import AccessLog
+from ollama_gate.entrypoints.request_ids import HEADER, RequestIds
+
+REQUEST_ID = "request_id"  # its key in the request's scope state
+
+
+class RequestEdge:
+    __slots__ = ("_access", "_app", "_ids")
+
+    def __init__(self, app: ASGIApp, ids: RequestIds, access: AccessLog | None = None) -> None:
+        self._app = app
+        self._ids = ids
+        self._access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self._app(scope, receive, send)
+            return
+        request_id = self._ids.of(scope["headers"])
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state[REQUEST_ID] = request_id
+        id_header = (HEADER, request_id.encode("ascii"))
+        access = self._access
+
+        if access is None:
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), id_header]
+                await send(message)
+
+            await self._app(scope, receive, send_with_id)
+            return
+
+        started = time.perf_counter()
+        status = 0
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_and_note)
+        finally:
+            # 499: the client left before any answer (nginx's convention).
+            access.write(scope, status or 499, time.perf_counter() - started)
