@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.errors import StoreUnavailable
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.usage import Outcome, UsageRecord
+from ollama_gate.domain.usage_query import MAX_MODEL_LENGTH
 from tests.support.fake_ollama import free_port
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -202,6 +204,7 @@ def test_instances_starting_together_migrate_once(database_url: str, tmp_path: P
 
 
 async def test_a_batch_of_usage_rows_is_one_round_trip(database: Database) -> None:
+    """SQLite: one executemany of the INSERT; PostgreSQL: one COPY (no INSERT statement at all)."""
     await database.upgrade()
     statements: list[str] = []
 
@@ -211,5 +214,34 @@ async def test_a_batch_of_usage_rows_is_one_round_trip(database: Database) -> No
 
     event.listen(database.engine.sync_engine, "before_cursor_execute", count)
     await SqlUsageStore(database).add_many([usage(f"user{i}") for i in range(500)])
-    assert len(statements) == 1
+    assert len(statements) == (1 if database.is_sqlite else 0)
     assert await SqlUsageStore(database).count() == 500
+
+
+async def test_every_field_of_a_usage_row_reads_back_as_written(database: Database) -> None:
+    """The batch goes to the driver itself (an executemany of tuples, or COPY): each field, the
+    timestamp to the microsecond (given in another zone, stored as UTC), comes back as it was."""
+    await database.upgrade()
+    store = SqlUsageStore(database)
+    written = UsageRecord(
+        timestamp=datetime(2026, 11, 25, 13, 4, 5, 123456, tzinfo=timezone(timedelta(hours=1))),
+        user="alice",
+        tier=Tier.MEMBER,
+        key_id=2**40,
+        client_ip="2001:db8::1",
+        endpoint="/v1/chat/completions",
+        model="llama3.2:1b",
+        status=499,
+        outcome=Outcome.CANCELLED,
+        latency_ms=12.345,
+        prompt_tokens=None,
+        completion_tokens=7,
+        plan="team",
+        queue_ms=0.5,
+        request_id="req-1",
+    )
+    await store.add_many([written, replace(written, model="m" * 300, request_id=None, queue_ms=None)])
+    long_model, row = await store.recent(2, None)
+    assert row == replace(written, id=row.id, timestamp=datetime(2026, 11, 25, 12, 4, 5, 123456, tzinfo=UTC))
+    assert long_model.model == "m" * MAX_MODEL_LENGTH  # cut to the column, the batch kept
+    assert (long_model.request_id, long_model.queue_ms) == (None, None)
