@@ -23,6 +23,7 @@ from ollama_gate.entrypoints.controllers.chat import chat, chat_stream
 from ollama_gate.entrypoints.controllers.keys import create_key, list_keys, revoke_key
 from ollama_gate.entrypoints.controllers.status import status
 from ollama_gate.entrypoints.controllers.usage import export_usage, list_usage, usage_summary
+from ollama_gate.entrypoints.direct_routes import DirectRoutes
 from ollama_gate.entrypoints.heap import settle_after_startup
 from ollama_gate.entrypoints.http_errors import exception_handlers
 from ollama_gate.entrypoints.log_setup import configure_logging
@@ -126,7 +127,9 @@ def create_app(container: Container) -> Litestar:
     # Around Litestar's own handler (its router and exception handlers), not as route middleware: answers
     # no route produced (404, 405) get a request id and an access line too. Each app (so each worker
     # process) makes ids with a prefix of its own.
-    app.asgi_handler = RequestEdge(app.asgi_handler, RequestIds(), access)
+    app.asgi_handler = RequestEdge(
+        DirectRoutes(app, app.asgi_handler, exception_handlers), RequestIds(), access
+    )
     return app
 
 

@@ -10,6 +10,7 @@ from litestar import Request, post
 from ollama_gate.domain.chat import ChatRequest
 from ollama_gate.entrypoints.asgi_answers import JSON, NDJSON, BodyAnswer, StreamAnswer
 from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
+from ollama_gate.entrypoints.direct_routes import direct
 from ollama_gate.entrypoints.openapi_contract import GATEWAY_SHAPE, answer, documented, errors, struct_body
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
 from ollama_gate.entrypoints.request_body import json_body
@@ -48,7 +49,7 @@ CHAT_BODY = struct_body(ChatBody, {"message": "Why is the sky blue?", "model": "
     middleware=[cancel_on_disconnect],
     summary="Chat (one JSON answer)",
     responses=answer(ChatAnswer) | CHAT_ERRORS,
-    opt=documented(CHAT_BODY, metered=True),
+    opt=documented(CHAT_BODY, metered=True) | direct(),
 )
 async def chat(request: Request[Any, Any, Any]) -> BodyAnswer:
     service = container_of(request).chat()
@@ -66,7 +67,7 @@ async def chat(request: Request[Any, Any, Any]) -> BodyAnswer:
     summary="Chat (streamed as NDJSON)",
     responses=answer(dict[str, Any], media_type=NDJSON, description="Ollama's chunks, one per line")
     | CHAT_ERRORS,
-    opt=documented(CHAT_BODY, metered=True),
+    opt=documented(CHAT_BODY, metered=True) | direct(),
 )
 async def chat_stream(request: Request[Any, Any, Any]) -> StreamAnswer:
     service = container_of(request).chat()

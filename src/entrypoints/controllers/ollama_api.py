@@ -14,6 +14,7 @@ from litestar import Request, Response, delete, get, head, post
 from ollama_gate.domain.errors import Forbidden
 from ollama_gate.entrypoints.asgi_answers import JSON, Answer, BodyAnswer, StreamAnswer
 from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
+from ollama_gate.entrypoints.direct_routes import direct
 from ollama_gate.entrypoints.openapi_contract import (
     BLOB_BODY,
     NDJSON,
@@ -115,7 +116,7 @@ async def require_admin(request: Request[Any, Any, Any]) -> None:
     middleware=[cancel_on_disconnect],
     summary="Ollama generation (metered; streamed unless `stream` is false)",
     responses=answer(AN_OBJECT, description="Ollama's answer (`stream: false`)") | INFERENCE_ERRORS,
-    opt=documented(OLLAMA_BODIES, streamed=[NDJSON], metered=True),
+    opt=documented(OLLAMA_BODIES, streamed=[NDJSON], metered=True) | direct(),
 )
 async def ollama_generation(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OLLAMA)
@@ -128,7 +129,7 @@ async def ollama_generation(request: Request[Any, Any, Any]) -> Answer:
     middleware=[cancel_on_disconnect],
     summary="Ollama embeddings (metered)",
     responses=answer(AN_OBJECT, description="Ollama's answer") | INFERENCE_ERRORS,
-    opt=documented(OLLAMA_BODIES, metered=True),
+    opt=documented(OLLAMA_BODIES, metered=True) | direct(),
 )
 async def ollama_embedding(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OLLAMA)

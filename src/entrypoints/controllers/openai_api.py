@@ -19,6 +19,7 @@ from ollama_gate.entrypoints.controllers.ollama_api import (
     listing,
     relay_inference,
 )
+from ollama_gate.entrypoints.direct_routes import direct
 from ollama_gate.entrypoints.openapi_contract import (
     OPENAI_BODIES,
     OPENAI_SHAPE,
@@ -51,7 +52,7 @@ class ModelList(TypedDict):
     middleware=[cancel_on_disconnect],
     summary="OpenAI-compatible completions (metered; server-sent events with `stream: true`)",
     responses=answer(AN_OBJECT, description="The completion (without `stream: true`)") | INFERENCE_ERRORS,
-    opt=documented(OPENAI_BODIES, streamed=[SSE], metered=True),
+    opt=documented(OPENAI_BODIES, streamed=[SSE], metered=True) | direct(),
 )
 async def openai_generation(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OPENAI)
@@ -64,7 +65,7 @@ async def openai_generation(request: Request[Any, Any, Any]) -> Answer:
     middleware=[cancel_on_disconnect],
     summary="OpenAI-compatible embeddings (metered)",
     responses=answer(AN_OBJECT, description="The embeddings") | INFERENCE_ERRORS,
-    opt=documented(OPENAI_BODIES, metered=True),
+    opt=documented(OPENAI_BODIES, metered=True) | direct(),
 )
 async def openai_embedding(request: Request[Any, Any, Any]) -> Answer:
     return await relay_inference(request, OPENAI)
