@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ollama_gate.domain.errors import StoreUnavailable
 from ollama_gate.domain.keys import ApiKey, InvalidCredentials, hash_secret
@@ -49,7 +49,8 @@ class Authenticator:
         self._known: dict[str, tuple[ApiKey, float]] = {}
         self._hash_by_id: dict[int, str] = {}
         self._unknown: dict[str, float] = {}
-        self._last_used: dict[int, datetime] = {}
+        # Wall time as a float per use (a datetime is made only when the batch is written).
+        self._last_used: dict[int, float] = {}
         self._loading: dict[str, asyncio.Task[ApiKey]] = {}
 
     async def member_key(self, secret: str) -> ApiKey:
@@ -71,7 +72,7 @@ class Authenticator:
                 raise StoreUnavailable() from None
         if key.revoked_at is not None:
             raise InvalidCredentials("API key revoked")
-        self._last_used[key.id] = self._clock.now()
+        self._last_used[key.id] = self._clock.time()
         return key
 
     def _load_once(self, key_hash: str, now: float, stale: ApiKey | None) -> asyncio.Task[ApiKey]:
@@ -147,7 +148,7 @@ class Authenticator:
             return
         batch, self._last_used = self._last_used, {}
         try:
-            await self._store.touch(batch)
+            await self._store.touch({key_id: datetime.fromtimestamp(at, UTC) for key_id, at in batch.items()})
         except StoreUnavailable:
             # Keep them for the next attempt; a newer use recorded meanwhile wins.
             for key_id, at in batch.items():

@@ -54,7 +54,11 @@ class Database:
             connect_args["timeout"] = 5
         else:
             connect_args["timeout"] = connect_timeout
-        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        # A ping before each checkout finds a server that dropped an idle connection; a SQLite file has
+        # no server, and the ping would be one more statement (and thread hop) per transaction.
+        self.engine: AsyncEngine = create_async_engine(
+            url, connect_args=connect_args, pool_pre_ping=not self.is_sqlite
+        )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _enable_sqlite_concurrency)
         self._schema_ready = False
