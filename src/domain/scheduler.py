@@ -102,6 +102,10 @@ class SlotTable:
 
     def ranked(self, model: str, free_only: bool = False) -> list[str]:
         """The online upstreams that have `model` (with a free slot, when `free_only`), best first."""
+        if len(self._order) == 1:  # one server, the common case: nothing to rank
+            only = self.upstreams[self._order[0]]
+            usable = only.online and only.has(model) and (not free_only or only.free(model))
+            return [only.name] if usable else []
         self._turn += 1
         count = len(self._order)
         ranked = [
