@@ -33,7 +33,10 @@ networks = st.lists(st.ip_addresses().map(lambda ip: ipaddress.ip_network(ip)), 
 
 
 def trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    """An IPv4-mapped IPv6 address is its IPv4 address, as the gateway reads it."""
     ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     return any(ip in network for network in proxies)
 
 
@@ -47,6 +50,13 @@ def test_headers_from_an_untrusted_peer_change_nothing(
 ) -> None:
     assume(not trusted(peer, proxies))
     assert client_address(peer, values, proxies, header) == normalize_ip(peer)
+
+
+def test_an_ipv4_mapped_peer_is_trusted_as_its_ipv4_address() -> None:
+    """Found by hypothesis: `::ffff:0:0` is 0.0.0.0, so a proxy listed as 0.0.0.0 is believed."""
+    proxies = parse_networks("0.0.0.0")
+    assert client_address("::ffff:0:0", ["0.0.0.1"], proxies) == "0.0.0.1"
+    assert client_address("::ffff:0:1", ["0.0.0.1"], proxies) == "0.0.0.1"  # its own address
 
 
 @settings(deadline=None, max_examples=300)
