@@ -260,14 +260,24 @@ class RedisQuotaLimiter:
             return await self._degraded_admit(identity, limits)
         number = next(self._ids)
         mark, lease = f"{self._instance}-{number}", f"{self._instance}-l{number}"
+        # Pipelined with the other requests' decisions and ends (one pipeline in flight: under load a
+        # round trip carries many), answered after this process's earlier ends.
+        call = self._ends.submit(
+            self._admit, self._admit_keys(identity, limits), self._args(identity, limits, mark, lease, True)
+        )
         try:
-            answer = await self._admit(
-                keys=self._admit_keys(identity, limits), args=self._args(identity, limits, mark, lease, True)
-            )
+            answer = await asyncio.shield(call)
         except REDIS_DOWN as error:
             self._mark_down(error)
             return await self._degraded_admit(identity, limits)
+        except asyncio.CancelledError:
+            # The request went away while asking: what Redis recorded for it is given back.
+            call.add_done_callback(lambda done: self._undo(done, identity, limits, mark, lease))
+            raise
         self._mark_up()
+        return self._admission(identity, limits, answer, mark, lease)
+
+    def _admission(self, identity: str, limits: Limits, answer: Any, mark: str, lease: str) -> Admission:
         states = _states(limits, answer)
         refused = int(answer[0])
         if refused:
@@ -278,6 +288,13 @@ class RedisQuotaLimiter:
         if taken is not None:
             self._live_leases[taken] = self._key(identity, "c")
         return Admission(True, limits, states, mark=mark, lease=taken, via=self.backend)
+
+    def _undo(self, call: asyncio.Future[Any], identity: str, limits: Limits, mark: str, lease: str) -> None:
+        if call.cancelled() or call.exception() is not None:
+            return
+        admission = self._admission(identity, limits, call.result(), mark, lease)
+        if admission.admitted:
+            self.refund(identity, admission)
 
     async def _degraded_admit(self, identity: str, limits: Limits) -> Admission:
         if self._fallback is None:
@@ -317,13 +334,8 @@ class RedisQuotaLimiter:
             leases = list(self._live_leases.items())
             if not leases:
                 continue
-            try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for lease, key in leases:
-                        await self._renew(keys=[key], args=[lease, _us(self.lease_ttl)], client=pipe)
-                    await pipe.execute()
-            except REDIS_DOWN as error:
-                log.warning("Redis down: %d concurrency leases not renewed (%s)", len(leases), error)
+            for lease, key in leases:
+                self._queue(self._renew, [key], [lease, _us(self.lease_ttl)])
 
     async def states(self, identity: str, limits: Limits) -> tuple[LimitState, ...]:
         if self._down_since is None:

@@ -72,10 +72,13 @@ redis.call('PEXPIRE', best_key, math.ceil(ttl / 1000))
 return best
 """
 
-# KEYS: the slot set. ARGV: lease, channel, model.
+# KEYS: the slot set, the model's heads. ARGV: lease, channel, model. Published only when some instance
+# advertises a request waiting for the model: with nobody waiting, a request's end is no message at all.
 _GIVE_BACK = """
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+if redis.call('HLEN', KEYS[2]) > 0 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
 return 1
 """
 
@@ -179,7 +182,14 @@ class RedisSharedSlots:
         if time.monotonic() < self._down_until:
             raise SharedSlotsUnavailable()
         try:
-            taken = await self._take(keys=keys, args=args)
+            # Behind this instance's queued writes: its own slots given back count as free here.
+            call = self._writes.submit(self._take, keys, args)
+            try:
+                taken = await asyncio.shield(call)
+            except asyncio.CancelledError:
+                # The request went away while asking: a slot taken for it goes straight back.
+                call.add_done_callback(lambda done: self._return_unclaimed(done, model, claim.lease))
+                raise
         except REDIS_DOWN as error:
             if not self._down_until:
                 log.warning(
@@ -197,10 +207,20 @@ class RedisSharedSlots:
         self._live[self._lease(claim.lease)] = self._slots_key(upstream, model)
         return upstream
 
+    def _return_unclaimed(self, call: asyncio.Future[Any], model: str, lease: str) -> None:
+        taken = None if call.cancelled() or call.exception() is not None else call.result()
+        if taken:
+            upstream = taken.decode() if isinstance(taken, bytes) else str(taken)
+            self.give_back(upstream, model, lease)
+
     def give_back(self, upstream: str, model: str, lease: str) -> None:
         full = self._lease(lease)
         self._live.pop(full, None)
-        self._queue(self._give_back, [self._slots_key(upstream, model)], [full, self._channel, model])
+        self._queue(
+            self._give_back,
+            [self._slots_key(upstream, model), self._heads_key(model)],
+            [full, self._channel, model],
+        )
 
     def advertise(self, model: str, head: Claim | None) -> None:
         rank = _rank(head) if head is not None else ""
