@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 
@@ -12,6 +13,7 @@ from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.plans import Plan, plan_in_use
 from ollama_gate.domain.usage import UsageRecord
 from ollama_gate.domain.usage_query import ALL_ROWS, GroupBy, UsageFilter, UsageGroup, in_scope, summarize
+from ollama_gate.domain.usage_series import BucketCount
 from ollama_gate.domain.users import UserRecord
 
 
@@ -111,6 +113,19 @@ class InMemoryUsageStore:
         if not self.available:
             raise StoreUnavailable()
         return len(self.rows)
+
+    async def buckets(
+        self, scope: UsageScope | None, since: datetime, until: datetime, bucket_seconds: int
+    ) -> list[BucketCount]:
+        counts: dict[int, list[int]] = {}
+        for row in self._selected(scope, UsageFilter(since=since, until=until)):
+            bucket = math.floor(row.timestamp.timestamp()) // bucket_seconds
+            totals = counts.setdefault(bucket, [0, 0])
+            totals[0] += 1
+            totals[1] += (row.prompt_tokens or 0) + (row.completion_tokens or 0)
+        return [
+            BucketCount(bucket, requests, tokens) for bucket, (requests, tokens) in sorted(counts.items())
+        ]
 
 
 class InMemoryPlanStore:

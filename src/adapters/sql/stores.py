@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     CompoundSelect,
     Float,
@@ -50,6 +51,7 @@ from ollama_gate.domain.usage_query import (
     percentile_ranks,
     rounded,
 )
+from ollama_gate.domain.usage_series import BucketCount
 
 BATCH_TIMEOUT = 30.0
 
@@ -316,6 +318,27 @@ class SqlUsageStore:
         async with self._db.transaction() as connection:
             result = await connection.execute(select(func.count()).select_from(usage_logs))
             return int(result.scalar_one())
+
+    async def buckets(
+        self, scope: UsageScope | None, since: datetime, until: datetime, bucket_seconds: int
+    ) -> list[BucketCount]:
+        conditions = _conditions(scope, UsageFilter(since=since, until=until))
+        if self._db.is_sqlite:
+            # Stored as UTC text: strftime('%s') reads it as UTC seconds since the epoch.
+            epoch: ColumnElement[Any] = cast(func.strftime("%s", _c.timestamp), Integer)
+        else:
+            epoch = cast(func.floor(func.extract("epoch", _c.timestamp)), BigInteger)
+        bucket = epoch // bucket_seconds  # integer division on both
+        used = func.coalesce(_c.prompt_tokens, 0) + func.coalesce(_c.completion_tokens, 0)
+        tokens = func.coalesce(func.sum(used), 0)
+        query = (
+            select(bucket.label("b"), func.count().label("requests"), tokens.label("tokens"))
+            .where(*conditions)
+            .group_by(bucket)
+        )
+        async with self._db.transaction(timeout=SUMMARY_TIMEOUT) as connection:
+            rows = (await connection.execute(query)).all()
+        return [BucketCount(int(row.b), int(row.requests), int(row.tokens)) for row in rows]
 
 
 # -- usage queries -----------------------------------------------------------------------------------
