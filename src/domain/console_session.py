@@ -15,12 +15,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import math
 import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-import msgspec
 
 from ollama_gate.domain.errors import InvalidRequest
 from ollama_gate.domain.keys import MAX_KEY_ID, validate_member_id
@@ -31,14 +30,6 @@ DEFAULT_SESSION_SECONDS = 8 * 3600.0
 MIN_SECRET_BYTES = 32
 _VERSION = b"v1"
 _MAX_COOKIE_CHARS = 1024
-
-
-class _Payload(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    admin: bool
-    user: str | None
-    key_id: int | None
-    expires: float
-    nonce: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +66,8 @@ def _mac(secret: bytes, purpose: bytes, data: bytes) -> bytes:
 
 def sign_session(session: ConsoleSession, secret: bytes) -> str:
     """The cookie value: `v1.<payload>.<signature>`, both base64url."""
-    payload = msgspec.json.encode(
-        _Payload(session.is_admin, session.user_id, session.key_id, session.expires, session.nonce)
-    )
+    fields = [session.is_admin, session.user_id, session.key_id, session.expires, session.nonce]
+    payload = json.dumps(fields, separators=(",", ":")).encode()
     body = _VERSION + b"." + _b64(payload).encode("ascii")
     return body.decode("ascii") + "." + _b64(_mac(secret, b"session", body))
 
@@ -95,22 +85,34 @@ def read_session(value: str | None, secret: bytes, now: float) -> ConsoleSession
         expected = _mac(secret, b"session", body.encode("ascii"))
         if not hmac.compare_digest(presented, expected):
             return None
-        payload = msgspec.json.decode(_unb64(body[3:]), type=_Payload)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
+        fields = json.loads(_unb64(body[3:]))
+    except (binascii.Error, ValueError, RecursionError):
         return None
-    if not math.isfinite(payload.expires) or payload.expires <= now:
+    return _session_of(fields, now)
+
+
+def _session_of(fields: object, now: float) -> ConsoleSession | None:
+    """The session a signed payload describes, if it is well-formed and still valid."""
+    if not isinstance(fields, list) or len(fields) != 5:
         return None
-    if payload.admin:
-        if payload.user is not None or payload.key_id is not None:
+    admin, user, key_id, expires, nonce = fields
+    if not isinstance(admin, bool) or not isinstance(nonce, str) or isinstance(expires, bool):
+        return None
+    if not isinstance(expires, int | float) or not math.isfinite(expires) or expires <= now:
+        return None
+    if admin:
+        if user is not None or key_id is not None:
             return None
     else:
-        if payload.user is None or payload.key_id is None or not 1 <= payload.key_id <= MAX_KEY_ID:
+        if not isinstance(user, str) or isinstance(key_id, bool) or not isinstance(key_id, int):
+            return None
+        if not 1 <= key_id <= MAX_KEY_ID:
             return None
         try:
-            validate_member_id(payload.user)
+            validate_member_id(user)
         except InvalidRequest:
             return None
-    return ConsoleSession(payload.admin, payload.user, payload.key_id, payload.expires, payload.nonce)
+    return ConsoleSession(admin, user, key_id, float(expires), nonce)
 
 
 def csrf_token(session: ConsoleSession, secret: bytes) -> str:
