@@ -29,11 +29,11 @@ from ollama_gate.entrypoints.console.web import (
     SECURITY_HEADERS,
     STATIC,
     Visitor,
-    checked_form,
     exception_handlers,
     form_of,
     from_own_pages,
     page,
+    posted,
     see_other,
     session_cookie,
     sessions_of,
@@ -111,8 +111,7 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/logout", status_code=303, include_in_schema=False)
 async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
-    visitor = await visitor_of(request)
-    await checked_form(request, visitor)
+    await posted(request)
     response = see_other(LOGIN_PATH)
     response.cookies.append(session_cookie(request, "", 0))
     return response
@@ -202,8 +201,7 @@ async def keys_page(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/keys", status_code=200, include_in_schema=False)
 async def create_key(request: Request[Any, Any, Any]) -> Response[Any]:
-    visitor = await visitor_of(request)
-    form = await checked_form(request, visitor)
+    visitor, form = await posted(request)
     container = container_of(request)
     principal = visitor.principal
     owner = (form.get("user_id") or "").strip() if principal.is_admin else principal.user_id
@@ -230,8 +228,7 @@ def _key_id(text: str) -> int:
 
 @post("/keys/{key_id:str}/revoke", status_code=303, include_in_schema=False)
 async def revoke_key(request: Request[Any, Any, Any], key_id: str) -> Response[Any]:
-    visitor = await visitor_of(request)
-    await checked_form(request, visitor)
+    visitor, _ = await posted(request)
     principal = visitor.principal
     await (
         container_of(request)
@@ -243,8 +240,7 @@ async def revoke_key(request: Request[Any, Any, Any], key_id: str) -> Response[A
 
 @post("/users/{user_id:str}/plan", status_code=303, include_in_schema=False)
 async def assign_plan(request: Request[Any, Any, Any], user_id: str) -> Response[Any]:
-    visitor = await visitor_of(request, admin=True)
-    form = await checked_form(request, visitor)
+    _, form = await posted(request, admin=True)
     await container_of(request).plans().assign(user_id, (form.get("plan") or "").strip())
     return see_other(f"{PREFIX}/keys", done="plan")
 
@@ -296,8 +292,7 @@ async def plans_page(request: Request[Any, Any, Any]) -> Response[Any]:
 @post("/plans", status_code=303, include_in_schema=False)
 async def save_plan(request: Request[Any, Any, Any]) -> Response[Any]:
     """Create a plan (the form's `name`) or replace one with exactly the form's fields."""
-    visitor = await visitor_of(request, admin=True)
-    form = await checked_form(request, visitor)
+    visitor, form = await posted(request, admin=True)
     name = (form.get("name") or "").strip()
     key = "" if form.get("new") else name
     try:
@@ -440,8 +435,7 @@ def _model_named(text: str) -> str:
 @post("/models/pull", status_code=200, include_in_schema=False)
 async def pull_model(request: Request[Any, Any, Any]) -> Response[Any]:
     """Ollama's progress lines as they come (the page's script draws the bar from them)."""
-    visitor = await visitor_of(request, admin=True)
-    form = await checked_form(request, visitor)
+    _, form = await posted(request, admin=True)
     upstream = _upstream_named(request, form.get("upstream", ""))
     model = _model_named(form.get("model", ""))
     body = msgspec.json.encode({"model": model, "stream": True})
@@ -466,8 +460,7 @@ async def pull_model(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/models/delete", status_code=303, include_in_schema=False)
 async def delete_model(request: Request[Any, Any, Any]) -> Response[Any]:
-    visitor = await visitor_of(request, admin=True)
-    form = await checked_form(request, visitor)
+    _, form = await posted(request, admin=True)
     upstream = _upstream_named(request, form.get("upstream", ""))
     model = _model_named(form.get("model", ""))
     relayed = (

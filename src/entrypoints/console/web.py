@@ -93,14 +93,17 @@ def from_own_pages(request: Request[Any, Any, Any]) -> bool:
     )
 
 
-async def checked_form(request: Request[Any, Any, Any], visitor: Visitor) -> dict[str, str]:
-    """The form of a state-changing request, after its checks: own origin and the session's token."""
+async def posted(request: Request[Any, Any, Any], *, admin: bool = False) -> tuple[Visitor, dict[str, str]]:
+    """The visitor and form of a state-changing request, after its checks, in this order: the request
+    comes from the console's own origin (403 otherwise, before anything else, signed in or not), a
+    signed-in visitor (admin when `admin`), and the session's form token (403)."""
     if not from_own_pages(request):
         raise Forbidden(CROSS_SITE)
+    visitor = await visitor_of(request, admin=admin)
     form = await form_of(request)
     if not sessions_of(request).form_token_matches(visitor.session, form.get(CSRF_FIELD)):
         raise Forbidden(CROSS_SITE)
-    return form
+    return visitor, form
 
 
 async def form_of(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -168,6 +171,8 @@ def error_page(request: Request[Any, Any, Any], error: Exception) -> Response[An
         status, message = error.status, str(error) or "the request could not be served"
     elif isinstance(error, HTTPException):
         status, message = error.status_code, error.detail
+    elif isinstance(error, UnicodeDecodeError | RecursionError):
+        status, message = 400, "the form could not be read"
     else:
         log.exception("console error on %s", request.url.path, exc_info=error)
         status, message = 500, "something went wrong on the gateway: the error is in its log"
@@ -188,4 +193,13 @@ def error_page(request: Request[Any, Any, Any], error: Exception) -> Response[An
     )
 
 
-exception_handlers: Any = {SignInRequired: sign_in_required, Exception: error_page}
+# Every kind the app maps, mapped again here: Litestar takes the most specific handler of either level,
+# so the app's GatewayError handler would otherwise answer the console's pages in JSON.
+exception_handlers: Any = {
+    SignInRequired: sign_in_required,
+    GatewayError: error_page,
+    HTTPException: error_page,
+    UnicodeDecodeError: error_page,
+    RecursionError: error_page,
+    Exception: error_page,
+}
