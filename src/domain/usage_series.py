@@ -23,6 +23,29 @@ class BucketCount:
     tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class UserTotals:
+    """One user's requests, tokens (prompt + completion) and upstream errors over a range."""
+
+    user: str
+    requests: int
+    tokens: int
+    errors: int
+
+
+def regroup(counts: list[BucketCount], from_seconds: int, to_seconds: int) -> list[BucketCount]:
+    """Counts of `from_seconds` buckets summed into buckets of `to_seconds` (a multiple of it)."""
+    if to_seconds % from_seconds:
+        raise ValueError(f"{to_seconds} s buckets cannot be made of {from_seconds} s ones")
+    factor = to_seconds // from_seconds
+    merged: dict[int, list[int]] = {}
+    for count in counts:
+        totals = merged.setdefault(count.bucket // factor, [0, 0])
+        totals[0] += count.requests
+        totals[1] += count.tokens
+    return [BucketCount(bucket, requests, tokens) for bucket, (requests, tokens) in sorted(merged.items())]
+
+
 class SeriesRange(StrEnum):
     HOUR = "hour"
     DAY = "day"

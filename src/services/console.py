@@ -19,9 +19,17 @@ from ollama_gate.domain.console_session import (
     read_session,
     sign_session,
 )
-from ollama_gate.domain.errors import InvalidRequest, Unauthorized
+from ollama_gate.domain.errors import Forbidden, InvalidRequest, Unauthorized
 from ollama_gate.domain.keys import is_key_shaped
-from ollama_gate.domain.usage_series import Series, SeriesRange, SeriesWindow, shape_series
+from ollama_gate.domain.usage_series import (
+    BucketCount,
+    Series,
+    SeriesRange,
+    SeriesWindow,
+    UserTotals,
+    regroup,
+    shape_series,
+)
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.stores import KeyStore, UsageSeriesStore
 from ollama_gate.services.authenticator import Authenticator
@@ -98,19 +106,47 @@ class ConsoleSessions:
 
 
 class UsageCharts:
-    """Requests and tokens per minute over the last hour or day, of the rows the principal may read."""
+    """Requests and tokens per minute over the last hour and day, and the top users, of the rows the
+    principal may read: each a range of the timestamp index, never the whole table."""
 
     def __init__(self, store: UsageSeriesStore, clock: Clock) -> None:
         self._store = store
         self._clock = clock
 
     async def series(self, principal: Principal, span: SeriesRange, user_id: str | None = None) -> Series:
-        scope = usage_scope(principal, user_id)
         window = SeriesWindow.ending_at(self._clock.time(), span)
-        counts = await self._store.buckets(
-            scope,
-            datetime.fromtimestamp(window.since, UTC),
-            datetime.fromtimestamp(window.until, UTC),
-            window.bucket_seconds,
+        return shape_series(await self._counts(principal, user_id, window, window.bucket_seconds), window)
+
+    async def hour_and_day(self, principal: Principal) -> tuple[Series, Series]:
+        """Both charts from one pass over the last day, counted per minute."""
+        now = self._clock.time()
+        hour, day = (
+            SeriesWindow.ending_at(now, SeriesRange.HOUR),
+            SeriesWindow.ending_at(now, SeriesRange.DAY),
         )
-        return shape_series(counts, window)
+        minutes = await self._counts(principal, None, day, MINUTE)
+        return (
+            shape_series(regroup(minutes, MINUTE, hour.bucket_seconds), hour),
+            shape_series(regroup(minutes, MINUTE, day.bucket_seconds), day),
+        )
+
+    async def top_users(self, principal: Principal, limit: int) -> list[UserTotals]:
+        """The busiest users of the last day (admins only: it names everyone)."""
+        if not principal.is_admin:
+            raise Forbidden("only an admin sees every user's usage")
+        until = self._clock.time()
+        return await self._store.top_users(_utc(until - DAY), _utc(until + 1), limit)
+
+    async def _counts(
+        self, principal: Principal, user_id: str | None, window: SeriesWindow, bucket_seconds: int
+    ) -> list[BucketCount]:
+        scope = usage_scope(principal, user_id)
+        return await self._store.buckets(scope, _utc(window.since), _utc(window.until), bucket_seconds)
+
+
+MINUTE = 60
+DAY = 86_400.0
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

@@ -22,7 +22,7 @@ from ollama_gate.domain.errors import Forbidden, GatewayError, InvalidRequest
 from ollama_gate.domain.keys import MAX_KEY_ID
 from ollama_gate.domain.plans import BUILTIN_PLANS, FIELD_NAMES, validate_plan_name
 from ollama_gate.domain.usage_query import GroupBy, UsageFilter, parse_group_by, usage_filter
-from ollama_gate.domain.usage_series import Series, SeriesRange, parse_range
+from ollama_gate.domain.usage_series import Series, parse_range
 from ollama_gate.entrypoints.console.web import (
     LOGIN_PATH,
     PREFIX,
@@ -44,7 +44,7 @@ from ollama_gate.entrypoints.request_context import container_of, is_relayed, pe
 
 PAGE_ROWS = 50
 TOP_USERS = 10
-SUMMARY_DEFAULT = timedelta(days=1)
+SUMMARY_DEFAULT = timedelta(hours=1)
 PLAN_HINTS = {
     "requests": "N/W: at most N requests in any W seconds, such as 30/60",
     "tokens": "N/W: at most N tokens in any W seconds, such as 20000/3600",
@@ -135,12 +135,8 @@ async def overview(request: Request[Any, Any, Any]) -> Response[Any]:
     visitor = await visitor_of(request, admin=True)
     container = container_of(request)
     charts = container.usage_charts()
-    hour = await charts.series(visitor.principal, SeriesRange.HOUR)
-    day = await charts.series(visitor.principal, SeriesRange.DAY)
-    since = datetime.now(UTC) - SUMMARY_DEFAULT
-    top = await container.usage_reports().summary(
-        visitor.principal, None, UsageFilter(since=since), GroupBy.USER
-    )
+    hour, day = await charts.hour_and_day(visitor.principal)
+    top = await charts.top_users(visitor.principal, TOP_USERS)
     queue = await container.gpu_queue().snapshot() if container.gpu_queue().enabled else []
     upstreams = container.llm().upstream_states()
     charts_json = msgspec.json.encode({"hour": series_document(hour), "day": series_document(day)}).decode()
@@ -156,7 +152,8 @@ async def overview(request: Request[Any, Any, Any]) -> Response[Any]:
         hour=hour,
         day=day,
         charts_json=charts_json,
-        top=top[:TOP_USERS],
+        top=top,
+        since_day=(datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
     )
 
 
@@ -341,7 +338,7 @@ async def usage_page(request: Request[Any, Any, Any]) -> Response[Any]:
             request, "usage.html", visitor, 400, error=str(error), entered=entered, rows=[], groups=[]
         )
     usage = await reports.page(visitor.principal, PAGE_ROWS, user, filters)
-    # The summary reads every row of its range: without a `since`, the last day only (said on the page).
+    # The summary reads every row of its range: without a `since`, the last hour only (said on the page).
     summary_filter = dataclasses.replace(filters, before_id=None)
     bounded = summary_filter.since is None
     if bounded:
@@ -359,7 +356,7 @@ async def usage_page(request: Request[Any, Any, Any]) -> Response[Any]:
         groups=groups,
         group_by=grouping.value,
         groupings=[g.value for g in GroupBy],
-        summary_last_day=bounded,
+        summary_default=bounded,
         csv_query=query,
     )
 
