@@ -294,6 +294,15 @@ def test_a_bad_filter_is_a_message_not_an_error(gate: GatewayProcess, page: Page
     answer = page.goto(gate.url + "/console/usage?since=yesterday")
     assert answer is not None and answer.status == 400
     expect(page.get_by_role("alert")).to_contain_text("since must be an ISO 8601 date")
+    answer = page.goto(gate.url + "/console/nowhere")
+    assert answer is not None and answer.status == 404
+    expect(page.get_by_role("alert")).to_contain_text("there is no console page at /console/nowhere")
+    # A form that fails validation is a message in its page, the visitor's input kept.
+    page.goto(gate.url + "/console/keys")
+    page.get_by_label("User id").fill("admin")  # reserved
+    page.get_by_role("button", name="Create key").click()
+    expect(page.get_by_role("alert")).to_contain_text("reserved")
+    expect(page.get_by_label("User id")).to_have_value("admin")
 
 
 # -- a member -----------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from litestar.datastructures import CacheControlHeader
 from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 
+from ollama_gate.domain.access import is_local_admin
 from ollama_gate.domain.console_forms import plan_fields_from_form, plan_form_values
-from ollama_gate.domain.errors import Forbidden, GatewayError, InvalidRequest
+from ollama_gate.domain.errors import Forbidden, GatewayError, InvalidRequest, NotFound
 from ollama_gate.domain.keys import MAX_KEY_ID
 from ollama_gate.domain.plans import BUILTIN_PLANS, FIELD_NAMES, validate_plan_name
 from ollama_gate.domain.usage_query import GroupBy, UsageFilter, parse_group_by, usage_filter
@@ -78,8 +79,6 @@ async def login_page(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 def _loopback_sign_in(request: Request[Any, Any, Any]) -> bool:
-    from ollama_gate.domain.access import is_local_admin
-
     return sessions_of(request).loopback_sign_in and is_local_admin(peer_of(request), is_relayed(request))
 
 
@@ -476,6 +475,13 @@ async def delete_model(request: Request[Any, Any, Any]) -> Response[Any]:
     return see_other(f"{PREFIX}/models", deleted=model)
 
 
+@get("/{rest:path}", include_in_schema=False)
+async def not_found(request: Request[Any, Any, Any], rest: str) -> Response[Any]:
+    """Any other console path: a page that says so (after sign-in, like every page)."""
+    await visitor_of(request)
+    raise NotFound(f"there is no console page at {request.url.path}")
+
+
 console_router = Router(
     path=PREFIX,
     route_handlers=[
@@ -496,6 +502,7 @@ console_router = Router(
         models_page,
         pull_model,
         delete_model,
+        not_found,
         create_static_files_router(
             path="/static",
             directories=[STATIC],

@@ -18,6 +18,7 @@ from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 
 from ollama_gate.domain.access import Principal
+from ollama_gate.domain.client_address import parse_ip
 from ollama_gate.domain.console_session import COOKIE_NAME, CSRF_FIELD, ConsoleSession, same_origin_request
 from ollama_gate.domain.errors import Forbidden, GatewayError
 from ollama_gate.entrypoints.request_context import container_of, is_relayed, peer_of
@@ -117,7 +118,15 @@ async def form_of(request: Request[Any, Any, Any]) -> dict[str, str]:
 
 
 def is_https(request: Request[Any, Any, Any]) -> bool:
-    return request.url.scheme == "https"
+    """Whether the visitor's page is https: the connection's own scheme, or what a trusted proxy that
+    ends TLS says in `X-Forwarded-Proto` (the proxies of OLLAMA_GATE_TRUSTED_PROXIES only)."""
+    if request.url.scheme == "https":
+        return True
+    trusted = container_of(request).settings().trusted_proxies
+    peer = parse_ip(peer_of(request))
+    if peer is None or not any(peer in network for network in trusted):
+        return False
+    return request.headers.get("x-forwarded-proto", "").strip().lower() == "https"
 
 
 def session_cookie(request: Request[Any, Any, Any], value: str, max_age: int) -> Cookie:
