@@ -21,8 +21,13 @@ from ollama_gate.domain.keys import KEY_PREFIX
 from tests.integration.conftest import gateway_per_module
 from tests.support.gateway import HIGH_LIMITS, USAGE_POLLS, GatewayProcess
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect  # noqa: E402
+try:
+    from playwright import sync_api as playwright_sync
+    from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect
+except ImportError:  # a dev dependency: only a bare install lacks it
+    if os.environ.get("OLLAMA_GATE_TEST_REQUIRE_SERVICES") == "1":
+        raise
+    pytest.skip("playwright is not installed (pip install -e '.[dev]')", allow_module_level=True)
 
 ADMIN_TOKEN = "console-admin-token-0123456789"
 ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
