@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 
@@ -10,8 +11,9 @@ from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.errors import Conflict, StoreUnavailable
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.plans import Plan, plan_in_use
-from ollama_gate.domain.usage import UsageRecord
+from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.domain.usage_query import ALL_ROWS, GroupBy, UsageFilter, UsageGroup, in_scope, summarize
+from ollama_gate.domain.usage_series import BucketCount, UserTotals
 from ollama_gate.domain.users import UserRecord
 
 
@@ -111,6 +113,29 @@ class InMemoryUsageStore:
         if not self.available:
             raise StoreUnavailable()
         return len(self.rows)
+
+    async def buckets(
+        self, scope: UsageScope | None, since: datetime, until: datetime, bucket_seconds: int
+    ) -> list[BucketCount]:
+        counts: dict[int, list[int]] = {}
+        for row in self._selected(scope, UsageFilter(since=since, until=until)):
+            bucket = math.floor(row.timestamp.timestamp()) // bucket_seconds
+            totals = counts.setdefault(bucket, [0, 0])
+            totals[0] += 1
+            totals[1] += (row.prompt_tokens or 0) + (row.completion_tokens or 0)
+        return [
+            BucketCount(bucket, requests, tokens) for bucket, (requests, tokens) in sorted(counts.items())
+        ]
+
+    async def top_users(self, since: datetime, until: datetime, limit: int) -> list[UserTotals]:
+        totals: dict[str, list[int]] = {}
+        for row in self._selected(None, UsageFilter(since=since, until=until)):
+            counted = totals.setdefault(row.user, [0, 0, 0])
+            counted[0] += 1
+            counted[1] += (row.prompt_tokens or 0) + (row.completion_tokens or 0)
+            counted[2] += row.outcome is Outcome.UPSTREAM_ERROR
+        ranked = sorted(totals.items(), key=lambda item: (-item[1][0], item[0]))
+        return [UserTotals(user, *counted) for user, counted in ranked[:limit]]
 
 
 class InMemoryPlanStore:

@@ -13,10 +13,14 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template import TemplateConfig
 
 from ollama_gate import __version__
 from ollama_gate.entrypoints.access_log import AccessLog
 from ollama_gate.entrypoints.config import load_settings
+from ollama_gate.entrypoints.console.pages import console_router
+from ollama_gate.entrypoints.console.web import TEMPLATES
 from ollama_gate.entrypoints.container import Container, build_container
 from ollama_gate.entrypoints.controllers import ollama_api, openai_api, plans
 from ollama_gate.entrypoints.controllers.chat import chat, chat_stream
@@ -87,23 +91,26 @@ def create_app(container: Container) -> Litestar:
                     log.exception("error while closing %s", type(component).__name__)
 
     app = Litestar(
-        route_handlers=with_options(
-            [
-                chat,
-                chat_stream,
-                create_key,
-                list_keys,
-                revoke_key,
-                list_usage,
-                usage_summary,
-                export_usage,
-                status,
-                metrics,
-                *plans.route_handlers,
-                *ollama_api.route_handlers,
-                *openai_api.route_handlers,
-            ]
-        ),
+        route_handlers=[
+            *with_options(
+                [
+                    chat,
+                    chat_stream,
+                    create_key,
+                    list_keys,
+                    revoke_key,
+                    list_usage,
+                    usage_summary,
+                    export_usage,
+                    status,
+                    metrics,
+                    *plans.route_handlers,
+                    *ollama_api.route_handlers,
+                    *openai_api.route_handlers,
+                ]
+            ),
+            console_router,
+        ],
         state=State({"container": container}),
         lifespan=[lifespan],
         middleware=[metrics_middleware(container.telemetry())],
@@ -116,6 +123,7 @@ def create_app(container: Container) -> Litestar:
             render_plugins=[SwaggerRenderPlugin()],
         ),
         logging_config=None,
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
     )
     complete_document(app)
     # Access lines only when they are wanted: each costs a record per request.

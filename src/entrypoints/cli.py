@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -115,7 +117,10 @@ def _serve(settings: Settings, workers: int) -> int:
     }
     if workers > 1:
         # Each worker builds its own app from the same environment (uvicorn imports the factory); their
-        # metrics meet in one directory, so /metrics from any of them covers all.
+        # metrics meet in one directory, so /metrics from any of them covers all. The console's sessions
+        # must be valid on every worker: without a configured secret, they share one made here.
+        if settings.console_secret is None:
+            os.environ["OLLAMA_GATE_CONSOLE_SECRET"] = secrets.token_hex(32)
         serve(
             "ollama_gate.entrypoints.app:app_from_environment",
             limits,

@@ -21,6 +21,7 @@ PREFIX = "OLLAMA_GATE_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 MIN_HEADER_BYTES = 1024
+CONSOLE_SECRET_MIN_CHARS = 32
 
 T = TypeVar("T")
 
@@ -79,6 +80,8 @@ class Settings:
     keepalive_timeout: float = 5.0
     max_connections: int = 4096
     shutdown_timeout: float = 30.0
+    console_secret: str | None = field(default=None, repr=False)
+    console_session_hours: float = 8.0
 
     @property
     def ollama_urls(self) -> tuple[str, ...]:
@@ -132,6 +135,10 @@ class Settings:
             "OLLAMA_GATE_KEEPALIVE_TIMEOUT": f"{self.keepalive_timeout:g}",
             "OLLAMA_GATE_MAX_CONNECTIONS": str(self.max_connections),
             "OLLAMA_GATE_SHUTDOWN_TIMEOUT": f"{self.shutdown_timeout:g}",
+            "OLLAMA_GATE_CONSOLE_SECRET": "(set)"
+            if self.console_secret
+            else "(not set: generated at start, console sessions end at restart)",
+            "OLLAMA_GATE_CONSOLE_SESSION_HOURS": f"{self.console_session_hours:g}",
         }
 
 
@@ -295,6 +302,24 @@ def _log_format(text: str) -> str:
     return value
 
 
+def _console_secret(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if len(text) < CONSOLE_SECRET_MIN_CHARS:
+        raise ValueError(
+            f"expected at least {CONSOLE_SECRET_MIN_CHARS} characters (e.g. openssl rand -hex 32)"
+        )
+    return text
+
+
+def _session_hours(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 24 * 30:
+        raise ValueError(f"expected a number of hours above 0 and at most 720, got {text!r}")
+    return value
+
+
 def _non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -361,4 +386,6 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         keepalive_timeout=get("KEEPALIVE_TIMEOUT", _positive_seconds, defaults.keepalive_timeout),
         max_connections=get("MAX_CONNECTIONS", _positive_int, defaults.max_connections),
         shutdown_timeout=get("SHUTDOWN_TIMEOUT", _non_negative_seconds, defaults.shutdown_timeout),
+        console_secret=get("CONSOLE_SECRET", _console_secret, defaults.console_secret),
+        console_session_hours=get("CONSOLE_SESSION_HOURS", _session_hours, defaults.console_session_hours),
     )

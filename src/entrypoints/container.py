@@ -25,6 +25,7 @@ from ollama_gate.adapters.sql.plan_store import SqlPlanStore
 from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
 from ollama_gate.adapters.system_clock import SystemClock
 from ollama_gate.adapters.upstream_pool import UpstreamPool
+from ollama_gate.domain.console_session import generated_secret
 from ollama_gate.domain.plans import Plan, builtin_plans
 from ollama_gate.entrypoints.config import Settings
 from ollama_gate.ports.clock import Clock
@@ -34,6 +35,7 @@ from ollama_gate.ports.slots import SharedSlots
 from ollama_gate.services.access import AccessPolicy
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.chat import ChatService
+from ollama_gate.services.console import ConsoleSessions, UsageCharts
 from ollama_gate.services.gatekeeper import Gatekeeper
 from ollama_gate.services.gauges import GaugeSampler
 from ollama_gate.services.gpu_queue import GpuQueue
@@ -89,6 +91,16 @@ def _shared_limiter(limiter: QuotaLimiter) -> QuotaLimiter | None:
 
 def _builtin_plans(settings: Settings) -> dict[str, Plan]:
     return builtin_plans(settings.anon_rate_limit, settings.member_rate_limit)
+
+
+def _console_secret(settings: Settings) -> bytes:
+    """The key the console signs its sessions with: OLLAMA_GATE_CONSOLE_SECRET, or one made now (the
+    sessions then end when the process does)."""
+    return settings.console_secret.encode() if settings.console_secret else generated_secret()
+
+
+def _session_seconds(settings: Settings) -> float:
+    return settings.console_session_hours * 3600
 
 
 def _uses_redis(settings: Settings) -> bool:
@@ -206,6 +218,16 @@ class Container(containers.DeclarativeContainer):
     passthrough = providers.Singleton(PassthroughService, llm, usage_recorder, clock, gpu=gpu_queue)
     keys = providers.Singleton(KeyService, key_store, authenticator, clock, key_events)
     usage_reports = providers.Singleton(UsageReports, usage_store)
+    usage_charts = providers.Singleton(UsageCharts, usage_store, clock)
+    console_sessions = providers.Singleton(
+        ConsoleSessions,
+        authenticator,
+        key_store,
+        clock,
+        secret=providers.Callable(_console_secret, settings),
+        admin_token=settings.provided.admin_token,
+        lifetime=providers.Callable(_session_seconds, settings),
+    )
     status = providers.Singleton(
         StatusService,
         llm,

@@ -8,6 +8,7 @@ from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.keys import ApiKey
 from ollama_gate.domain.usage import UsageRecord
 from ollama_gate.domain.usage_query import ALL_ROWS, GroupBy, UsageFilter, UsageGroup
+from ollama_gate.domain.usage_series import BucketCount, UserTotals
 
 
 class KeyStore(Protocol):
@@ -72,3 +73,20 @@ class UsageStore(Protocol):
         ...
 
     async def count(self) -> int: ...
+
+
+class UsageSeriesStore(Protocol):
+    """Usage rows counted per time bucket, for the console's charts. Raises StoreUnavailable when down."""
+
+    async def buckets(
+        self, scope: UsageScope | None, since: datetime, until: datetime, bucket_seconds: int
+    ) -> list[BucketCount]:
+        """Requests and tokens (prompt + completion) per bucket of `bucket_seconds` (buckets numbered
+        from the epoch, UTC) of the rows of `scope` with `since <= timestamp < until`, read through the
+        timestamp index: the cost follows the range, not the table."""
+        ...
+
+    async def top_users(self, since: datetime, until: datetime, limit: int) -> list[UserTotals]:
+        """The `limit` users with the most requests with `since <= timestamp < until`, most first (then
+        by name)."""
+        ...

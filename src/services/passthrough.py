@@ -357,10 +357,20 @@ class PassthroughService:
             end(outcome, tokens if outcome is Outcome.OK else TokenCounts(None, relayed or None))
 
     async def forward(
-        self, method: str, path: str, body: RequestBody, model: str | None, *, sticky: bool = False
+        self,
+        method: str,
+        path: str,
+        body: RequestBody,
+        model: str | None,
+        *,
+        sticky: bool = False,
+        upstream_name: str | None = None,
     ) -> Relayed:
-        """Forward a request that is not metered (listings, model management): no usage row."""
-        upstream = await self._router.request(method, path, body, model=model, sticky=sticky)
+        """Forward a request that is not metered (listings, model management): no usage row. With
+        `upstream_name`, to that server only (the console's models page acts on one server)."""
+        upstream = await self._router.request(
+            method, path, body, model=model, sticky=sticky, upstream=upstream_name
+        )
         if upstream.status == 200 and is_streamed(upstream.content_type):
             return self._relayed_stream(upstream, OLLAMA, StreamEnd(upstream, _unmetered))
         try:

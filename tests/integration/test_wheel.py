@@ -62,3 +62,19 @@ def test_the_installed_wheel_migrates_a_new_database_and_serves(
     assert status["usage"]["database_online"] is True
     assert schema.status_code == 200
     assert (tmp_path / "data" / "ollama-gate.db").is_file()
+
+
+def test_the_installed_wheel_serves_the_console_pages_and_files(
+    installed_wheel: Path, tmp_path: Path
+) -> None:
+    with (
+        FakeOllama() as fake,
+        GatewayProcess(tmp_path, ollama_url=fake.url, python_path=installed_wheel) as gate,
+    ):
+        login = httpx.get(gate.url + "/console/login", timeout=10)
+        chart = httpx.get(gate.url + "/console/static/vendor/uPlot.iife.min.js", timeout=10)
+        script = httpx.get(gate.url + "/console/static/console.js", timeout=10)
+    assert login.status_code == 200 and "Admin token or API key" in login.text  # the template shipped
+    assert chart.status_code == 200 and "uPlot" in chart.text and "max-age" in chart.headers["cache-control"]
+    assert script.status_code == 200
+    assert (installed_wheel / "ollama_gate/entrypoints/console/static/vendor/uPlot.LICENSE").is_file()

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     CompoundSelect,
     Float,
@@ -50,6 +51,7 @@ from ollama_gate.domain.usage_query import (
     percentile_ranks,
     rounded,
 )
+from ollama_gate.domain.usage_series import BucketCount, UserTotals, regroup
 
 BATCH_TIMEOUT = 30.0
 
@@ -316,6 +318,61 @@ class SqlUsageStore:
         async with self._db.transaction() as connection:
             result = await connection.execute(select(func.count()).select_from(usage_logs))
             return int(result.scalar_one())
+
+    async def buckets(
+        self, scope: UsageScope | None, since: datetime, until: datetime, bucket_seconds: int
+    ) -> list[BucketCount]:
+        conditions = _conditions(scope, UsageFilter(since=since, until=until))
+        used = func.coalesce(_c.prompt_tokens, 0) + func.coalesce(_c.completion_tokens, 0)
+        totals = (func.count().label("requests"), func.coalesce(func.sum(used), 0).label("tokens"))
+        if self._db.is_sqlite and bucket_seconds % 60 == 0:
+            # Stored as UTC text: the minute is a prefix ('YYYY-MM-DD HH:MM'), far cheaper per row than
+            # a date function; minutes are summed into the buckets here.
+            minute = func.substr(_c.timestamp, 1, 16, type_=String)
+            query = select(minute.label("m"), *totals).where(*conditions).group_by(minute)
+            async with self._db.transaction(timeout=SUMMARY_TIMEOUT) as connection:
+                rows = (await connection.execute(query)).all()
+            minutes = [BucketCount(_minute_number(row.m), int(row.requests), int(row.tokens)) for row in rows]
+            return regroup(minutes, 60, bucket_seconds)
+        if self._db.is_sqlite:
+            epoch: ColumnElement[Any] = cast(func.strftime("%s", _c.timestamp), Integer)
+        else:
+            epoch = cast(func.floor(func.extract("epoch", _c.timestamp)), BigInteger)
+        bucket = epoch // bucket_seconds  # integer division on both
+        query = select(bucket.label("b"), *totals).where(*conditions).group_by(bucket)
+        async with self._db.transaction(timeout=SUMMARY_TIMEOUT) as connection:
+            rows = (await connection.execute(query)).all()
+        return [BucketCount(int(row.b), int(row.requests), int(row.tokens)) for row in rows]
+
+    async def top_users(self, since: datetime, until: datetime, limit: int) -> list[UserTotals]:
+        used = func.coalesce(_c.prompt_tokens, 0) + func.coalesce(_c.completion_tokens, 0)
+        # `|| ''`, as in the summary: grouping in the (user, id) index's order would visit every row of
+        # the table through it; the time index and a small sort are what the range needs.
+        user = _c.user.concat("")
+        requests = func.count().label("requests")
+        query = (
+            select(
+                user.label("u"),
+                requests,
+                func.coalesce(func.sum(used), 0).label("tokens"),
+                func.count().filter(_c.outcome == Outcome.UPSTREAM_ERROR.value).label("errors"),
+            )
+            .where(*_conditions(None, UsageFilter(since=since, until=until)))
+            .group_by(user)
+            .order_by(requests.desc(), user)
+            .limit(limit)
+        )
+        async with self._db.transaction(timeout=SUMMARY_TIMEOUT) as connection:
+            rows = (await connection.execute(query)).all()
+        return [UserTotals(str(r.u), int(r.requests), int(r.tokens), int(r.errors)) for r in rows]
+
+
+def _minute_number(text: str) -> int:
+    """'YYYY-MM-DD HH:MM' (UTC) as minutes since the epoch."""
+    moment = datetime(
+        int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), tzinfo=UTC
+    )
+    return int(moment.timestamp()) // 60
 
 
 # -- usage queries -----------------------------------------------------------------------------------
