@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: relink run test lint typecheck unit integration bench bench-smoke clean chromium vendor-console
+.PHONY: relink run test lint typecheck unit integration bench bench-smoke clean test-tools vendor-console
 
 # The venv is rebuilt when the pinned versions or the project metadata change.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -28,20 +28,26 @@ lint: relink
 typecheck: relink
 	$(BIN)/mypy src tests bench
 
-test: lint typecheck chromium
+test: lint typecheck test-tools
 	$(BIN)/pytest
 
 unit: relink
 	$(BIN)/pytest tests/unit
 
-integration: relink chromium
+integration: relink test-tools
 	$(BIN)/pytest tests/integration
 
-# The console's browser tests drive Debian's Chromium (never a downloaded one): installed when missing.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
-	  else echo "Chromium is missing: run 'sudo apt-get install -y chromium' (the console's browser tests need it)" >&2; exit 1; fi; }
+# What the suite drives besides Python, from Debian's archive when missing: Chromium for the console's
+# browser tests (never a downloaded browser), wrk for the bench smoke test.
+TEST_TOOLS := chromium:chromium wrk:wrk
+test-tools:
+	@for tool in $(TEST_TOOLS); do command=$${tool%%:*}; package=$${tool##*:}; \
+	  command -v $$command >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing $$package (apt-get)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$package >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$package >/dev/null; } || exit 1; \
+	  else echo "$$command is missing: run 'sudo apt-get install -y $$package' (the test suite needs it)" >&2; exit 1; fi; \
+	done
 
 # The console's chart library, from the npm registry, with its licence: `make vendor-console UPLOT=1.6.32`.
 UPLOT ?= 1.6.32

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.services import installed_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,8 +79,8 @@ def test_bench_smoke_with_the_python_generator(tmp_path: Path) -> None:
     assert_exact(results, printed)
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make bench installs it)")
 def test_bench_smoke_with_wrk(tmp_path: Path) -> None:
+    installed_tool("wrk")
     results, printed = run_smoke(tmp_path, "wrk")
     assert results["generator"].startswith("wrk")
     assert_exact(results, printed)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from ollama_gate.domain.keys import KEY_PREFIX
 from tests.integration.conftest import gateway_per_module
 from tests.support.gateway import HIGH_LIMITS, USAGE_POLLS, GatewayProcess
+from tests.support.services import installed_tool
 
 try:
     from playwright import sync_api as playwright_sync
@@ -47,16 +47,6 @@ gate = gateway_per_module(
 )
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if found is None:
-        reason = "Chromium is missing: apt-get install -y chromium (make test installs it as root)"
-        if os.environ.get("OLLAMA_GATE_TEST_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
-
-
 @pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with playwright_sync.sync_playwright() as driver:
@@ -65,7 +55,7 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    launched = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+    launched = playwright.chromium.launch(executable_path=installed_tool("chromium"), args=CHROMIUM_ARGS)
     yield launched
     launched.close()
 

@@ -34,6 +34,14 @@ def _unavailable(message: str) -> NoReturn:
     pytest.skip(message)
 
 
+def installed_tool(command: str) -> str:
+    """The path of a program the suite drives (a browser, a load generator); `make test` installs them."""
+    found = shutil.which(command)
+    if found is None:
+        _unavailable(f"{command} is missing: apt-get install -y {command} (make test installs it as root)")
+    return found
+
+
 def _missing(variable: str, what: str) -> NoReturn:
     _unavailable(f"{what} not configured: set {variable} (CI sets it; see README, Tests)")
 
