@@ -8,9 +8,11 @@ revoked key ends the session at its next request.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from ollama_gate.domain.access import AdminToken, Principal, is_local_admin, usage_scope
+from ollama_gate.domain.client_address import quota_address
 from ollama_gate.domain.console_session import (
     DEFAULT_SESSION_SECONDS,
     ConsoleSession,
@@ -21,6 +23,7 @@ from ollama_gate.domain.console_session import (
 )
 from ollama_gate.domain.errors import Forbidden, InvalidRequest, Unauthorized
 from ollama_gate.domain.keys import is_key_shaped
+from ollama_gate.domain.sign_in_attempts import FailedSignIns
 from ollama_gate.domain.usage_series import (
     BucketCount,
     Series,
@@ -53,18 +56,32 @@ class ConsoleSessions:
         self._secret = secret
         self._admin_token = AdminToken(admin_token) if admin_token else None
         self.lifetime = lifetime
+        self._failures = FailedSignIns()
 
     @property
     def loopback_sign_in(self) -> bool:
         """Whether a direct loopback visitor may sign in as the admin without a token."""
         return self._admin_token is None
 
-    async def sign_in(self, credential: str, peer: str, relayed: bool) -> ConsoleSession:
+    async def sign_in(
+        self, credential: str, peer: str, relayed: bool, client: str | None = None
+    ) -> ConsoleSession:
         """A session for whoever `credential` names: the admin token, or an active key (its owner).
         An empty credential signs in the loopback admin when no admin token is set. Unauthorized
-        otherwise, with the same sentence whatever was wrong."""
-        credential = credential.strip()
-        now = self._clock.time()
+        otherwise, with the same sentence whatever was wrong; after too many of those from one client
+        address (`client` as the trusted-proxy rule decided it, else the peer; IPv6 counted per /64),
+        TooManySignIns without checking."""
+        address, now = quota_address(client or peer), self._clock.time()
+        self._failures.check(address, now)
+        try:
+            session = await self._session_for(credential.strip(), peer, relayed, now)
+        except Unauthorized:
+            self._failures.failed(address, now)
+            raise
+        self._failures.succeeded(address)
+        return session
+
+    async def _session_for(self, credential: str, peer: str, relayed: bool, now: float) -> ConsoleSession:
         if not credential:
             if self._admin_token is None and is_local_admin(peer, relayed):
                 return ConsoleSession.for_admin(now, self.lifetime)
@@ -131,11 +148,12 @@ class UsageCharts:
         )
 
     async def top_users(self, principal: Principal, limit: int) -> list[UserTotals]:
-        """The busiest users of the last day (admins only: it names everyone)."""
+        """The busiest users of the current hour and the 23 before it (admins only: it names everyone).
+        Whole hours, so the store answers from its hourly counts, not from the rows."""
         if not principal.is_admin:
             raise Forbidden("only an admin sees every user's usage")
-        until = self._clock.time()
-        return await self._store.top_users(_utc(until - DAY), _utc(until + 1), limit)
+        until = (math.floor(self._clock.time() / HOUR) + 1) * HOUR
+        return await self._store.top_users(_utc(until - DAY), _utc(until), limit)
 
     async def _counts(
         self, principal: Principal, user_id: str | None, window: SeriesWindow, bucket_seconds: int
@@ -145,6 +163,7 @@ class UsageCharts:
 
 
 MINUTE = 60
+HOUR = 3600
 DAY = 86_400.0
 
 

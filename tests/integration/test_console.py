@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from ollama_gate.domain.keys import KEY_PREFIX
+from ollama_gate.domain.sign_in_attempts import DEFAULT_FAILURES
 from tests.integration.conftest import gateway_per_module
 from tests.support.gateway import HIGH_LIMITS, USAGE_POLLS, GatewayProcess
 from tests.support.services import installed_tool
@@ -373,6 +374,32 @@ def test_a_cross_site_post_is_refused(gate: GatewayProcess, page: Page, context:
     )
     assert (foreign.status_code, tokenless.status_code) == (403, 403)
     assert len(httpx.get(gate.url + "/api/keys", headers=ADMIN, timeout=10).json()["keys"]) == keys_before
+
+
+guarded_gate = gateway_per_module(
+    HIGH_LIMITS | {"ADMIN_TOKEN": ADMIN_TOKEN, "CONSOLE_SECRET": "g" * 64}, upstream="module_ollama_server"
+)
+
+
+def test_an_address_that_keeps_guessing_the_token_is_refused_for_a_while(
+    guarded_gate: GatewayProcess,
+) -> None:
+    """Its own gateway: the lock-out it provokes would lock every other test of this module out too."""
+
+    def attempt(credential: str) -> httpx.Response:
+        return httpx.post(
+            guarded_gate.url + "/console/login",
+            data={"credential": credential},
+            headers={"Origin": guarded_gate.url},
+            timeout=10,
+        )
+
+    guesses = [attempt(f"guess-{n}").status_code for n in range(DEFAULT_FAILURES)]
+    assert guesses == [401] * DEFAULT_FAILURES
+    locked = attempt(ADMIN_TOKEN)  # the right token too: nothing is checked while locked out
+    assert locked.status_code == 429
+    assert "too many failed sign-ins" in locked.text
+    assert "ollama_gate_console" not in locked.cookies
 
 
 # -- models -----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from ollama_gate.domain.console_session import (
     sign_session,
 )
 from ollama_gate.domain.errors import InvalidRequest, Unauthorized
+from ollama_gate.domain.sign_in_attempts import DEFAULT_FAILURES, DEFAULT_WINDOW_SECONDS, TooManySignIns
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.console import ConsoleSessions
 from ollama_gate.services.keys import KeyService
@@ -175,3 +176,18 @@ async def test_a_session_expires_after_its_lifetime() -> None:
     assert await sessions.resume(cookie, "::1", relayed=False) is not None
     clock.advance(2)
     assert await sessions.resume(cookie, "::1", relayed=False) is None
+
+
+async def test_an_address_that_keeps_failing_is_refused_without_a_check_until_its_window_passes() -> None:
+    sessions, _, clock = _sessions()
+    for _ in range(DEFAULT_FAILURES):
+        with pytest.raises(Unauthorized):
+            await sessions.sign_in("admin-token-guess", "10.0.0.1", relayed=True, client="198.51.100.7")
+    with pytest.raises(TooManySignIns) as refused:
+        await sessions.sign_in("admin-token-0123456789", "10.0.0.1", relayed=True, client="198.51.100.7")
+    assert 0 < refused.value.retry_after <= DEFAULT_WINDOW_SECONDS
+    # Another client behind the same proxy is not locked out; the right token still works there.
+    other = await sessions.sign_in("admin-token-0123456789", "10.0.0.1", relayed=True, client="198.51.100.8")
+    assert other.is_admin
+    clock.advance(DEFAULT_WINDOW_SECONDS)
+    assert (await sessions.sign_in("admin-token-0123456789", "10.0.0.1", True, "198.51.100.7")).is_admin

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import dialect as sqlite_dialect
 
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.tables import api_keys, usage_logs
+from ollama_gate.adapters.sql.usage_rollups import add_rollups, minute_counts, top_users_by_hour
 from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.errors import StoreUnavailable
 from ollama_gate.domain.identity import Tier
@@ -51,6 +52,7 @@ from ollama_gate.domain.usage_query import (
     percentile_ranks,
     rounded,
 )
+from ollama_gate.domain.usage_rollups import HOUR, MINUTE, aligned, rollups
 from ollama_gate.domain.usage_series import BucketCount, UserTotals, regroup
 
 BATCH_TIMEOUT = 30.0
@@ -278,6 +280,8 @@ class SqlUsageStore:
                     await copy("usage_logs", records=rows, columns=_WRITTEN)
                 except _POSTGRES_UNAVAILABLE as error:
                     raise StoreUnavailable() from error
+            # In the rows' transaction: the counts are the rows, whatever fails.
+            await add_rollups(connection, rollups(records), self._db.is_sqlite)
 
     async def recent(
         self, limit: int, scope: UsageScope | None, filters: UsageFilter = ALL_ROWS
@@ -322,6 +326,12 @@ class SqlUsageStore:
     async def buckets(
         self, scope: UsageScope | None, since: datetime, until: datetime, bucket_seconds: int
     ) -> list[BucketCount]:
+        start, end = since.timestamp(), until.timestamp()
+        if bucket_seconds % MINUTE == 0 and aligned(start, MINUTE) and aligned(end, MINUTE):
+            async with self._db.transaction() as connection:
+                minutes = await minute_counts(connection, scope, int(start) // MINUTE, int(end) // MINUTE)
+            return regroup(minutes, MINUTE, bucket_seconds)
+        # A range that does not fall on whole minutes: counted from the rows themselves.
         conditions = _conditions(scope, UsageFilter(since=since, until=until))
         used = func.coalesce(_c.prompt_tokens, 0) + func.coalesce(_c.completion_tokens, 0)
         totals = (func.count().label("requests"), func.coalesce(func.sum(used), 0).label("tokens"))
@@ -345,6 +355,10 @@ class SqlUsageStore:
         return [BucketCount(int(row.b), int(row.requests), int(row.tokens)) for row in rows]
 
     async def top_users(self, since: datetime, until: datetime, limit: int) -> list[UserTotals]:
+        start, end = since.timestamp(), until.timestamp()
+        if aligned(start, HOUR) and aligned(end, HOUR):
+            async with self._db.transaction() as connection:
+                return await top_users_by_hour(connection, int(start) // HOUR, int(end) // HOUR, limit)
         used = func.coalesce(_c.prompt_tokens, 0) + func.coalesce(_c.completion_tokens, 0)
         # `|| ''`, as in the summary: grouping in the (user, id) index's order would visit every row of
         # the table through it; the time index and a small sort are what the range needs.

@@ -88,3 +88,33 @@ config_revision = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("revision", BigInteger, nullable=False),
 )
+
+# Usage rows counted as they are written (see domain/usage_rollups.py): minutes and hours since the epoch.
+usage_minutes = Table(
+    "usage_minutes",
+    metadata,
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+)
+
+usage_user_minutes = Table(
+    "usage_user_minutes",
+    metadata,
+    Column("user", String(128), primary_key=True),
+    Column("tier", String(16), primary_key=True),
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+)
+
+usage_user_hours = Table(
+    "usage_user_hours",
+    metadata,
+    Column("hour", BigInteger, primary_key=True, autoincrement=False),
+    Column("user", String(128), primary_key=True),
+    Column("tier", String(16), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+)

@@ -41,7 +41,7 @@ from ollama_gate.entrypoints.console.web import (
     visitor_of,
 )
 from ollama_gate.entrypoints.controllers.usage import CSV_MEDIA_TYPE, EXPORT_CHUNK_ROWS, csv_body
-from ollama_gate.entrypoints.request_context import container_of, is_relayed, peer_of
+from ollama_gate.entrypoints.request_context import client_ip_of, container_of, is_relayed, peer_of
 
 PAGE_ROWS = 50
 TOP_USERS = 10
@@ -91,7 +91,9 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
     form = await form_of(request)
     sessions = sessions_of(request)
     try:
-        session = await sessions.sign_in(form.get("credential", ""), peer_of(request), is_relayed(request))
+        session = await sessions.sign_in(
+            form.get("credential", ""), peer_of(request), is_relayed(request), client_ip_of(request)
+        )
     except GatewayError as error:
         if error.status >= 500:
             raise
