@@ -25,11 +25,6 @@ class Counts:
     tokens: int = 0
     errors: int = 0
 
-    def add(self, record: UsageRecord) -> None:
-        self.requests += 1
-        self.tokens += (record.prompt_tokens or 0) + (record.completion_tokens or 0)
-        self.errors += record.outcome is Outcome.UPSTREAM_ERROR
-
 
 # Keys: a minute (seconds since the epoch // 60); (user, tier, minute); (hour, user, tier).
 @dataclass(slots=True)
@@ -45,15 +40,30 @@ def rollups(records: Iterable[UsageRecord]) -> Rollups:
     minutes: dict[int, Counts] = {}
     user_minutes: dict[tuple[str, str, int], Counts] = {}
     user_hours: dict[tuple[int, str, str], Counts] = {}
+    # Per row of every batch the writer sends: no allocation for a key already counted.
     for record in records:
         second = math.floor(record.timestamp.timestamp())
-        minute, tier = second // MINUTE, record.tier.value
-        for counts in (
-            minutes.get(minute) or minutes.setdefault(minute, Counts()),
-            user_minutes.setdefault((record.user, tier, minute), Counts()),
-            user_hours.setdefault((second // HOUR, record.user, tier), Counts()),
-        ):
-            counts.add(record)
+        minute, tier, user = second // MINUTE, record.tier.value, record.user
+        tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+        error = record.outcome is Outcome.UPSTREAM_ERROR
+        counts = minutes.get(minute)
+        if counts is None:
+            counts = minutes[minute] = Counts()
+        counts.requests += 1
+        counts.tokens += tokens
+        mine = (user, tier, minute)
+        counts = user_minutes.get(mine)
+        if counts is None:
+            counts = user_minutes[mine] = Counts()
+        counts.requests += 1
+        counts.tokens += tokens
+        hourly = (second // HOUR, user, tier)
+        counts = user_hours.get(hourly)
+        if counts is None:
+            counts = user_hours[hourly] = Counts()
+        counts.requests += 1
+        counts.tokens += tokens
+        counts.errors += error
     # Sorted: concurrent writers then take the rows' locks in one order (no deadlock on PostgreSQL).
     return Rollups(
         dict(sorted(minutes.items())), dict(sorted(user_minutes.items())), dict(sorted(user_hours.items()))

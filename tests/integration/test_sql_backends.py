@@ -204,8 +204,9 @@ def test_instances_starting_together_migrate_once(database_url: str, tmp_path: P
 
 
 async def test_a_batch_of_usage_rows_is_one_round_trip(database: Database) -> None:
-    """SQLite: one executemany of the INSERT; PostgreSQL: one COPY (no INSERT statement at all); then one
-    upsert per rollup table, however many rows and users the batch has."""
+    """SQLite: one executemany of the INSERT, then one of the upsert per rollup table, however many rows
+    and users the batch has; PostgreSQL: one COPY and the driver's own executemany per rollup table (no
+    statement through SQLAlchemy at all)."""
     await database.upgrade()
     statements: list[str] = []
 
@@ -217,7 +218,7 @@ async def test_a_batch_of_usage_rows_is_one_round_trip(database: Database) -> No
     await SqlUsageStore(database).add_many([usage(f"user{i}") for i in range(500)])
     rollups = [s for s in statements if "ON CONFLICT" in s.upper()]
     assert len(statements) - len(rollups) == (1 if database.is_sqlite else 0)
-    assert len(rollups) == 3
+    assert len(rollups) == (3 if database.is_sqlite else 0)
     assert await SqlUsageStore(database).count() == 500
 
 

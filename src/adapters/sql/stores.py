@@ -266,22 +266,24 @@ class SqlUsageStore:
         if not records:
             return
         # Off the request path: a big batch on a busy database may take longer than a lookup.
+        # The rollups in the rows' own transaction: the counts are the rows, whatever fails.
+        counted = rollups(records)
         async with self._db.transaction(timeout=BATCH_TIMEOUT) as connection:
             if self._db.is_sqlite:
                 rows = [_written_values(r, _sqlite_timestamp(r.timestamp)) for r in records]
                 await connection.exec_driver_sql(_SQLITE_INSERT, rows)  # one executemany
+                await add_rollups(connection, counted, sqlite=True)
             else:
-                # PostgreSQL: COPY, one round trip and no statement per row. The driver's own call, so
-                # its connection errors are mapped here as SQLAlchemy's would be.
+                # PostgreSQL: COPY, one round trip and no statement per row. The driver's own calls, so
+                # their connection errors are mapped here as SQLAlchemy's would be.
                 raw = await connection.get_raw_connection()
                 copy = raw.driver_connection.copy_records_to_table  # type: ignore[union-attr]
                 rows = [_written_values(r, r.timestamp) for r in records]
                 try:
                     await copy("usage_logs", records=rows, columns=_WRITTEN)
+                    await add_rollups(connection, counted, sqlite=False)
                 except _POSTGRES_UNAVAILABLE as error:
                     raise StoreUnavailable() from error
-            # In the rows' transaction: the counts are the rows, whatever fails.
-            await add_rollups(connection, rollups(records), self._db.is_sqlite)
 
     async def recent(
         self, limit: int, scope: UsageScope | None, filters: UsageFilter = ALL_ROWS
