@@ -365,8 +365,8 @@ class Bench:
         """Section 8: Redis + PostgreSQL in one process, and with --workers 2, beside the embedded gateway."""
         if "scaled" not in self.others:
             return
-        # Half of section 1's count: three loads more per run, each beside the others.
-        total = self.profile.json_requests // 2
+        # A sixth of section 1's count: three loads more per run, each beside the others.
+        total = max(self.profile.json_requests // 6, CONNECTIONS * 10)
         say(
             f"run {index}: /chat at {CONNECTIONS} connections, {total} requests (embedded, Redis+PG, workers 2)"
         )
@@ -971,7 +971,7 @@ def run_bench(profile: Profile, generator_choice: str, output: Path | None, stri
         print(
             f"  8: OLLAMA_GATE_DATABASE_URL={_hide(processes.BENCH_POSTGRES_URL)} (schema dropped and re-made), "
             f"OLLAMA_GATE_REDIS_URL={processes.BENCH_REDIS_URL} (flushed), one process, then `serve --workers 2`"
-            f" on the same database and Redis; {profile.json_requests // 2:,} requests each, beside the embedded one"
+            f" on the same database and Redis; {max(profile.json_requests // 6, CONNECTIONS * 10):,} requests each, beside the embedded one"
         )
     else:
         print(f"  8: skipped, {scale_out_skipped}")
@@ -1060,7 +1060,17 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, help="results file (default bench/results.json; none in smoke mode)"
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a performance target is missed")
+    parser.add_argument(
+        "--soak", action="store_true", help="only the soak: mixed traffic, RSS sampled (see bench.soak)"
+    )
+    parser.add_argument("--minutes", type=float, default=10.0, help="the soak's length (default 10)")
+    parser.add_argument("--sample-seconds", type=float, default=10.0, help="the soak's RSS sampling period")
+    parser.add_argument("--rate", type=float, default=150.0, help="the soak's requests per second")
     args = parser.parse_args(argv)
+    if args.soak:
+        from bench.soak import run_soak
+
+        return run_soak(args.minutes, args.sample_seconds, args.rate)
     profile = Profile.smoke() if args.smoke else Profile.full(max(2, args.runs))
     output = args.output if args.output is not None else (None if args.smoke else RESULTS_PATH)
     return run_bench(profile, args.generator, output, args.strict and not args.smoke)

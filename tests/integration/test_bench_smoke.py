@@ -159,3 +159,30 @@ def test_bench_smoke_with_wrk(tmp_path: Path, bench_services: dict[str, str]) ->
     results, printed = run_smoke(tmp_path, "wrk", bench_services)
     assert results["generator"].startswith("wrk")
     assert_exact(results, printed)
+
+
+def test_soak_runs_for_a_few_seconds_and_every_answer_has_its_row() -> None:
+    """`python -m bench --soak` end to end, briefly: samples printed, one usage row per answer but 429s."""
+    command = [sys.executable, "-m", "bench", "--soak", "--minutes", "0.1", "--sample-seconds", "1"]
+    completed = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_GATE_")},
+    )
+    printed = completed.stdout + completed.stderr
+    assert completed.returncode == 0, printed
+    line = next(ln for ln in completed.stdout.splitlines() if ln.startswith("SOAK_JSON "))
+    soak = json.loads(line[len("SOAK_JSON ") :])
+    assert soak["accounting_equal"] and not soak["errors"], printed
+    assert sum(soak["usage_rows"].values()) == soak["expected_rows"] > 0, printed
+    answers = soak["answers"]
+    # Every kind of the mix was sent and answered; the anonymous limit refused some.
+    for kind in ("chat 200", "stream 200", "generate 200", "native_chat 200", "openai 200", "anonymous 429"):
+        assert answers.get(kind, 0) > 0, printed
+    assert answers.get("cancel cancelled", 0) > 0 and soak["cancelled_rows"] <= soak["cancelled"], printed
+    assert len(soak["samples"]) >= 4 and all(mb > 0 for _, mb in soak["samples"]), printed
+    assert "slope" in printed and "usage rows" in printed
