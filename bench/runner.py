@@ -24,6 +24,7 @@ from typing import Literal, Protocol
 import msgspec
 
 from bench import fairness, processes, waiting
+from bench.compare import revision
 from bench.fairness import FairnessProfile
 from bench.load_client import DIRECT_JSON_BODY, GATEWAY_BODY
 from bench.processes import REPO, Child, RssSampler
@@ -48,7 +49,7 @@ REFERENCE_BARE_ADDED_P50_MS = 0.26
 
 # What a load is sent to, in the order each scenario measures them: the bare forwarder right before the
 # gateway, so the two see the machine in the same state.
-Target = Literal["direct", "bare", "gateway", "queue_off", "scaled", "workers"]
+Target = Literal["direct", "bare", "gateway", "queue_off", "scaled", "workers", "before"]
 TARGETS: tuple[Target, ...] = ("direct", "bare", "gateway")
 # The gateway's slots in the hot-path runs: at least the connections and the burst, so sections 1-3
 # measure the hot path with the scheduler on and never waiting (the default 4 slots would queue them).
@@ -263,6 +264,17 @@ class Bench:
         cpu = processes.cpu_seconds(self.gateway.pid) - cpu
         # Section 7: the same load on a gateway with the queue off, right after the one with it on.
         queue_off = self.json_load("queue_off", CONNECTIONS, total)
+        if "before" in self.others:
+            before_child = self.others["before"][0]
+            before_cpu = processes.cpu_seconds(before_child.pid)
+            before = self.json_load("before", CONNECTIONS, total)
+            before_cpu = processes.cpu_seconds(before_child.pid) - before_cpu
+            run.update(
+                before_rps=before.requests_per_s,
+                gateway_over_before_rps=gateway.requests_per_s / before.requests_per_s,
+                before_cpu_us_per_request=before_cpu / max(before.requests, 1) * 1e6,
+                before_non_200=_not_200(before),
+            )
         run.update(
             queue_off_rps=queue_off.requests_per_s,
             queue_on_over_off_rps=gateway.requests_per_s / queue_off.requests_per_s,
@@ -288,6 +300,14 @@ class Bench:
         bare = self.json_load("bare", 1, total)
         gateway = self.json_load("gateway", 1, total)
         queue_off = self.json_load("queue_off", 1, total)
+        if "before" in self.others:
+            before = self.json_load("before", 1, total)
+            run.update(
+                before_added_p50_ms=before.p50_ms - direct.p50_ms,
+                before_added_p99_ms=before.p99_ms - direct.p99_ms,
+                gateway_minus_before_added_p50_ms=gateway.p50_ms - before.p50_ms,
+                before_non_200=run.get("before_non_200", 0.0) + _not_200(before),
+            )
         added_off = queue_off.p50_ms - direct.p50_ms
         run.update(
             queue_off_added_p50_ms=added_off,
@@ -479,6 +499,29 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def before_rows(described: str) -> list[Row]:
+    """Section 11 with --compare REV: the same loads on a gateway built from REV, right after ours."""
+    before = f"11 before {described.split()[0]}"
+    return [
+        Row(before, "before: throughput at 20 conns", "before_rps", "req/s"),
+        Row(before, "this tree / before throughput", "gateway_over_before_rps", "x"),
+        Row(before, "before: CPU per request", "before_cpu_us_per_request", "us"),
+        Row(before, "before: added p50, 1 conn", "before_added_p50_ms", "ms"),
+        Row(before, "before: added p99, 1 conn", "before_added_p99_ms", "ms"),
+        Row(before, "this tree minus before: added p50", "gateway_minus_before_added_p50_ms", "ms"),
+        Row(
+            before,
+            "before: answers other than 200",
+            "before_non_200",
+            "count",
+            "0",
+            _none_at_all,
+            "sum",
+            "check",
+        ),
+    ]
 
 
 def rows(profile: Profile) -> list[Row]:
@@ -720,9 +763,13 @@ def scheduler_rows(profile: Profile, target: TargetRow, check: CheckRow) -> list
             lambda v: max(v) <= 2.0,
             "max",
         ),
+        Row(wait, "bare forwarder, as many in flight: extra RSS", "bare_waiting_extra_rss_mb", "MB"),
+        Row(wait, "bare forwarder: CPU while they wait", "bare_waiting_cpu_pct", "pct"),
         Row(wait, "all queued after sending", "waiting_queued_after_s", "s"),
         Row(wait, "drain after the slots free", "waiting_drain_s", "s"),
+        Row(wait, "bare forwarder: drain", "bare_waiting_drain_s", "s"),
         check(wait, "answers other than 200", "waiting_not_200"),
+        check(wait, "bare forwarder: answers other than 200", "bare_waiting_not_200"),
     ]
 
 
@@ -861,10 +908,27 @@ def measure_waiting(profile: Profile, workdir: Path, generator: JsonGenerator) -
         warm = generator.run(gateway.port, "/chat", GATEWAY_BODY, keys, CONNECTIONS, profile.warmup_requests)
         if warm.answered_200 != warm.requests or warm.errors:
             raise RuntimeError(f"waiting scenario: warm-up answered {warm}")
-        return waiting.measure(upstream, gateway, keys_file, count, slots, profile.waiting_seconds)
+        numbers = waiting.measure(upstream, gateway, keys_file, count, slots, profile.waiting_seconds)
+    # The reference: the bare forwarder with as many requests in flight, waiting in its upstream's queue
+    # (it has no queue of its own, and holds an upstream connection per request besides).
+    say(f"waiting: the bare forwarder with {count:,} requests in flight, for reference")
+    with (
+        processes.fake_upstream(
+            workdir, 1, 0.0, slots=slots, service_ms=0.0, name="held upstream bare"
+        ) as upstream,
+        processes.bare_forwarder(workdir, upstream.url) as bare,
+    ):
+        generator.run(bare.port, "/chat", GATEWAY_BODY, [], CONNECTIONS, profile.warmup_requests)
+        reference = waiting.measure(
+            upstream, bare, keys_file, count, slots, profile.waiting_seconds, gateway_queue=False
+        )
+    numbers.update({f"bare_{name}": value for name, value in reference.items()})
+    return numbers
 
 
-def run_bench(profile: Profile, generator_choice: str, output: Path | None, strict: bool) -> int:
+def run_bench(
+    profile: Profile, generator_choice: str, output: Path | None, strict: bool, compare: str | None = None
+) -> int:
     fd_limit = raise_open_file_limit()
     cores = os.cpu_count() or 1
     started_at = dt.datetime.now(dt.UTC)
@@ -888,6 +952,22 @@ def run_bench(profile: Profile, generator_choice: str, output: Path | None, stri
             keys = processes.create_member_keys(gateway.url, USERS)
             keys_file.write_text("\n".join(keys) + "\n")
             others, scale_out_skipped = _start_others(profile, workdir, upstream, stack)
+            described = None
+            if compare is not None:
+                python_path, described = stack.enter_context(revision(compare))
+                before = stack.enter_context(
+                    processes.gateway(
+                        workdir,
+                        upstream.url,
+                        workdir / "before.db",
+                        RAISED_RATE_LIMIT,
+                        _hot_path(),
+                        name="gateway before",
+                        python_path=python_path,
+                    )
+                )
+                say(f"before: gateway pid {before.pid} built from {described}")
+                others["before"] = (before, processes.create_member_keys(before.url, USERS))
             fair = _start_fairness(profile, workdir, stack)
             bench = Bench(
                 profile, generator, upstream, bare, gateway, keys, keys_file, database, Ledger(), others, fair
@@ -911,7 +991,7 @@ def run_bench(profile: Profile, generator_choice: str, output: Path | None, stri
         runs[0]["rss_growth_pct"] = (after[1] / after[0] - 1) * 100
     if len(after) >= 3:
         runs[0]["rss_later_growth_pct"] = (after[-1] / after[1] - 1) * 100
-    results = evaluate(rows(profile), runs)
+    results = evaluate(rows(profile) + (before_rows(described) if described else []), runs)
     accounting_row: dict[str, object] = {
         "scenario": "4 accounting",
         "measurement": f"usage rows with status 200 == answers 200 ({bench.ledger.answered_200:,})",
@@ -992,6 +1072,11 @@ def run_bench(profile: Profile, generator_choice: str, output: Path | None, stri
         f"{profile.waiting_slots} slots held full; CPU over {profile.waiting_seconds:g} s of waiting, drain"
         " = release to the last answer"
     )
+    if described:
+        print(
+            f"  11: a gateway built from {described} (git worktree, imported through PYTHONPATH), the same "
+            "settings, each load right after this tree's"
+        )
     print(
         f"accounting: {bench.ledger.sent:,} inference requests sent, {bench.ledger.answered_200:,} answered 200; "
         f"usage rows by status {usage}"
@@ -1024,6 +1109,7 @@ def run_bench(profile: Profile, generator_choice: str, output: Path | None, stri
         },
         "duration_min": elapsed_min,
         "scale_out_skipped": scale_out_skipped,
+        "compare": described,
         "calibration": {
             "reference_bare_rps": REFERENCE_BARE_RPS,
             "reference_bare_added_p50_ms": REFERENCE_BARE_ADDED_P50_MS,
@@ -1066,6 +1152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="the soak's length (default 10)")
     parser.add_argument("--sample-seconds", type=float, default=10.0, help="the soak's RSS sampling period")
     parser.add_argument("--rate", type=float, default=150.0, help="the soak's requests per second")
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also measure a gateway built from git revision REV (a temporary worktree) as a 'before'",
+    )
     args = parser.parse_args(argv)
     if args.soak:
         from bench.soak import run_soak
@@ -1073,4 +1164,4 @@ def main(argv: list[str] | None = None) -> int:
         return run_soak(args.minutes, args.sample_seconds, args.rate)
     profile = Profile.smoke() if args.smoke else Profile.full(max(2, args.runs))
     output = args.output if args.output is not None else (None if args.smoke else RESULTS_PATH)
-    return run_bench(profile, args.generator, output, args.strict and not args.smoke)
+    return run_bench(profile, args.generator, output, args.strict and not args.smoke, args.compare)

@@ -40,8 +40,16 @@ def queue_depth(gateway_url: str) -> float:
 
 
 def measure(
-    upstream: Child, gateway: Child, keys_file: Path, count: int, slots: int, seconds: float
+    upstream: Child,
+    gateway: Child,
+    keys_file: Path,
+    count: int,
+    slots: int,
+    seconds: float,
+    gateway_queue: bool = True,
 ) -> Numbers:
+    """The numbers of steps 1-4 above. With `gateway_queue` False (the bare forwarder, for reference) the
+    requests wait in the upstream's own queue instead, and readiness is read there."""
     upstream_call(upstream.url, "/bench/hold", "POST")
     baseline_mb = processes.rss_mb(gateway.pid)
     command = [
@@ -71,8 +79,10 @@ def measure(
         deadline = time.monotonic() + 300
         depth = 0.0
         while time.monotonic() < deadline:
-            depth = queue_depth(gateway.url)
             stats = upstream_call(upstream.url, "/bench/stats")
+            waiting = stats["waiting"]
+            assert isinstance(waiting, int)
+            depth = queue_depth(gateway.url) if gateway_queue else float(waiting)
             if depth >= expected and stats["running"] == slots:
                 break
             time.sleep(0.25)
