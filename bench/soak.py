@@ -1,13 +1,14 @@
 """`python -m bench --soak [--minutes 10]`: mixed traffic for a long while, the gateway's memory sampled.
 
-One gateway process (SQLite, 8 slots: at the soak's rate requests sometimes queue) in front of the fast
-fake upstream (streams of 20 lines 10 ms apart); bench.soak_client sends JSON chat, streams, Ollama's native API, the OpenAI API, anonymous
+One gateway process (SQLite, 16 slots: at the soak's rate about a third of them are busy, so requests
+queue now and then without the queue growing) in front of the fast fake upstream (streams of 20 lines
+5 ms apart); bench.soak_client sends JSON chat, streams, Ollama's native API, the OpenAI API, anonymous
 requests over a small limit (429s) and streams the client leaves (cancellations) at a steady rate.
 Every `--sample-seconds` (10) the gateway's RSS is sampled; the slope is a least-squares fit in MB per
 minute over the samples after the warm-up (the first fifth of the run, at least one sample). Once the
 traffic ends the gateway is stopped (SIGTERM: its usage writer flushes) and its SQLite database read:
-every answer except a 429 (a refusal writes no row) has exactly one usage row, a cancelled stream
-included. Its row says `cancelled` when the gateway saw the client leave before the stream's end; a
+every answer except a refusal (429: a limit or the per-identity queue cap; 503: the GPU queue full or
+waited out — the upstream never fails here) has exactly one usage row, a cancelled stream included. Its row says `cancelled` when the gateway saw the client leave before the stream's end; a
 client slow enough to close after the last line has had a complete answer (`ok`): so cancelled rows are
 at most the cancelled streams, and are printed beside them.
 """
@@ -65,13 +66,13 @@ def run_soak(minutes: float, sample_seconds: float, rate: float) -> int:
         workdir = Path(temporary)
         database = workdir / "soak.db"
         keys_file = workdir / "keys.txt"
-        with processes.fake_upstream(workdir, 20, 10.0) as upstream:
+        with processes.fake_upstream(workdir, 20, 5.0) as upstream:
             gateway = processes.gateway(
                 workdir,
                 upstream.url,
                 database,
                 RATE_LIMIT,
-                {"OLLAMA_GATE_ANON_RATE_LIMIT": ANONYMOUS_LIMIT, "OLLAMA_GATE_SLOTS": "8"},
+                {"OLLAMA_GATE_ANON_RATE_LIMIT": ANONYMOUS_LIMIT, "OLLAMA_GATE_SLOTS": "16"},
             )
             try:
                 keys_file.write_text("\n".join(processes.create_member_keys(gateway.url, USERS)) + "\n")
@@ -115,7 +116,7 @@ def run_soak(minutes: float, sample_seconds: float, rate: float) -> int:
     traffic = msgspec.json.decode(out.strip().splitlines()[-1])
     answers: dict[str, int] = traffic["answers"]
     errors: dict[str, int] = traffic["errors"]
-    refused = sum(count for name, count in answers.items() if name.endswith(" 429"))
+    refused = sum(count for name, count in answers.items() if name.endswith((" 429", " 503")))
     cancelled = sum(count for name, count in answers.items() if name.endswith(" cancelled"))
     answered = sum(answers.values())
     expected_rows = answered - refused
@@ -143,8 +144,9 @@ def run_soak(minutes: float, sample_seconds: float, rate: float) -> int:
     )
     print("usage rows by status and outcome: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(rows.items())))
     print(
-        f"usage rows {rows_total:,} vs answers other than 429 {expected_rows:,} "
-        f"({answered:,} answers, {refused:,} refused with 429): {'EQUAL' if accounting_ok else 'MISMATCH'}; "
+        f"usage rows {rows_total:,} vs answers other than refusals {expected_rows:,} "
+        f"({answered:,} answers, {refused:,} refused with 429 or 503): "
+        f"{'EQUAL' if accounting_ok else 'MISMATCH'}; "
         f"rows with outcome cancelled {cancelled_rows:,} of {cancelled:,} streams the client left"
     )
     flat = slope == slope and abs(slope) <= SLOPE_LIMIT_MB_PER_MIN
