@@ -66,7 +66,7 @@ def measure(
         "--keys-file",
         str(keys_file),
         "--timeout",
-        "600",
+        "180",
     ]
     client = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -76,7 +76,7 @@ def measure(
             raise RuntimeError(f"the waiting client did not send: {line}{client.stderr.read()}")
         sent_at = float(line.split()[1])
         expected = count - slots
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 120
         depth = 0.0
         while time.monotonic() < deadline:
             stats = upstream_call(upstream.url, "/bench/stats")
@@ -96,7 +96,7 @@ def measure(
         waiting_mb = sampler.peak_mb
         released_at = time.monotonic()
         upstream_call(upstream.url, "/bench/release", "POST")
-        out, err = client.communicate(timeout=900)
+        out, err = client.communicate(timeout=240)
     finally:
         if client.poll() is None:
             client.kill()
@@ -112,6 +112,7 @@ def measure(
         "waiting_baseline_rss_mb": baseline_mb,
         "waiting_rss_mb": waiting_mb,
         "waiting_extra_rss_mb": waiting_mb - baseline_mb,
+        "waiting_extra_kb_per_request": (waiting_mb - baseline_mb) * 1024 / count,
         "waiting_cpu_s": cpu,
         "waiting_cpu_pct": cpu / seconds * 100,
         "waiting_drain_s": float(result["last_answer_at"]) - released_at,
