@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: relink run test lint typecheck unit integration bench bench-smoke clean test-tools vendor-console
+.PHONY: relink run test lint typecheck unit integration bench bench-smoke soak clean test-tools vendor-console
 
 # The venv is rebuilt when the pinned versions or the project metadata change.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -69,6 +69,11 @@ bench: relink
 # A few hundred requests, no thresholds: what tests/integration/test_bench_smoke.py runs.
 bench-smoke: relink
 	$(BIN)/python -m bench --smoke
+
+# Not part of `make bench`: 10 minutes of mixed traffic, RSS sampled every 10 s (SOAK_MINUTES=3 for less).
+SOAK_MINUTES ?= 10
+soak: relink
+	$(BIN)/python -m bench --soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

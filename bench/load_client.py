@@ -10,7 +10,18 @@ gateway's memory without competing with them for the GIL.
   the fallback generator for JSON chat when `wrk` is missing: keep-alive connections, each sending its
   next request when its answer is complete, until exactly `count` requests were answered.
 
-Both print one JSON object on stdout.
+`python -m bench.load_client fairness --port P --path /chat --heavy 200 --light 10 --keys-file F`
+  the scheduler's scenario: the first key sends `--heavy` requests at once, each on its own connection;
+  the next `--light` keys send one request each, `--light-start-ms` after the flood and `--light-every-ms`
+  apart. Each request's prompt names its user (`heavy`, `light-0`, ...) so the fake upstream's log says
+  whose generation ran when. Prints every request's tag, send time (time.monotonic, the same clock as the
+  fake upstream's on Linux), latency and status.
+`python -m bench.load_client waiting --port P --path /chat --count 10000 --keys-file F`
+  opens `count` connections, sends every request, prints `SENT <monotonic time>` on stderr, and waits for
+  every answer (the bench frees the upstream's slots meanwhile); then prints the answers by status and
+  the time from the first request to the last answer.
+
+Each prints one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -101,6 +112,8 @@ class StreamResult:
     lines: int = 0
     complete: bool = False
     error: str | None = None
+    sent_at: float = 0.0  # time.monotonic() when the request was written
+    done_at: float = 0.0  # time.monotonic() when the answer was complete
 
 
 class StreamProbe(asyncio.Protocol):
@@ -125,6 +138,7 @@ class StreamProbe(asyncio.Protocol):
     def send(self) -> None:
         assert self._transport is not None
         self._sent_at = time.perf_counter()
+        self.result.sent_at = time.monotonic()
         self._transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
@@ -156,6 +170,7 @@ class StreamProbe(asyncio.Protocol):
         if payload is None:
             # A "0\r\n\r\n" inside a chunk's data, not the terminator: wait for more.
             return
+        result.done_at = time.monotonic()
         lines = [line for line in payload.split(b"\n") if line]
         result.lines = len(lines)
         if result.status != 200:
@@ -183,25 +198,22 @@ async def _connect_all(
 ) -> tuple[list[StreamProbe], list[asyncio.Future[StreamResult]], int]:
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(connect_parallelism)
-    probes: list[StreamProbe] = []
-    futures: list[asyncio.Future[StreamResult]] = []
-    failed = 0
+    connected: list[tuple[StreamProbe, asyncio.Future[StreamResult]] | None] = [None] * len(requests)
 
-    async def connect(request: bytes) -> None:
-        nonlocal failed
+    async def connect(index: int, request: bytes) -> None:
         done: asyncio.Future[StreamResult] = loop.create_future()
         probe = StreamProbe(request, expected_lines, done)
         async with gate:
             try:
                 await loop.create_connection(lambda: probe, host, port)
             except OSError:
-                failed += 1
                 return
-        probes.append(probe)
-        futures.append(done)
+        connected[index] = (probe, done)
 
-    await asyncio.gather(*(connect(request) for request in requests))
-    return probes, futures, failed
+    await asyncio.gather(*(connect(index, request) for index, request in enumerate(requests)))
+    # In the order of `requests` (the fairness scenario sends the first ones first), failures left out.
+    pairs = [pair for pair in connected if pair is not None]
+    return [p for p, _ in pairs], [f for _, f in pairs], len(requests) - len(pairs)
 
 
 async def run_streams(
@@ -249,6 +261,90 @@ async def run_streams(
         "first_byte_p50_ms": percentile(first_bytes, 0.50),
         "first_byte_p99_ms": percentile(first_bytes, 0.99),
         "elapsed_s": elapsed,
+    }
+
+
+# -- the scheduler's scenarios ---------------------------------------------------------------------
+
+
+def tagged_body(direct: bool, tag: str) -> bytes:
+    """A JSON (not streamed) request whose prompt is `tag`: the fake upstream logs it per generation."""
+    if direct:
+        return msgspec.json.encode({"model": "smollm:latest", "prompt": tag, "stream": False})
+    return msgspec.json.encode({"message": tag})
+
+
+async def run_fairness(
+    host: str,
+    port: int,
+    path: str,
+    direct: bool,
+    keys: list[str],
+    heavy: int,
+    light: int,
+    light_start: float,
+    light_every: float,
+    timeout: float,
+) -> dict[str, object]:
+    """One heavy user's flood and `light` users' single requests arriving during it (see the module doc)."""
+    tags = ["heavy"] * heavy + [f"light-{i}" for i in range(light)]
+    keyed = [keys[0] if keys else None] * heavy + [keys[1 + i] if keys else None for i in range(light)]
+    requests = [
+        build_request(host, port, path, tagged_body(direct, t), k) for t, k in zip(tags, keyed, strict=True)
+    ]
+    probes, futures, connect_failures = await _connect_all(host, port, requests, 1, 200)
+    if connect_failures:
+        raise SystemExit(f"{connect_failures} connections failed")
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    for probe in probes[:heavy]:
+        probe.send()
+    begin = loop.time()
+    for index, probe in enumerate(probes[heavy:]):
+        loop.call_at(begin + light_start + index * light_every, probe.send)
+    finished, pending = await asyncio.wait(futures, timeout=timeout)
+    for future in pending:
+        future.cancel()
+    records = []
+    for tag, future in zip(tags, futures, strict=True):
+        if future in finished:
+            r = future.result()
+            records.append([tag, r.sent_at, r.done_at - r.sent_at, r.status, r.complete])
+        else:
+            records.append([tag, 0.0, -1.0, 0, False])
+    return {"started": started, "requests": records, "timed_out": len(pending)}
+
+
+async def run_waiting(
+    host: str, port: int, path: str, keys: list[str], count: int, timeout: float
+) -> dict[str, object]:
+    """`count` requests in flight at once on their own connections; answers counted by status."""
+    requests = [
+        build_request(host, port, path, GATEWAY_BODY, keys[i % len(keys)] if keys else None)
+        for i in range(count)
+    ]
+    connect_started = time.monotonic()
+    probes, futures, connect_failures = await _connect_all(host, port, requests, 1, 256)
+    connected = time.monotonic()
+    for probe in probes:
+        probe.send()
+    sent = time.monotonic()
+    sys.stderr.write(f"SENT {sent}\n")
+    sys.stderr.flush()
+    finished, pending = await asyncio.wait(futures, timeout=timeout) if futures else (set(), set())
+    for future in pending:
+        future.cancel()
+    results = [future.result() for future in finished]
+    statuses = Counter(str(r.status) for r in results)
+    return {
+        "requested": count,
+        "connect_failures": connect_failures,
+        "connect_s": connected - connect_started,
+        "sent_at": sent,
+        "statuses": dict(statuses),
+        "complete": sum(1 for r in results if r.complete),
+        "timed_out": len(pending),
+        "last_answer_at": max((r.done_at for r in results), default=sent),
     }
 
 
@@ -357,22 +453,44 @@ async def run_json(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark load clients.")
-    parser.add_argument("mode", choices=("streams", "json"))
+    parser.add_argument("mode", choices=("streams", "json", "fairness", "waiting"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", required=True)
     parser.add_argument("--direct", action="store_true", help="send Ollama's /api/generate body")
     parser.add_argument("--keys-file")
-    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument(
         "--pace-ms", type=float, default=0.0, help="streams: one request every N ms (0: all at once)"
     )
+    parser.add_argument("--heavy", type=int, default=200)
+    parser.add_argument("--light", type=int, default=10)
+    parser.add_argument("--light-start-ms", type=float, default=1000.0)
+    parser.add_argument("--light-every-ms", type=float, default=500.0)
     args = parser.parse_args()
     keys = read_keys(args.keys_file)
-    if args.mode == "streams":
+    result: dict[str, object]
+    if args.mode == "fairness":
+        result = uvloop.run(
+            run_fairness(
+                args.host,
+                args.port,
+                args.path,
+                args.direct,
+                keys,
+                args.heavy,
+                args.light,
+                args.light_start_ms / 1000,
+                args.light_every_ms / 1000,
+                args.timeout,
+            )
+        )
+    elif args.mode == "waiting":
+        result = uvloop.run(run_waiting(args.host, args.port, args.path, keys, args.count, args.timeout))
+    elif args.mode == "streams":
         body = DIRECT_STREAM_BODY if args.direct else GATEWAY_BODY
         result = uvloop.run(
             run_streams(

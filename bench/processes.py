@@ -103,7 +103,9 @@ def _python_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _bench_module(name: str, module: str, workdir: Path, arguments: list[str]) -> Child:
+def _bench_module(
+    name: str, module: str, workdir: Path, arguments: list[str], log_name: str | None = None
+) -> Child:
     """A started `python -m bench.<module> --port P ...` process, its output in `workdir`."""
     port = free_port()
     child = Child(
@@ -111,16 +113,29 @@ def _bench_module(name: str, module: str, workdir: Path, arguments: list[str]) -
         [sys.executable, "-m", f"bench.{module}", "--port", str(port), *arguments],
         REPO,
         _python_env({}),
-        workdir / f"{module.replace('_', '-')}.log",
+        workdir / f"{log_name or module.replace('_', '-')}.log",
     )
     child.start(port)
     return child
 
 
-def fake_upstream(workdir: Path, chunks: int, delay_ms: float) -> Child:
-    return _bench_module(
-        "fake upstream", "fake_upstream", workdir, ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
-    )
+def fake_upstream(
+    workdir: Path,
+    chunks: int,
+    delay_ms: float,
+    slots: int = 0,
+    service_ms: float = 0.0,
+    held: bool = False,
+    name: str = "fake upstream",
+) -> Child:
+    """The fake Ollama; with `slots` it queues like Ollama (see bench.fake_upstream)."""
+    arguments = ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
+    if slots:
+        arguments += ["--slots", str(slots), "--service-ms", str(service_ms)]
+    if held:
+        arguments.append("--held")
+    log_name = name.replace(" ", "-")
+    return _bench_module(name, "fake_upstream", workdir, arguments, log_name)
 
 
 def bare_forwarder(workdir: Path, upstream_url: str) -> Child:
@@ -131,25 +146,99 @@ def bare_forwarder(workdir: Path, upstream_url: str) -> Child:
 GATEWAY_LOG_LEVEL = "warning"
 
 
-def gateway(workdir: Path, upstream_url: str, database: Path, rate_limit: str) -> Child:
-    """One gateway process, `python -m ollama_gate serve`, in `workdir` with SQLite usage logging."""
+# Where the bench's Redis + PostgreSQL runs go: the bench empties both before it uses them.
+BENCH_REDIS_URL = os.environ.get("OLLAMA_GATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+BENCH_POSTGRES_URL = os.environ.get(
+    "OLLAMA_GATE_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/perfgw"
+)
+
+
+def gateway(
+    workdir: Path,
+    upstream_url: str,
+    database: Path | str,
+    rate_limit: str,
+    settings: dict[str, str] | None = None,
+    workers: int = 1,
+    name: str = "gateway",
+    python_path: str | None = None,
+) -> Child:
+    """One gateway, `python -m ollama_gate serve [--workers N]`, in `workdir`: SQLite usage logging when
+    `database` is a path, else the database URL it is; `settings` adds or overrides OLLAMA_GATE_* variables;
+    `python_path` goes first on PYTHONPATH (another build of the gateway, for --compare)."""
     port = free_port()
+    database_url = f"sqlite+aiosqlite:///{database}" if isinstance(database, Path) else database
     env = _python_env(
         {
             "OLLAMA_GATE_HOST": HOST,
             "OLLAMA_GATE_PORT": str(port),
             "OLLAMA_GATE_OLLAMA_URL": upstream_url,
-            "OLLAMA_GATE_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+            "OLLAMA_GATE_DATABASE_URL": database_url,
             "OLLAMA_GATE_LOG_LEVEL": GATEWAY_LOG_LEVEL,
             "OLLAMA_GATE_MEMBER_RATE_LIMIT": rate_limit,
             "OLLAMA_GATE_ANON_RATE_LIMIT": rate_limit,
+            **(settings or {}),
         }
     )
-    child = Child(
-        "gateway", [sys.executable, "-m", "ollama_gate", "serve"], workdir, env, workdir / "gateway.log"
-    )
-    child.start(port)
+    if python_path is not None:
+        env["PYTHONPATH"] = python_path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    command = [sys.executable, "-m", "ollama_gate", "serve"]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    child = Child(name, command, workdir, env, workdir / f"{name.replace(' ', '-')}.log")
+    child.start(port, timeout=60.0)
     return child
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (a supervisor and its workers)."""
+    process = psutil.Process(pid)
+    total = cpu_seconds(pid)
+    for child in process.children(recursive=True):
+        try:
+            total += cpu_seconds(child.pid)
+        except psutil.Error:
+            continue
+    return total
+
+
+def reset_redis(url: str) -> None:
+    """Flush the bench's Redis database (only that one: FLUSHDB)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def reset_postgres(url: str) -> None:
+    """A fresh schema in the bench's PostgreSQL database: every table of an earlier run dropped."""
+    import asyncio
+
+    import asyncpg
+
+    async def reset() -> None:
+        connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await connection.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
+        finally:
+            await connection.close()
+
+    asyncio.run(reset())
+
+
+def run_load_client(mode: str, port: int, path: str, extra: list[str], timeout: float) -> dict[str, object]:
+    """`python -m bench.load_client MODE ...` in its own process; its printed JSON object."""
+    command = [sys.executable, "-m", "bench.load_client", mode, "--port", str(port), "--path", path, *extra]
+    completed = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"load client failed ({completed.returncode}):\n{completed.stderr}")
+    decoded: dict[str, object] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return decoded
 
 
 def http_json(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:

@@ -50,11 +50,18 @@ def _format(value: float, unit: str) -> str:
         return f"{value:,.0f}"
     if unit == "%":
         return f"{value:+.1f}%"
+    if unit == "pct":  # a share, not a change: no sign
+        return f"{value:.1f}%"
+    if unit == "index":
+        return f"{value:.3f}"
     if unit == "x":
         return f"{value:.2f}x"
     if unit == "MB":
         return f"{value:.1f}"
     return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+_SHOWN_UNIT = {"pct": "%"}
 
 
 def evaluate(rows: list[Row], runs: list[Run]) -> list[dict[str, object]]:
@@ -96,8 +103,8 @@ def table(results: list[dict[str, object]]) -> str:
         lines.append(
             (
                 scenario if scenario != previous else "",
-                f"{result['measurement']} [{unit}]"
-                if unit and unit != "count"
+                f"{result['measurement']} [{_SHOWN_UNIT.get(unit, unit)}]"
+                if unit and unit not in ("count", "index")
                 else str(result["measurement"]),
                 str(result["target"]),
                 _format(value, unit) + summary,

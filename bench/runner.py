@@ -9,13 +9,14 @@ added 0.26 ms, so its numbers here scale the targets to this machine (section 6,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
 import resource
 import subprocess
-import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from bench import processes
+from bench import fairness, processes, waiting
+from bench.compare import revision
+from bench.fairness import FairnessProfile
 from bench.load_client import DIRECT_JSON_BODY, GATEWAY_BODY
 from bench.processes import REPO, Child, RssSampler
 from bench.report import Row, Run, evaluate, median, table
@@ -47,8 +50,11 @@ REFERENCE_BARE_ADDED_P50_MS = 0.26
 
 # What a load is sent to, in the order each scenario measures them: the bare forwarder right before the
 # gateway, so the two see the machine in the same state.
-Target = Literal["direct", "bare", "gateway"]
+Target = Literal["direct", "bare", "gateway", "queue_off", "scaled", "workers", "before"]
 TARGETS: tuple[Target, ...] = ("direct", "bare", "gateway")
+# The gateway's slots in the hot-path runs: at least the connections and the burst, so sections 1-3
+# measure the hot path with the scheduler on and never waiting (the default 4 slots would queue them).
+HOT_PATH_SLOTS = 2048
 
 Check = Callable[[list[float]], bool]
 
@@ -67,14 +73,38 @@ class Profile:
     warmup_requests: int
     warmup_streams: int
     allow_install: bool
+    fairness: FairnessProfile
+    waiting: int  # requests held in the scheduler's queue (section 10)
+    waiting_slots: int
+    waiting_seconds: float  # how long the gateway's CPU is measured while they wait
+    scale_out: bool = True  # section 8 (Redis + PostgreSQL, --workers 2)
 
     @classmethod
     def full(cls, runs: int) -> Profile:
-        return cls("full", runs, 30_000, 5_000, 1_000, 20, 20.0, 200, 10.0, 3_000, 200, True)
+        return cls(
+            "full",
+            runs,
+            30_000,
+            5_000,
+            1_000,
+            20,
+            20.0,
+            200,
+            10.0,
+            3_000,
+            200,
+            True,
+            FairnessProfile.full(),
+            10_000,
+            16,
+            5.0,
+        )
 
     @classmethod
     def smoke(cls) -> Profile:
-        return cls("smoke", 2, 200, 60, 100, 20, 20.0, 20, 10.0, 40, 20, False)
+        return cls(
+            "smoke", 2, 200, 60, 100, 20, 20.0, 20, 10.0, 40, 20, False, FairnessProfile.smoke(), 300, 4, 1.0
+        )
 
 
 class JsonGenerator(Protocol):
@@ -98,15 +128,7 @@ class WrkGenerator:
         return run_wrk(self._binary, f"http://{processes.HOST}:{port}", path, body, keys, connections, total)
 
 
-def _load_client(mode: str, port: int, path: str, extra: list[str], timeout: float) -> dict[str, object]:
-    command = [sys.executable, "-m", "bench.load_client", mode, "--port", str(port), "--path", path, *extra]
-    completed = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"load client failed ({completed.returncode}):\n{completed.stderr}")
-    decoded: dict[str, object] = msgspec.json.decode(completed.stdout.strip().splitlines()[-1])
-    return decoded
+_load_client = processes.run_load_client
 
 
 def _number(data: dict[str, object], key: str) -> float:
@@ -129,6 +151,8 @@ class PythonGenerator:
         if body == DIRECT_JSON_BODY:
             extra.append("--direct")
         if keys:
+            # Each gateway has keys of its own: the file is this call's.
+            self._keys_file.write_text("\n".join(keys) + "\n")
             extra += ["--keys-file", str(self._keys_file)]
         data = _load_client("json", port, path, extra, timeout=600)
         answered_200 = int(_number(data, "answered_200"))
@@ -156,6 +180,15 @@ class Ledger:
 
 
 @dataclass
+class Fairness:
+    """Section 9's processes: an Ollama-like upstream (slots, service time, FIFO) and a gateway in front."""
+
+    upstream: Child
+    gateway: Child
+    keys_file: Path
+
+
+@dataclass
 class Bench:
     profile: Profile
     generator: JsonGenerator
@@ -166,6 +199,10 @@ class Bench:
     keys_file: Path
     database: Path
     ledger: Ledger
+    # The other gateways measured in every run, by target: the queue off (section 7), Redis + PostgreSQL in
+    # one process and with --workers 2 (section 8); each with its own member keys.
+    others: dict[Target, tuple[Child, list[str]]]
+    fair: Fairness
 
     def json_load(self, target: Target, connections: int, total: int) -> LoadResult:
         if target == "direct":
@@ -175,6 +212,9 @@ class Bench:
         if target == "bare":
             # The bare forwarder ignores the body; sending the gateway's keeps the two loads alike.
             return self.generator.run(self.bare.port, "/chat", GATEWAY_BODY, [], connections, total)
+        if target != "gateway":
+            child, keys = self.others[target]
+            return self.generator.run(child.port, "/chat", GATEWAY_BODY, keys, connections, total)
         result = self.generator.run(self.gateway.port, "/chat", GATEWAY_BODY, self.keys, connections, total)
         self.ledger.add(result.requests + result.errors, result.answered_200)
         return result
@@ -193,7 +233,7 @@ class Bench:
         return data
 
     def warm_up(self) -> None:
-        for target in TARGETS:
+        for target in (*TARGETS, *self.others):
             self.json_load(target, CONNECTIONS, self.profile.warmup_requests)
         self.streams("bare", self.profile.warmup_streams)
         self.streams("gateway", self.profile.warmup_streams)
@@ -208,6 +248,8 @@ class Bench:
         self.measure_single(index, run)
         self.measure_burst(index, run)
         self.measure_paced(index, run)
+        self.measure_scale_out(index, run)
+        self.measure_fairness(index, run)
         calibrate(run)
         self.drained()
         run["rss_after_round_mb"] = processes.rss_mb(self.gateway.pid)
@@ -221,7 +263,24 @@ class Bench:
         cpu = processes.cpu_seconds(self.gateway.pid)
         gateway = self.json_load("gateway", CONNECTIONS, total)
         cpu = processes.cpu_seconds(self.gateway.pid) - cpu
+        # Section 7: the same load on a gateway with the queue off, right after the one with it on.
+        queue_off = self.json_load("queue_off", CONNECTIONS, total)
+        if "before" in self.others:
+            before_child = self.others["before"][0]
+            before_cpu = processes.cpu_seconds(before_child.pid)
+            before = self.json_load("before", CONNECTIONS, total)
+            before_cpu = processes.cpu_seconds(before_child.pid) - before_cpu
+            run.update(
+                before_rps=before.requests_per_s,
+                gateway_over_before_rps=gateway.requests_per_s / before.requests_per_s,
+                before_cpu_us_per_request=before_cpu / max(before.requests, 1) * 1e6,
+                before_non_200=_not_200(before),
+            )
         run.update(
+            queue_off_rps=queue_off.requests_per_s,
+            queue_on_over_off_rps=gateway.requests_per_s / queue_off.requests_per_s,
+            queue_off_non_200=_not_200(queue_off),
+            gateway_over_bare_rps=gateway.requests_per_s / bare.requests_per_s,
             gateway_cpu_us_per_request=cpu / max(gateway.requests, 1) * 1e6,
             direct_rps=direct.requests_per_s,
             bare_rps=bare.requests_per_s,
@@ -241,7 +300,24 @@ class Bench:
         direct = self.json_load("direct", 1, total)
         bare = self.json_load("bare", 1, total)
         gateway = self.json_load("gateway", 1, total)
+        queue_off = self.json_load("queue_off", 1, total)
+        if "before" in self.others:
+            before = self.json_load("before", 1, total)
+            run.update(
+                before_added_p50_ms=before.p50_ms - direct.p50_ms,
+                before_added_p99_ms=before.p99_ms - direct.p99_ms,
+                gateway_minus_before_added_p50_ms=gateway.p50_ms - before.p50_ms,
+                before_non_200=run.get("before_non_200", 0.0) + _not_200(before),
+            )
+        added_off = queue_off.p50_ms - direct.p50_ms
         run.update(
+            queue_off_added_p50_ms=added_off,
+            queue_on_minus_off_added_p50_ms=gateway.p50_ms - queue_off.p50_ms,
+            queue_on_over_off_added_p50=(gateway.p50_ms - direct.p50_ms) / added_off
+            if added_off > 0
+            else float("nan"),
+            queue_off_single_non_200=_not_200(queue_off),
+            gateway_minus_bare_added_p50_ms=gateway.p50_ms - bare.p50_ms,
             single_direct_p50_ms=direct.p50_ms,
             single_direct_p99_ms=direct.p99_ms,
             single_gateway_p50_ms=gateway.p50_ms,
@@ -278,6 +354,8 @@ class Bench:
             added_fb_p50_ms=_number(gateway, "first_byte_p50_ms") - _number(direct, "first_byte_p50_ms"),
             added_fb_p99_ms=_number(gateway, "first_byte_p99_ms") - _number(direct, "first_byte_p99_ms"),
             bare_added_fb_p50_ms=_number(bare, "first_byte_p50_ms") - _number(direct, "first_byte_p50_ms"),
+            gateway_minus_bare_fb_p50_ms=_number(gateway, "first_byte_p50_ms")
+            - _number(bare, "first_byte_p50_ms"),
             direct_streams_s=_number(direct, "elapsed_s"),
             gateway_streams_s=_number(gateway, "elapsed_s"),
             peak_rss_mb=sampler.peak_mb,
@@ -303,6 +381,59 @@ class Bench:
             paced_added_fb_p99_ms=_number(gateway_paced, "first_byte_p99_ms")
             - _number(direct_paced, "first_byte_p99_ms"),
         )
+
+    def measure_scale_out(self, index: int, run: Run) -> None:
+        """Section 8: Redis + PostgreSQL in one process, and with --workers 2, beside the embedded gateway."""
+        if "scaled" not in self.others:
+            return
+        # A sixth of section 1's count: three loads more per run, each beside the others.
+        total = max(self.profile.json_requests // 6, CONNECTIONS * 10)
+        say(
+            f"run {index}: /chat at {CONNECTIONS} connections, {total} requests (embedded, Redis+PG, workers 2)"
+        )
+        embedded = self.json_load("gateway", CONNECTIONS, total)
+        scaled_child = self.others["scaled"][0]
+        cpu = processes.tree_cpu_seconds(scaled_child.pid)
+        scaled = self.json_load("scaled", CONNECTIONS, total)
+        cpu = processes.tree_cpu_seconds(scaled_child.pid) - cpu
+        workers = self.json_load("workers", CONNECTIONS, total)
+        run.update(
+            scale_embedded_rps=embedded.requests_per_s,
+            scaled_rps=scaled.requests_per_s,
+            scaled_over_embedded_rps=scaled.requests_per_s / embedded.requests_per_s,
+            scaled_cpu_us_per_request=cpu / max(scaled.requests, 1) * 1e6,
+            workers_rps=workers.requests_per_s,
+            workers_over_one_rps=workers.requests_per_s / scaled.requests_per_s,
+            scaled_non_200=_not_200(scaled) + _not_200(workers) + _not_200(embedded),
+        )
+
+    def measure_fairness(self, index: int, run: Run) -> None:
+        """Section 9: the heavy user's flood and the light users, straight to the FIFO upstream and through
+        the gateway (see bench.fairness)."""
+        shape = self.profile.fairness
+        say(
+            f"run {index}: fairness, {shape.heavy} heavy + {shape.light} light requests, {shape.slots} slots x "
+            f"{shape.service_ms:g} ms (direct, gateway)"
+        )
+        upstream = self.fair.upstream
+        for target in ("direct", "gateway"):
+            fairness.upstream_call(upstream.url, "/bench/reset", "POST")
+            if target == "direct":
+                data = _load_client(
+                    "fairness",
+                    upstream.port,
+                    "/api/generate",
+                    [*shape.client_arguments(), "--direct"],
+                    600,
+                )
+            else:
+                extra = [*shape.client_arguments(), "--keys-file", str(self.fair.keys_file)]
+                data = _load_client("fairness", self.fair.gateway.port, "/chat", extra, 600)
+            log, now = fairness.log_of(fairness.upstream_call(upstream.url, "/bench/stats"))
+            numbers = fairness.analyse(
+                log, fairness.records_of(data), shape.slots, shape.service_ms / 1000, now
+            )
+            run.update({f"fair_{target}_{name}": value for name, value in numbers.items()})
 
 
 def _not_200(result: LoadResult) -> float:
@@ -371,6 +502,29 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def before_rows(described: str) -> list[Row]:
+    """Section 11 with --compare REV: the same loads on a gateway built from REV, right after ours."""
+    before = f"11 before {described.split()[0]}"
+    return [
+        Row(before, "before: throughput at 20 conns", "before_rps", "req/s"),
+        Row(before, "this tree / before throughput", "gateway_over_before_rps", "x"),
+        Row(before, "before: CPU per request", "before_cpu_us_per_request", "us"),
+        Row(before, "before: added p50, 1 conn", "before_added_p50_ms", "ms"),
+        Row(before, "before: added p99, 1 conn", "before_added_p99_ms", "ms"),
+        Row(before, "this tree minus before: added p50", "gateway_minus_before_added_p50_ms", "ms"),
+        Row(
+            before,
+            "before: answers other than 200",
+            "before_non_200",
+            "count",
+            "0",
+            _none_at_all,
+            "sum",
+            "check",
+        ),
+    ]
+
+
 def rows(profile: Profile) -> list[Row]:
     """The table: correctness checks always count; performance targets only in the full mode."""
     full = profile.name == "full"
@@ -403,7 +557,14 @@ def rows(profile: Profile) -> list[Row]:
             json, "gateway throughput", "gateway_rps", "req/s", ">= 3,000", lambda v: median(v) >= TARGET_RPS
         ),
         Row(json, "bare forwarder throughput", "bare_rps", "req/s"),
-        Row(json, "gateway vs bare forwarder throughput", "gateway_vs_bare_rps_pct", "%"),
+        target(
+            json,
+            "gateway / bare forwarder throughput",
+            "gateway_over_bare_rps",
+            "x",
+            ">= 0.90x",
+            lambda v: median(v) >= 0.90,
+        ),
         Row(json, "direct upstream throughput", "direct_rps", "req/s"),
         Row(json, "gateway latency p50", "gateway_p50_ms", "ms"),
         Row(json, "gateway latency p99", "gateway_p99_ms", "ms"),
@@ -417,8 +578,16 @@ def rows(profile: Profile) -> list[Row]:
         ),
         Row(single, "gateway p99", "single_gateway_p99_ms", "ms"),
         Row(single, "direct p99", "single_direct_p99_ms", "ms"),
-        target(single, "added p99", "added_p99_ms", "ms", "<= 2", lambda v: median(v) <= 2.0),
+        target(single, "added p99", "added_p99_ms", "ms", "<= 1.5", lambda v: median(v) <= 1.5),
         Row(single, "bare forwarder added p50", "bare_added_p50_ms", "ms"),
+        target(
+            single,
+            "gateway added p50 minus bare added p50",
+            "gateway_minus_bare_added_p50_ms",
+            "ms",
+            "<= 0.10",
+            lambda v: median(v) <= 0.10,
+        ),
         Row(single, "bare forwarder added p99", "bare_added_p99_ms", "ms"),
         check(single, "answers other than 200", "single_non_200"),
         check(single, "bare forwarder answers other than 200", "bare_single_non_200"),
@@ -432,9 +601,24 @@ def rows(profile: Profile) -> list[Row]:
         Row(burst, "direct first byte p99", "direct_fb_p99_ms", "ms"),
         Row(burst, "added first byte p99", "added_fb_p99_ms", "ms"),
         Row(burst, "bare forwarder added first byte p50", "bare_added_fb_p50_ms", "ms"),
+        target(
+            burst,
+            "gateway added first byte p50 minus bare's",
+            "gateway_minus_bare_fb_p50_ms",
+            "ms",
+            "<= 0",
+            lambda v: median(v) <= 0,
+        ),
         Row(burst, "gateway: last stream done after", "gateway_streams_s", "s"),
         Row(burst, "direct: last stream done after", "direct_streams_s", "s"),
-        Row(burst, "gateway CPU per stream", "gateway_cpu_ms_per_stream", "ms"),
+        target(
+            burst,
+            f"gateway CPU per {profile.chunks}-line stream",
+            "gateway_cpu_ms_per_stream",
+            "ms",
+            "<= 1.2",
+            lambda v: median(v) <= 1.2,
+        ),
         target(burst, "gateway peak RSS", "peak_rss_mb", "MB", "<= 150", lambda v: max(v) <= 150, "max"),
         Row(
             paced,
@@ -477,6 +661,121 @@ def rows(profile: Profile) -> list[Row]:
             "<= 0",
             lambda v: median(v) <= 0,
         ),
+        *scheduler_rows(profile, target, check),
+    ]
+
+
+class TargetRow(Protocol):
+    def __call__(
+        self,
+        scenario: str,
+        label: str,
+        key: str,
+        unit: str,
+        text: str,
+        met: Check,
+        summary: str = "median",
+        kind: str = "target",
+    ) -> Row: ...
+
+
+class CheckRow(Protocol):
+    def __call__(self, scenario: str, label: str, key: str) -> Row: ...
+
+
+def scheduler_rows(profile: Profile, target: TargetRow, check: CheckRow) -> list[Row]:
+    """Sections 7-10: the scheduler's cost, scale-out, fairness, waiting (issues 13 and 15)."""
+    cost = "7 queue on vs off"
+    scale = "8 Redis+PG, workers"
+    shape = profile.fairness
+    fair = f"9 fairness {shape.slots}x{shape.service_ms:g}ms"
+    wait = f"10 {profile.waiting:,} waiting"
+    return [
+        Row(cost, "queue off: throughput at 20 conns", "queue_off_rps", "req/s"),
+        target(
+            cost,
+            "queue on / off throughput",
+            "queue_on_over_off_rps",
+            "x",
+            ">= 0.95x",
+            lambda v: median(v) >= 0.95,
+        ),
+        Row(cost, "queue off: added p50, 1 conn", "queue_off_added_p50_ms", "ms"),
+        Row(cost, "queue on minus off: added p50", "queue_on_minus_off_added_p50_ms", "ms"),
+        target(
+            cost,
+            "queue on / off added p50",
+            "queue_on_over_off_added_p50",
+            "x",
+            "<= 1.05x",
+            lambda v: median(v) <= 1.05,
+        ),
+        check(cost, "queue off: answers other than 200", "queue_off_non_200"),
+        check(cost, "queue off, 1 conn: answers other than 200", "queue_off_single_non_200"),
+        Row(scale, "embedded (SQLite, in-process limits)", "scale_embedded_rps", "req/s"),
+        Row(scale, "Redis + PostgreSQL, one process", "scaled_rps", "req/s"),
+        target(
+            scale,
+            "Redis+PG / embedded throughput",
+            "scaled_over_embedded_rps",
+            "x",
+            ">= 0.90x",
+            lambda v: median(v) >= 0.90,
+        ),
+        Row(scale, "Redis+PG CPU per request (all processes)", "scaled_cpu_us_per_request", "us"),
+        Row(scale, "Redis+PG, --workers 2", "workers_rps", "req/s"),
+        Row(scale, "--workers 2 / one process", "workers_over_one_rps", "x"),
+        check(scale, "answers other than 200", "scaled_non_200"),
+        Row(fair, "light users' wait p50, direct FIFO", "fair_direct_light_wait_p50_ms", "ms"),
+        Row(fair, "light users' wait p50, gateway", "fair_gateway_light_wait_p50_ms", "ms"),
+        Row(fair, "light users' wait p99, direct FIFO", "fair_direct_light_wait_p99_ms", "ms"),
+        Row(fair, "light users' wait p99, gateway", "fair_gateway_light_wait_p99_ms", "ms"),
+        Row(fair, "Jain's index, direct FIFO", "fair_direct_jain", "index"),
+        target(
+            fair,
+            "Jain's index, gateway",
+            "fair_gateway_jain",
+            "index",
+            ">= 0.90",
+            lambda v: median(v) >= 0.90,
+        ),
+        Row(fair, "slot utilisation while waiting, direct", "fair_direct_utilisation_pct", "pct"),
+        target(
+            fair,
+            "slot utilisation while waiting, gateway",
+            "fair_gateway_utilisation_pct",
+            "pct",
+            ">= 95%",
+            lambda v: median(v) >= 95,
+        ),
+        Row(fair, "all answered after, direct", "fair_direct_makespan_s", "s"),
+        Row(fair, "all answered after, gateway", "fair_gateway_makespan_s", "s"),
+        check(fair, "direct: answers other than 200", "fair_direct_non_200"),
+        check(fair, "gateway: answers other than 200", "fair_gateway_non_200"),
+        Row(wait, "gateway RSS before", "waiting_baseline_rss_mb", "MB"),
+        Row(wait, "gateway RSS while waiting (peak)", "waiting_rss_mb", "MB"),
+        target(wait, "extra RSS", "waiting_extra_rss_mb", "MB", "<= 100", lambda v: max(v) <= 100, "max"),
+        target(
+            wait,
+            f"gateway CPU while waiting ({profile.waiting_seconds:g} s)",
+            "waiting_cpu_pct",
+            "pct",
+            "<= 2%",
+            lambda v: max(v) <= 2.0,
+            "max",
+        ),
+        Row(wait, "extra RSS per waiting request", "waiting_extra_kb_per_request", "KB"),
+        Row(wait, "bare forwarder: requests in flight (fd limit: 2 each)", "bare_waiting_requests", "count"),
+        Row(wait, "bare forwarder: extra RSS", "bare_waiting_extra_rss_mb", "MB"),
+        Row(
+            wait, "bare forwarder: extra RSS per request in flight", "bare_waiting_extra_kb_per_request", "KB"
+        ),
+        Row(wait, "bare forwarder: CPU while they wait", "bare_waiting_cpu_pct", "pct"),
+        Row(wait, "all queued after sending", "waiting_queued_after_s", "s"),
+        Row(wait, "drain after the slots free", "waiting_drain_s", "s"),
+        Row(wait, "bare forwarder: drain", "bare_waiting_drain_s", "s"),
+        check(wait, "answers other than 200", "waiting_not_200"),
+        check(wait, "bare forwarder: answers other than 200", "bare_waiting_not_200"),
     ]
 
 
@@ -484,32 +783,221 @@ def _none_at_all(values: list[float]) -> bool:
     return sum(values) == 0
 
 
-def run_bench(profile: Profile, generator_choice: str, output: Path | None, strict: bool) -> int:
+def scale_out_unavailable() -> str | None:
+    """Why section 8 cannot run (its Redis or PostgreSQL unreachable), or None; empties both otherwise."""
+    try:
+        processes.reset_redis(processes.BENCH_REDIS_URL)
+    except Exception as error:
+        return f"Redis {processes.BENCH_REDIS_URL} unreachable ({type(error).__name__}: {error})"
+    try:
+        processes.reset_postgres(processes.BENCH_POSTGRES_URL)
+    except Exception as error:
+        return f"PostgreSQL unreachable ({type(error).__name__}: {error})"
+    return None
+
+
+def _hide(url: str) -> str:
+    """A database URL without its password."""
+    head, at, tail = url.rpartition("@")
+    if not at or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, user_password = head.partition("//")
+    return f"{scheme}//{user_password.split(':', 1)[0]}:***@{tail}"
+
+
+def _hot_path(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {"OLLAMA_GATE_SLOTS": str(HOT_PATH_SLOTS), **(extra or {})}
+
+
+def _start_others(
+    profile: Profile, workdir: Path, upstream: Child, stack: contextlib.ExitStack
+) -> tuple[dict[Target, tuple[Child, list[str]]], str | None]:
+    """The gateways of sections 7 and 8, started and given member keys."""
+    others: dict[Target, tuple[Child, list[str]]] = {}
+    off = stack.enter_context(
+        processes.gateway(
+            workdir,
+            upstream.url,
+            workdir / "queue-off.db",
+            RAISED_RATE_LIMIT,
+            {"OLLAMA_GATE_SLOTS": "0"},
+            name="gateway queue off",
+        )
+    )
+    others["queue_off"] = (off, processes.create_member_keys(off.url, USERS))
+    why_not = scale_out_unavailable() if profile.scale_out else "not in this profile"
+    if why_not is not None:
+        say(f"section 8 (Redis + PostgreSQL) skipped: {why_not}")
+        return others, why_not
+    shared = _hot_path({"OLLAMA_GATE_REDIS_URL": processes.BENCH_REDIS_URL})
+    scaled = stack.enter_context(
+        processes.gateway(
+            workdir,
+            upstream.url,
+            processes.BENCH_POSTGRES_URL,
+            RAISED_RATE_LIMIT,
+            shared,
+            name="gateway redis-pg",
+        )
+    )
+    keys = processes.create_member_keys(scaled.url, USERS)
+    others["scaled"] = (scaled, keys)
+    workers = stack.enter_context(
+        processes.gateway(
+            workdir,
+            upstream.url,
+            processes.BENCH_POSTGRES_URL,
+            RAISED_RATE_LIMIT,
+            shared,
+            workers=2,
+            name="gateway workers 2",
+        )
+    )
+    others["workers"] = (workers, keys)
+    return others, None
+
+
+def _start_fairness(profile: Profile, workdir: Path, stack: contextlib.ExitStack) -> Fairness:
+    shape = profile.fairness
+    upstream = stack.enter_context(
+        processes.fake_upstream(
+            workdir, 1, 0.0, slots=shape.slots, service_ms=shape.service_ms, name="fair upstream"
+        )
+    )
+    gateway = stack.enter_context(
+        processes.gateway(
+            workdir,
+            upstream.url,
+            workdir / "fair.db",
+            RAISED_RATE_LIMIT,
+            {
+                "OLLAMA_GATE_SLOTS": str(shape.slots),
+                "OLLAMA_GATE_MAX_QUEUE": "20000",
+                "OLLAMA_GATE_MAX_QUEUED_PER_IDENTITY": "20000",
+            },
+            name="gateway fair",
+        )
+    )
+    keys_file = workdir / "fair-keys.txt"
+    keys_file.write_text("\n".join(processes.create_member_keys(gateway.url, shape.light + 1)) + "\n")
+    return Fairness(upstream, gateway, keys_file)
+
+
+def measure_waiting(profile: Profile, workdir: Path, generator: JsonGenerator) -> Run:
+    """Section 10, once per bench: its own held upstream and gateway (see bench.waiting)."""
+    count, slots = profile.waiting, profile.waiting_slots
+    say(f"waiting: {count:,} requests held in the gateway's queue, {slots} slots full")
+    with (
+        processes.fake_upstream(
+            workdir, 1, 0.0, slots=slots, service_ms=0.0, name="held upstream"
+        ) as upstream,
+        processes.gateway(
+            workdir,
+            upstream.url,
+            workdir / "waiting.db",
+            RAISED_RATE_LIMIT,
+            {
+                "OLLAMA_GATE_SLOTS": str(slots),
+                "OLLAMA_GATE_MAX_QUEUE": str(count * 2),
+                "OLLAMA_GATE_MAX_QUEUED_PER_IDENTITY": str(count * 2),
+                "OLLAMA_GATE_MAX_CONNECTIONS": str(count + 2000),
+                # The client opens every connection before it sends any request.
+                "OLLAMA_GATE_HEADER_TIMEOUT": "300",
+            },
+            name="gateway waiting",
+        ) as gateway,
+    ):
+        keys = processes.create_member_keys(gateway.url, USERS)
+        processes.http_json("PATCH", gateway.url + "/api/plans/member", {"queue_timeout": 900})
+        keys_file = workdir / "waiting-keys.txt"
+        keys_file.write_text("\n".join(keys) + "\n")
+        warm = generator.run(gateway.port, "/chat", GATEWAY_BODY, keys, CONNECTIONS, profile.warmup_requests)
+        if warm.answered_200 != warm.requests or warm.errors:
+            raise RuntimeError(f"waiting scenario: warm-up answered {warm}")
+        numbers = waiting.measure(upstream, gateway, keys_file, count, slots, profile.waiting_seconds)
+    # The reference: the bare forwarder with as many requests in flight, waiting in its upstream's queue
+    # (it has no queue of its own, and holds an upstream connection per request besides).
+    # It holds two sockets per request (client and upstream): as many as the open-file limit allows.
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    bare_count = min(count, (fd_limit - 1000) // 2)
+    say(f"waiting: the bare forwarder with {bare_count:,} requests in flight, for reference")
+    with (
+        processes.fake_upstream(
+            workdir, 1, 0.0, slots=slots, service_ms=0.0, name="held upstream bare"
+        ) as upstream,
+        processes.bare_forwarder(workdir, upstream.url) as bare,
+    ):
+        generator.run(bare.port, "/chat", GATEWAY_BODY, [], CONNECTIONS, profile.warmup_requests)
+        reference = waiting.measure(
+            upstream, bare, keys_file, bare_count, slots, profile.waiting_seconds, gateway_queue=False
+        )
+    numbers.update({f"bare_{name}": value for name, value in reference.items()})
+    return numbers
+
+
+def run_bench(
+    profile: Profile, generator_choice: str, output: Path | None, strict: bool, compare: str | None = None
+) -> int:
     fd_limit = raise_open_file_limit()
     cores = os.cpu_count() or 1
     started_at = dt.datetime.now(dt.UTC)
+    clock = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ollama-gate-bench-") as temporary:
         workdir = Path(temporary)
         keys_file = workdir / "keys.txt"
         database = workdir / "gate.db"
-        generator = choose_generator(profile, generator_choice, keys_file)
+        generator = choose_generator(profile, generator_choice, workdir / "generator-keys.txt")
         say(f"{profile.name} mode, {profile.runs} runs; load generator: {generator.description}")
-        with (
-            processes.fake_upstream(workdir, profile.chunks, profile.chunk_delay_ms) as upstream,
-            processes.bare_forwarder(workdir, upstream.url) as bare,
-            processes.gateway(workdir, upstream.url, database, RAISED_RATE_LIMIT) as gateway,
-        ):
+        with contextlib.ExitStack() as stack:
+            upstream = stack.enter_context(
+                processes.fake_upstream(workdir, profile.chunks, profile.chunk_delay_ms)
+            )
+            bare = stack.enter_context(processes.bare_forwarder(workdir, upstream.url))
+            gateway = stack.enter_context(
+                processes.gateway(workdir, upstream.url, database, RAISED_RATE_LIMIT, _hot_path())
+            )
             say(f"bare forwarder pid {bare.pid} on {bare.url}")
             say(f"gateway pid {gateway.pid} on {gateway.url}; creating {USERS} member keys through /api/keys")
             keys = processes.create_member_keys(gateway.url, USERS)
             keys_file.write_text("\n".join(keys) + "\n")
-            bench = Bench(profile, generator, upstream, bare, gateway, keys, keys_file, database, Ledger())
+            others, scale_out_skipped = _start_others(profile, workdir, upstream, stack)
+            described = None
+            if compare is not None:
+                python_path, described = stack.enter_context(revision(compare))
+                before = stack.enter_context(
+                    processes.gateway(
+                        workdir,
+                        upstream.url,
+                        workdir / "before.db",
+                        RAISED_RATE_LIMIT,
+                        _hot_path(),
+                        name="gateway before",
+                        python_path=python_path,
+                    )
+                )
+                say(f"before: gateway pid {before.pid} built from {described}")
+                others["before"] = (before, processes.create_member_keys(before.url, USERS))
+            fair = _start_fairness(profile, workdir, stack)
+            bench = Bench(
+                profile, generator, upstream, bare, gateway, keys, keys_file, database, Ledger(), others, fair
+            )
             say("warming up")
             bench.warm_up()
             runs = [bench.run_once(index + 1) for index in range(profile.runs)]
             say("load done; waiting for the usage writer to drain")
             usage = bench.drained()
-            logs = {child.name: child.log() for child in (bare, gateway)}
+            children = [bare, gateway, fair.gateway, *(child for child, _ in others.values())]
+            logs = {child.name: child.log() for child in children}
+        try:
+            runs[0].update(measure_waiting(profile, workdir, generator))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            # The other sections' numbers are kept; the failure is a failed check, with its reason.
+            say(f"waiting: failed: {error}")
+            runs[0]["waiting_not_200"] = float(profile.waiting)
+        logs["gateway waiting"] = (workdir / "gateway-waiting.log").read_text(errors="replace")
+    elapsed_min = (time.monotonic() - clock) / 60
+    if scale_out_skipped is not None:
+        runs[0]["scale_out_skipped"] = 1.0
     rows_total = sum(usage.values())
     accounting_ok = usage.get(200, 0) == bench.ledger.answered_200 and rows_total == bench.ledger.sent
     after = [run["rss_after_round_mb"] for run in runs]
@@ -517,7 +1005,7 @@ def run_bench(profile: Profile, generator_choice: str, output: Path | None, stri
         runs[0]["rss_growth_pct"] = (after[1] / after[0] - 1) * 100
     if len(after) >= 3:
         runs[0]["rss_later_growth_pct"] = (after[-1] / after[1] - 1) * 100
-    results = evaluate(rows(profile), runs)
+    results = evaluate(rows(profile) + (before_rows(described) if described else []), runs)
     accounting_row: dict[str, object] = {
         "scenario": "4 accounting",
         "measurement": f"usage rows with status 200 == answers 200 ({bench.ledger.answered_200:,})",
@@ -566,9 +1054,48 @@ def run_bench(profile: Profile, generator_choice: str, output: Path | None, stri
         f"{REFERENCE_BARE_ADDED_P50_MS} ms: section 6 scales them to this machine (informational)"
     )
     print(
+        f"  sections 1-3 and 5: OLLAMA_GATE_SLOTS={HOT_PATH_SLOTS} (slots >= connections and the burst: the "
+        "scheduler runs but never queues, so they measure the hot path)"
+    )
+    print(
+        "  7: a second gateway with OLLAMA_GATE_SLOTS=0 (queue off), each load right after the same one on "
+        "the gateway with the queue on"
+    )
+    if scale_out_skipped is None:
+        print(
+            f"  8: OLLAMA_GATE_DATABASE_URL={_hide(processes.BENCH_POSTGRES_URL)} (schema dropped and re-made), "
+            f"OLLAMA_GATE_REDIS_URL={processes.BENCH_REDIS_URL} (flushed), one process, then `serve --workers 2`"
+            f" on the same database and Redis; {max(profile.json_requests // 6, CONNECTIONS * 10):,} requests each, beside the embedded one"
+        )
+    else:
+        print(f"  8: skipped, {scale_out_skipped}")
+    shape = profile.fairness
+    print(
+        f"  9: upstream with {shape.slots} slots x {shape.service_ms:g} ms, FIFO (like OLLAMA_NUM_PARALLEL="
+        f"{shape.slots}); gateway OLLAMA_GATE_SLOTS={shape.slots}, queue bounds raised; one heavy key sends "
+        f"{shape.heavy} at once, {shape.light} light keys one each from {shape.light_start_ms:g} ms, every "
+        f"{shape.light_every_ms:g} ms;"
+    )
+    print(
+        "     wait = latency - service time; utilisation = busy / (slots x time) from the flood to the last"
+        " start; Jain = (sum x)^2/(n sum x^2), x = a user's GPU time / its max-min fair share in"
+        f" [first light, last light + {3 * shape.service_ms:g} ms]"
+    )
+    print(
+        f"  10: {profile.waiting:,} requests on their own connections, gateway and upstream with "
+        f"{profile.waiting_slots} slots held full; CPU over {profile.waiting_seconds:g} s of waiting, drain"
+        " = release to the last answer"
+    )
+    if described:
+        print(
+            f"  11: a gateway built from {described} (git worktree, imported through PYTHONPATH), the same "
+            "settings, each load right after this tree's"
+        )
+    print(
         f"accounting: {bench.ledger.sent:,} inference requests sent, {bench.ledger.answered_200:,} answered 200; "
         f"usage rows by status {usage}"
     )
+    print(f"duration: {elapsed_min:.1f} min")
     print()
     print(table(results))
     judged = [r for r in results if r["passed"] is not None]
@@ -588,7 +1115,15 @@ def run_bench(profile: Profile, generator_choice: str, output: Path | None, stri
         "started_at": started_at.isoformat(),
         "machine": machine,
         "generator": generator.description,
-        "gateway": {"processes": 1, "log_level": processes.GATEWAY_LOG_LEVEL, "users": USERS},
+        "gateway": {
+            "processes": 1,
+            "log_level": processes.GATEWAY_LOG_LEVEL,
+            "users": USERS,
+            "hot_path_slots": HOT_PATH_SLOTS,
+        },
+        "duration_min": elapsed_min,
+        "scale_out_skipped": scale_out_skipped,
+        "compare": described,
         "calibration": {
             "reference_bare_rps": REFERENCE_BARE_RPS,
             "reference_bare_added_p50_ms": REFERENCE_BARE_ADDED_P50_MS,
@@ -625,7 +1160,22 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, help="results file (default bench/results.json; none in smoke mode)"
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a performance target is missed")
+    parser.add_argument(
+        "--soak", action="store_true", help="only the soak: mixed traffic, RSS sampled (see bench.soak)"
+    )
+    parser.add_argument("--minutes", type=float, default=10.0, help="the soak's length (default 10)")
+    parser.add_argument("--sample-seconds", type=float, default=10.0, help="the soak's RSS sampling period")
+    parser.add_argument("--rate", type=float, default=150.0, help="the soak's requests per second")
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also measure a gateway built from git revision REV (a temporary worktree) as a 'before'",
+    )
     args = parser.parse_args(argv)
+    if args.soak:
+        from bench.soak import run_soak
+
+        return run_soak(args.minutes, args.sample_seconds, args.rate)
     profile = Profile.smoke() if args.smoke else Profile.full(max(2, args.runs))
     output = args.output if args.output is not None else (None if args.smoke else RESULTS_PATH)
-    return run_bench(profile, args.generator, output, args.strict and not args.smoke)
+    return run_bench(profile, args.generator, output, args.strict and not args.smoke, args.compare)
