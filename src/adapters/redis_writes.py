@@ -99,6 +99,13 @@ class PipelinedWrites:
                 writes = sum(1 for *_, future in batch if future is None)
                 log.warning("Redis down: %d %s not sent (%s)", writes, self._name, error.__class__.__name__)
                 results = [error] * len(batch)
+            except Exception as error:
+                # Anything else (a driver bug, a reply it cannot read) must not end the sender: every
+                # later call would then wait forever. The batch fails as in an outage, and callers fall
+                # back as they do when Redis is down.
+                log.exception("%d %s failed unexpectedly", len(batch), self._name)
+                outage = RedisConnectionError(f"{self._name}: {error.__class__.__name__}")
+                results = [outage] * len(batch)
             self._settle(batch, results)
 
     def _settle(self, batch: list[_Entry], results: list[Any]) -> None:
