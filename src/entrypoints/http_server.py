@@ -43,6 +43,7 @@ from uvicorn.server import HANDLED_SIGNALS, ServerState
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from ollama_gate.entrypoints.client_presence import CLIENT_GONE, ClientGone
+from ollama_gate.entrypoints.coalescing_transport import CoalescingTransport
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.connections) >= self._max_connections:
             self._refuse(transport)
             return
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
         self._head_began = self.loop.time()
         self._head_timer = self.loop.call_later(self._head_timeout, self._head_deadline_passed)
 
