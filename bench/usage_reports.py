@@ -38,27 +38,13 @@ import asyncpg
 from bench.processes import HOST, REPO, Child, RssSampler, _python_env, free_port, peak_rss_mb, rss_mb
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.stores import SqlUsageStore
+from ollama_gate.adapters.sql.tables import usage_logs
 from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.usage_query import GroupBy, UsageFilter
 
-COLUMNS = (
-    "timestamp",
-    "user",
-    "tier",
-    "key_id",
-    "client_ip",
-    "endpoint",
-    "model",
-    "status",
-    "outcome",
-    "latency_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "plan",
-    "queue_ms",
-    "request_id",
-)
+# The columns a row is written with (the table's own, but its id): the migrations' schema decides.
+COLUMNS = tuple(column.name for column in usage_logs.columns if column.name != "id")
 START = datetime(2026, 1, 1, tzinfo=UTC)
 USERS = [f"user{n:03d}" for n in range(200)] + ["anonymous"]
 MODELS = ["smollm:latest", "llama3.2:1b", "qwen2.5:7b", "mistral:7b", "phi3:mini"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ollama_gate.adapters.redis_writes import REDIS_DOWN, PipelinedWrites
+from ollama_gate.adapters.redis_writes import REDIS_DOWN, RENEW_LEASE, PipelinedWrites
 from ollama_gate.domain.errors import LimiterUnavailable
 from ollama_gate.domain.plans import Window
 from ollama_gate.domain.quota import Admission, LimitKind, Limits, LimitState
@@ -162,15 +162,6 @@ if ARGV[2] ~= '' then redis.call('ZREM', KEYS[2], ARGV[2]) end
 return 1
 """
 
-# KEYS: leases. ARGV: lease, ttl (us). Keeps a live request's lease from expiring.
-_RENEW = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) / 1000))
-return 1
-"""
-
 # KEYS: the plan's active identities. ARGV: window (us).
 _ACTIVE = """
 local clock = redis.call('TIME')
@@ -218,7 +209,7 @@ class RedisQuotaLimiter:
         self._admit: Any = client.register_script(_ADMIT)
         self._finish: Any = client.register_script(_FINISH)
         self._refund: Any = client.register_script(_REFUND)
-        self._renew: Any = client.register_script(_RENEW)
+        self._renew: Any = client.register_script(RENEW_LEASE)
         self._active: Any = client.register_script(_ACTIVE)
         self._ids = itertools.count()
         self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

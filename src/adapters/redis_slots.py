@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ollama_gate.adapters.redis_writes import REDIS_DOWN, PipelinedWrites
+from ollama_gate.adapters.redis_writes import REDIS_DOWN, RENEW_LEASE, PipelinedWrites
 from ollama_gate.ports.slots import Claim, SharedSlotsUnavailable
 from ollama_gate.services.background import BackgroundTask
 
@@ -82,15 +82,6 @@ end
 return 1
 """
 
-# KEYS: the slot set. ARGV: lease, ttl (us).
-_RENEW = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) / 1000))
-return 1
-"""
-
 # KEYS: the model's heads. ARGV: instance, "priority usage arrived" or '' (none), ttl (us).
 _ADVERTISE = """
 if ARGV[2] == '' then
@@ -141,7 +132,7 @@ class RedisSharedSlots:
         self._channel = f"{prefix}:slots-freed"
         self._take: Any = client.register_script(_TAKE)
         self._give_back: Any = client.register_script(_GIVE_BACK)
-        self._renew: Any = client.register_script(_RENEW)
+        self._renew: Any = client.register_script(RENEW_LEASE)
         self._advertise: Any = client.register_script(_ADVERTISE)
         self._busy: Any = client.register_script(_BUSY)
         self._live: dict[str, str] = {}  # lease -> slot set, renewed while its request runs

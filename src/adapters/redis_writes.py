@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _BATCH = 200
 
+# KEYS: a sorted set of leases scored by their expiry (us). ARGV: lease, ttl (us). Pushes a live lease's
+# expiry on (a concurrency lease of the limiter, a GPU slot of the shared slots), never adds one.
+RENEW_LEASE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) / 1000))
+return 1
+"""
+
 # A registered script, its keys, its arguments, and the future of a call (None: a write).
 _Entry = tuple[Any, list[str], list[Any], "asyncio.Future[Any] | None"]
 
