@@ -8,7 +8,9 @@ process gave back is free in Redis before it asks for one).
 
 Scripts go into a pipeline as plain EVALSHA: redis-py's own way (calling the Script on the pipeline)
 asks `SCRIPT EXISTS` for every script before every pipeline, one more round trip each time. A script
-Redis does not know (it restarted, or was flushed) is loaded and run again on its own.
+Redis does not know (it restarted, or was flushed) is loaded and run again on its own. The pipelines go
+out on a connection of the pipeliner's own (adapters/redis_pipeline.py) when the client's is plain TCP,
+else through redis-py's `Pipeline`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ollama_gate.adapters.redis_pipeline import RespPipeline
 from ollama_gate.services.background import BackgroundTask
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,12 @@ return 1
 _Entry = tuple[Any, list[str], list[Any], "asyncio.Future[Any] | None"]
 
 
-async def _run_pipelined(client: aioredis.Redis, entries: list[_Entry]) -> list[Any]:
+async def _run_pipelined(
+    client: aioredis.Redis, pipeline: RespPipeline | None, entries: list[_Entry]
+) -> list[Any]:
     """Every entry in one pipeline, in order: their results (an error is returned, not raised)."""
+    if pipeline is not None:
+        return await _run_on_own_connection(pipeline, entries)
     async with client.pipeline(transaction=False) as pipe:
         for script, keys, args, _ in entries:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -60,12 +67,31 @@ async def _run_pipelined(client: aioredis.Redis, entries: list[_Entry]) -> list[
     return results
 
 
+async def _run_on_own_connection(pipeline: RespPipeline, entries: list[_Entry]) -> list[Any]:
+    results = await pipeline.run(
+        [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in entries]
+    )
+    unknown = [index for index, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if unknown:
+        # EVAL runs a script and caches it: the next EVALSHA of it finds it.
+        again = await pipeline.run(
+            [
+                ("EVAL", entries[i][0].script, len(entries[i][1]), *entries[i][1], *entries[i][2])
+                for i in unknown
+            ]
+        )
+        for index, result in zip(unknown, again, strict=True):
+            results[index] = result
+    return results
+
+
 class PipelinedWrites:
     """What is queued while Redis is down is logged and lost: every write must be one whose loss Redis
     repairs by itself (a lease that expires, a head that is advertised again); a call gets the error."""
 
     def __init__(self, client: aioredis.Redis, name: str) -> None:
         self._client = client
+        self._pipeline = RespPipeline.for_client(client)
         self._name = name
         self._entries: deque[_Entry] = deque()
         self._ready = asyncio.Event()
@@ -104,7 +130,7 @@ class PipelinedWrites:
         while self._entries:
             batch = [self._entries.popleft() for _ in range(min(len(self._entries), _BATCH))]
             try:
-                results = await _run_pipelined(self._client, batch)
+                results = await _run_pipelined(self._client, self._pipeline, batch)
             except REDIS_DOWN as error:
                 writes = sum(1 for *_, future in batch if future is None)
                 log.warning("Redis down: %d %s not sent (%s)", writes, self._name, error.__class__.__name__)
@@ -140,3 +166,5 @@ class PipelinedWrites:
         self._closing = True
         self._ready.set()
         await self._sender.finish(timeout)
+        if self._pipeline is not None:
+            self._pipeline.close()
