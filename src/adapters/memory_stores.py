@@ -49,6 +49,11 @@ class InMemoryKeyStore:
         key_id = self._hashes.get(key_hash)
         return None if key_id is None else self._keys[key_id]
 
+    async def find_by_hashes(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+        self._check()
+        self.lookups += 1
+        return {h: self._keys[self._hashes[h]] for h in key_hashes if h in self._hashes}
+
     async def get(self, key_id: int) -> ApiKey | None:
         self._check()
         return self._keys.get(key_id)

@@ -28,6 +28,10 @@ class KeyStore(Protocol):
         """The key with this hash, revoked or not."""
         ...
 
+    async def find_by_hashes(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+        """The keys with these hashes, revoked or not, by hash (one query; an unknown hash is absent)."""
+        ...
+
     async def get(self, key_id: int) -> ApiKey | None: ...
 
     async def list(self, user_id: str | None) -> list[ApiKey]:

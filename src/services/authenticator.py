@@ -26,8 +26,10 @@ class Authenticator:
     - An unknown key waits for the store at most `lookup_timeout` seconds, then StoreUnavailable (503).
     - Unknown hashes are remembered for `unknown_ttl` seconds, so a flood of made-up keys is not a flood
       of queries.
-    - Concurrent requests for a key that is due for (re-)reading share one store lookup, so a burst of
-      requests after a quiet spell is one query per key, not one per request.
+    - Concurrent requests for an unknown key share one store lookup, so a burst of requests with a new
+      key is one query, not one per request. Keys that fall due for re-reading are re-read together,
+      one query for all that fell due in the same turn of the loop (keys first used together fall due
+      together: a hundred keys of a burst are one query every `revalidate_after`, not a hundred).
     - `last_used_at` is collected in memory and written in batches by `flush_last_used`.
     """
 
@@ -52,6 +54,8 @@ class Authenticator:
         # Wall time as a float per use (a datetime is made only when the batch is written).
         self._last_used: dict[int, float] = {}
         self._loading: dict[str, asyncio.Task[ApiKey]] = {}
+        self._due: set[str] = set()  # hashes of cached keys to re-read together
+        self._rereading: asyncio.Task[None] | None = None
 
     async def member_key(self, secret: str) -> ApiKey:
         """The active key for `secret`; raises InvalidCredentials, or StoreUnavailable on a cache miss
@@ -62,11 +66,11 @@ class Authenticator:
         if cached is not None:
             key = cached[0]
             if cached[1] <= now:
-                self._load_once(key_hash, now, key)  # stale: served now, refreshed behind the answer
+                self._reread_later(key_hash, key, now)  # stale: served now, refreshed behind the answer
         else:
             try:
                 key = await asyncio.wait_for(
-                    asyncio.shield(self._load_once(key_hash, now, None)), self._lookup_timeout
+                    asyncio.shield(self._load_once(key_hash, now)), self._lookup_timeout
                 )
             except TimeoutError:
                 raise StoreUnavailable() from None
@@ -75,15 +79,44 @@ class Authenticator:
         self._last_used[key.id] = self._clock.time()
         return key
 
-    def _load_once(self, key_hash: str, now: float, stale: ApiKey | None) -> asyncio.Task[ApiKey]:
+    def _load_once(self, key_hash: str, now: float) -> asyncio.Task[ApiKey]:
         """The store's answer for `key_hash`, shared by every caller that asks while it is on its way.
         Callers await it shielded: one that goes away must not cancel the lookup the others wait for."""
         loading = self._loading.get(key_hash)
         if loading is None:
-            loading = asyncio.ensure_future(self._load(key_hash, now, stale))
+            loading = asyncio.ensure_future(self._load(key_hash, now))
             self._loading[key_hash] = loading
             loading.add_done_callback(lambda task: self._load_done(key_hash, task))
         return loading
+
+    def _reread_later(self, key_hash: str, key: ApiKey, now: float) -> None:
+        # Not due again meanwhile: the uses that follow do not ask for it while the re-read is on its way.
+        self._known[key_hash] = (key, now + self._revalidate_after)
+        self._due.add(key_hash)
+        if self._rereading is None:
+            self._rereading = asyncio.ensure_future(self._reread_due())
+
+    async def _reread_due(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the keys that fall due in the same turn go in the same query
+            while self._due:
+                due, self._due = self._due, set()
+                try:
+                    found = await self._store.find_by_hashes(list(due))
+                except StoreUnavailable:
+                    continue  # served as they were, and asked for again at their next revalidation
+                now = self._clock.monotonic()
+                for key_hash in due:
+                    key = found.get(key_hash)
+                    if key is not None:
+                        self._remember(key_hash, key, now)
+                    elif key_hash in self._known:  # deleted from the store: unknown from now on
+                        self._forget_hash(key_hash)
+                        self._unknown[key_hash] = now + self._unknown_ttl
+        except Exception:
+            log.exception("re-reading cached keys failed; they are re-read at their next revalidation")
+        finally:
+            self._rereading = None
 
     def _load_done(self, key_hash: str, task: asyncio.Task[ApiKey]) -> None:
         if self._loading.get(key_hash) is task:
@@ -91,18 +124,11 @@ class Authenticator:
         if not task.cancelled():
             task.exception()  # retrieved here too, in case every waiter went away
 
-    async def _load(self, key_hash: str, now: float, stale: ApiKey | None) -> ApiKey:
+    async def _load(self, key_hash: str, now: float) -> ApiKey:
         expires = self._unknown.get(key_hash)
         if expires is not None and expires > now:
             raise InvalidCredentials("unknown API key")
-        try:
-            key = await self._store.find_by_hash(key_hash)
-        except StoreUnavailable:
-            if stale is None:
-                raise
-            # Served as it was, and not asked for again before the next revalidation is due.
-            self._remember(key_hash, stale, now)
-            return stale
+        key = await self._store.find_by_hash(key_hash)
         if key is None:
             self._forget_hash(key_hash)
             if len(self._unknown) >= self._max_cached:

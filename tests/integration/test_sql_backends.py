@@ -70,6 +70,9 @@ async def test_key_store_round_trip(database: Database) -> None:
     assert found == second and found.created_at == NOW + timedelta(seconds=1)
     assert found.created_at.tzinfo is not None
     assert await store.find_by_hash("d" * 64) is None
+    # Many at once, in one call: the known ones by hash, revoked or not; an unknown hash is absent.
+    assert await store.find_by_hashes(["b" * 64, "d" * 64, "a" * 64]) == {"a" * 64: first, "b" * 64: second}
+    assert await store.find_by_hashes([]) == {}
     assert [k.id for k in await store.list("alice")] == [second.id, first.id]
     assert len(await store.list(None)) == 3
 

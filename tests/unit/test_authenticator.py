@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime
 
 import pytest
@@ -67,6 +68,30 @@ async def test_a_key_is_reread_after_revalidate_after(
     assert key_store.lookups == 2  # fresh again
 
 
+async def test_keys_that_fall_due_together_are_reread_in_one_lookup(
+    authenticator: Authenticator, key_service: KeyService, key_store: InMemoryKeyStore, clock: FakeClock
+) -> None:
+    issued = [await key_service.create(f"user-{n}", None) for n in range(100)]
+    for key in issued:
+        await authenticator.member_key(key.secret)
+    assert key_store.lookups == 100
+    clock.advance(6)
+    for key in issued:  # a burst that uses every key again, all due
+        await authenticator.member_key(key.secret)
+    await settle()
+    assert key_store.lookups == 101
+    revoked = await key_store.revoke(issued[7].key.id, datetime.now())  # elsewhere: the CLI, another instance
+    assert revoked is not None
+    clock.advance(6)
+    for key in issued:
+        await authenticator.member_key(key.secret)  # still served from the cache, re-read behind it
+    await settle()
+    assert key_store.lookups == 102
+    with pytest.raises(InvalidCredentials):
+        await authenticator.member_key(issued[7].secret)
+    assert (await authenticator.member_key(issued[8].secret)).user_id == "user-8"
+
+
 class StalledKeyStore(InMemoryKeyStore):
     """A database whose TCP connection is open but sends nothing: lookups never answer."""
 
@@ -76,6 +101,11 @@ class StalledKeyStore(InMemoryKeyStore):
         if self.stalled:
             await asyncio.sleep(3600)
         return await super().find_by_hash(key_hash)
+
+    async def find_by_hashes(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+        if self.stalled:
+            await asyncio.sleep(3600)
+        return await super().find_by_hashes(key_hashes)
 
 
 async def test_a_stalled_store_never_delays_a_cached_key_and_an_unknown_one_gets_503_in_time(

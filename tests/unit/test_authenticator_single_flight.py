@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
@@ -26,6 +27,10 @@ class GatedKeyStore(InMemoryKeyStore):
     async def find_by_hash(self, key_hash: str) -> ApiKey | None:
         await self.gate.wait()
         return await super().find_by_hash(key_hash)
+
+    async def find_by_hashes(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+        await self.gate.wait()
+        return await super().find_by_hashes(key_hashes)
 
 
 @pytest.fixture

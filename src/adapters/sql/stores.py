@@ -90,6 +90,10 @@ _KEY_COLUMNS = (
 )
 
 
+# Bound parameters per query: SQLite allows 32,766, and one query per revalidation burst is the point.
+_HASHES_PER_QUERY = 500
+
+
 class SqlKeyStore:
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -123,6 +127,17 @@ class SqlKeyStore:
             result = await connection.execute(select(*_KEY_COLUMNS).where(api_keys.c.key_hash == key_hash))
             row = result.one_or_none()
         return None if row is None else _key(row)
+
+    async def find_by_hashes(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+        found: dict[str, ApiKey] = {}
+        for start in range(0, len(key_hashes), _HASHES_PER_QUERY):
+            chunk = list(key_hashes[start : start + _HASHES_PER_QUERY])
+            async with self._db.transaction() as connection:
+                result = await connection.execute(
+                    select(api_keys.c.key_hash, *_KEY_COLUMNS).where(api_keys.c.key_hash.in_(chunk))
+                )
+                found.update((row.key_hash, _key(row)) for row in result)
+        return found
 
     async def get(self, key_id: int) -> ApiKey | None:
         async with self._db.transaction() as connection:
