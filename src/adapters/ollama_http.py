@@ -34,12 +34,59 @@ def _translate(name: str, error: BaseException) -> Exception:
     return UpstreamError(f"connection to Ollama lost ({error.__class__.__name__})")
 
 
-class AiohttpUpstreamResponse:
-    __slots__ = ("_name", "_response")
+class _SilenceWatch:
+    """The read timeout while a body is read piece by piece: the longest wait for its next piece.
 
-    def __init__(self, response: aiohttp.ClientResponse, name: str) -> None:
+    aiohttp's own (`sock_read`) re-arms a timer at every read from the socket, a cancel and a
+    `call_later` per streamed chunk; this one is a timer per stream that, when it fires, looks at how
+    long the reader has been waiting and re-arms for what is left. Time the reader spends elsewhere (its
+    client reading slowly) is not upstream silence and does not count, as aiohttp's pauses its timer
+    while reading is paused.
+    """
+
+    __slots__ = ("_content", "_handle", "_loop", "_timeout", "_waiting_since")
+
+    def __init__(self, response: aiohttp.ClientResponse, timeout: float | None) -> None:
+        self._content = response.content
+        self._timeout = timeout or 0.0
+        self._loop = asyncio.get_running_loop()
+        self._waiting_since: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        connection = response.connection
+        if self._timeout and connection is not None and connection.protocol is not None:
+            # For this response only: the connection's next request sets its own again.
+            connection.protocol.read_timeout = None
+            self._handle = self._loop.call_later(self._timeout, self._check)
+
+    def waiting(self) -> None:
+        self._waiting_since = self._loop.time()
+
+    def heard(self) -> None:
+        self._waiting_since = None
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        since = self._waiting_since
+        left = self._timeout if since is None else since + self._timeout - self._loop.time()
+        if left > 0:
+            self._handle = self._loop.call_later(left, self._check)
+            return
+        self._handle = None
+        self._content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+
+
+class AiohttpUpstreamResponse:
+    __slots__ = ("_name", "_read_timeout", "_response", "_watch")
+
+    def __init__(self, response: aiohttp.ClientResponse, name: str, read_timeout: float | None) -> None:
         self._response = response
         self._name = name
+        self._read_timeout = read_timeout
+        self._watch: _SilenceWatch | None = None
 
     @property
     def status(self) -> int:
@@ -57,8 +104,15 @@ class AiohttpUpstreamResponse:
         # Split chunks ourselves: aiohttp's line reader caps line length, and a final /api/generate
         # chunk carrying a long `context` can exceed it.
         pending = b""
+        content = self._response.content
+        watch = self._watch = _SilenceWatch(self._response, self._read_timeout)
         try:
-            async for data in self._response.content.iter_any():
+            while True:
+                watch.waiting()
+                data = await content.readany()
+                watch.heard()
+                if not data:
+                    break
                 pending += data
                 if b"\n" not in data:
                     continue
@@ -68,6 +122,8 @@ class AiohttpUpstreamResponse:
                         yield line
         except (TimeoutError, aiohttp.ClientError) as error:
             raise _translate(self._name, error) from error
+        finally:
+            watch.stop()
         if pending.strip():
             yield pending
 
@@ -77,13 +133,24 @@ class AiohttpUpstreamResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         # The pieces as they arrive: a pass-through relays them without splitting or re-encoding.
+        content = self._response.content
+        watch = self._watch = _SilenceWatch(self._response, self._read_timeout)
         try:
-            async for data in self._response.content.iter_any():
+            while True:
+                watch.waiting()
+                data = await content.readany()
+                watch.heard()
+                if not data:
+                    return
                 yield data
         except (TimeoutError, aiohttp.ClientError) as error:
             raise _translate(self._name, error) from error
+        finally:
+            watch.stop()
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         # close(), not release(): an unfinished body must drop the connection so Ollama stops generating.
         if self._response.content.at_eof():
             self._response.release()
@@ -128,7 +195,7 @@ class OllamaHttpBackend:
             response = await self.session.post(url, data=body, headers=_JSON_HEADERS)
         except (TimeoutError, aiohttp.ClientError) as error:
             raise _translate(self.name, error) from error
-        return AiohttpUpstreamResponse(response, self.name)
+        return AiohttpUpstreamResponse(response, self.name, self._timeout.sock_read)
 
     async def request(
         self, method: str, path: str, body: bytes | AsyncIterable[bytes] | None
@@ -140,7 +207,7 @@ class OllamaHttpBackend:
             response = await self.session.request(method, url, data=body, headers=headers)
         except (TimeoutError, aiohttp.ClientError) as error:
             raise _translate(self.name, error) from error
-        return AiohttpUpstreamResponse(response, self.name)
+        return AiohttpUpstreamResponse(response, self.name, self._timeout.sock_read)
 
     async def models(self, timeout: float) -> list[ModelInfo]:
         url = self.base_url + "/api/tags"

@@ -219,6 +219,16 @@ def test_an_upstream_stalling_past_the_read_timeout_ends_the_stream_with_an_erro
     assert_ends_with_one_error_line(gate, "!stall")
 
 
+def test_a_native_stream_stalling_past_the_read_timeout_ends_with_an_error_line(gate: GatewayProcess) -> None:
+    body = {"model": "smollm:latest", "prompt": "!stall"}
+    with httpx.stream("POST", gate.url + "/api/generate", json=body, timeout=10) as response:
+        assert response.status_code == 200
+        *chunks, last = [json.loads(line) for line in response.iter_lines() if line]
+
+    assert [chunk["done"] for chunk in chunks] == [False, False]
+    assert last["error"] == "Ollama did not answer within the read timeout"
+
+
 def test_the_gateway_still_serves_after_every_failure(gate: GatewayProcess) -> None:
     # Runs last in this module: none of the failures above left the gateway or its upstream pool broken.
     response = post(gate, "/chat", json={"message": "all good"})
