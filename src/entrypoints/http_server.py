@@ -30,6 +30,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import FrameType
@@ -44,6 +45,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from ollama_gate.entrypoints.client_presence import CLIENT_GONE, ClientGone
 from ollama_gate.entrypoints.coalescing_transport import CoalescingTransport
+from ollama_gate.entrypoints.uvicorn_parts import LeanEvent, LeanFlowControl, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     - Past `max_connections` open connections a new one is answered 503 and closed at once.
     """
 
+    # uvicorn's own attributes (28) stay in the instance dict; with ours there too it would pass the 30
+    # keys a dict can share with the other instances of the class, and cost 1.5 KB per connection.
+    __slots__ = (
+        "_bodiless_bytes",
+        "_body_heard_at",
+        "_body_in_read",
+        "_body_pending",
+        "_body_timeout",
+        "_body_timer",
+        "_gone",
+        "_head_began",
+        "_head_bytes",
+        "_head_timeout",
+        "_head_timer",
+        "_idle_timeout",
+        "_linger_timer",
+        "_max_connections",
+        "_max_head_bytes",
+        "_reading_head",
+    )
+
     _refusals: ClassVar[_EveryFewSeconds] = _EveryFewSeconds(10.0)
 
     def __init__(
@@ -174,6 +197,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.pipeline = cast(deque[tuple[RequestResponseCycle, Any]], Pipeline())
         limits = cast(GatewayConfig, config).limits
         self._max_head_bytes = limits.max_header_bytes
         self._head_timeout = limits.header_timeout
@@ -205,6 +229,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(transport)
             return
         super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
+        self.flow = LeanFlowControl(self.transport)
         self._head_began = self.loop.time()
         self._head_timer = self.loop.call_later(self._head_timeout, self._head_deadline_passed)
 
@@ -311,6 +336,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         extensions[CLIENT_GONE] = client_gone
         _base_on_headers_complete(self)
         if self.cycle is not None and self.cycle.scope is self.scope:
+            # Nothing has waited on or set the cycle's event yet: its task has not run.
+            self.cycle.message_event = cast(asyncio.Event, LeanEvent())
             # Pipelined requests answer in order: those whose responses completed are done with.
             self._gone = [(s, c) for s, c in self._gone if not c.response_complete]
             self._gone.append((client_gone, self.cycle))
