@@ -107,7 +107,16 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
         assert task is not None
         gone = scope.get("extensions", {}).get(CLIENT_GONE)  # type: ignore[union-attr]
         if isinstance(gone, ClientGone):
-            await _signalled(app, scope, receive, send, task, gone)
+            # Under the gateway's server: the task is cancelled when `gone` fires.
+            gone.on_fire = task.cancel
+            try:
+                await app(scope, receive, send)
+            except asyncio.CancelledError:
+                if not gone.fired:
+                    raise
+                task.uncancel()  # the client left: nobody is waiting for an answer
+            finally:
+                gone.on_fire = None
             return
         presence = _Presence(receive, send, task)
         try:
@@ -121,18 +130,3 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
             presence.stop()
 
     return watched
-
-
-async def _signalled(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, task: asyncio.Task[object], gone: ClientGone
-) -> None:
-    """The request under the gateway's server: its task is cancelled when `gone` fires."""
-    gone.on_fire = task.cancel
-    try:
-        await app(scope, receive, send)
-    except asyncio.CancelledError:
-        if not gone.fired:
-            raise
-        task.uncancel()  # the client left: nobody is waiting for an answer
-    finally:
-        gone.on_fire = None

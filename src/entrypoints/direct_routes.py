@@ -43,26 +43,32 @@ class DirectRoutes:
     def __init__(self, app: Litestar, inner: ASGIApp, error_handlers: ErrorHandlers) -> None:
         self._inner = inner
         self._error_handlers = error_handlers
-        self._routes: dict[tuple[str, str], ASGIApp] = {}
+        self._routes: dict[tuple[str, str], tuple[HTTPRouteHandler, str, ASGIApp]] = {}
         for route in app.routes:
             if not isinstance(route, HTTPRoute):
                 continue
             for handler in route.route_handlers:
                 if handler.opt.get(OPT_KEY):
                     _check_shape(route, handler)
-                    served = self._serve(route.path, handler)
+                    served = (handler, route.path, self._serve(handler))
                     for method in handler.http_methods:
                         self._routes[(method, route.path)] = served
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: it hands back the route's, so it keeps no frame alive while the request
+        # runs (a request waiting for the GPU holds every frame of its chain).
         if scope["type"] == ScopeType.HTTP:
             served = self._routes.get((scope["method"], scope["path"]))
             if served is not None:
-                await served(scope, receive, send)
-                return
-        await self._inner(scope, receive, send)
+                handler, path, stacked = served
+                # What Litestar's router leaves on the scope, for the middleware and the handler to read.
+                scope["route_handler"] = handler
+                scope["path_template"] = path
+                scope["path_params"] = {}
+                return stacked(scope, receive, send)
+        return self._inner(scope, receive, send)
 
-    def _serve(self, path: str, handler: HTTPRouteHandler) -> ASGIApp:
+    def _serve(self, handler: HTTPRouteHandler) -> ASGIApp:
         call: Callable[[Request[Any, Any, Any]], Awaitable[Answer]] = handler.fn
         hook = handler.resolve_before_request()
         request_class = handler.resolve_request_class()
@@ -82,15 +88,7 @@ class DirectRoutes:
         # Innermost last: the app's middleware outside the route's own, as Litestar stacks them.
         for middleware in reversed(handler.resolve_middleware()):
             stacked = middleware(app=stacked)
-
-        async def routed(scope: Scope, receive: Receive, send: Send) -> None:
-            # What Litestar's router leaves on the scope, for the middleware and the handler to read.
-            scope["route_handler"] = handler
-            scope["path_template"] = path
-            scope["path_params"] = {}
-            await stacked(scope, receive, send)
-
-        return routed
+        return stacked
 
     def _error_answer(self, request: Request[Any, Any, Any], error: Exception) -> ASGIApp:
         for kind in type(error).__mro__:

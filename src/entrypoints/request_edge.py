@@ -9,6 +9,7 @@ wrapper for both jobs, so the hot path pays one extra `send` hop per message, no
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -28,26 +29,28 @@ class RequestEdge:
         self._ids = ids
         self._access = access
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Without access lines, not a coroutine itself: it hands back the app's, so it keeps no frame
+        # alive while the request runs (a request waiting for the GPU holds every frame of its chain).
         if scope["type"] != ScopeType.HTTP:
-            await self._app(scope, receive, send)
-            return
+            return self._app(scope, receive, send)
         request_id = self._ids.of(scope["headers"])
         state: dict[str, Any] = scope.setdefault("state", {})
         state[REQUEST_ID] = request_id
         id_header = (HEADER, request_id.encode("ascii"))
-        access = self._access
+        if self._access is not None:
+            return self._logged(scope, receive, send, id_header, self._access)
 
-        if access is None:
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
 
-            async def send_with_id(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), id_header]
-                await send(message)
+        return self._app(scope, receive, send_with_id)
 
-            await self._app(scope, receive, send_with_id)
-            return
-
+    async def _logged(
+        self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes], access: AccessLog
+    ) -> None:
         started = time.perf_counter()
         status = 0
 

@@ -189,16 +189,18 @@ class GpuQueue:
             raise TooManyQueued(
                 f"too many requests waiting for the GPU: at most {self.queue.max_per_identity} per caller"
             )
-        waiter: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Running] = loop.create_future()
         self._waiters[job.id] = waiter
         self.queue.enqueue(job)
         self._advertise(job.model)
         self._dispatch(job.model)
+        # The deadline ends the future itself (not asyncio.timeout, an object more per waiting request and
+        # a cancellation of the task): whichever of a grant and the deadline comes first is the future's
+        # result, and a grant that races the client leaving is handed on by `_leave`.
+        deadline = loop.call_later(timeout, _expire, waiter)
         try:
-            # Not wait_for(shield(...)): a grant that races the timeout or the client leaving is in the
-            # future's result either way, and `_leave` hands it on.
-            async with asyncio.timeout(timeout):
-                return await waiter
+            return await waiter
         except TimeoutError:
             self._leave(job, waiter)
             self._rejected("queue_timeout")
@@ -216,6 +218,7 @@ class GpuQueue:
             ticket.refund()
             raise
         finally:
+            deadline.cancel()
             self._waiters.pop(job.id, None)
 
     def _rejected(self, reason: str) -> None:
@@ -363,6 +366,11 @@ class GpuQueue:
     def _now(self) -> float:
         # Wall time: instances sharing slots compare arrival times and GPU time with each other.
         return self._clock.time()
+
+
+def _expire(waiter: asyncio.Future[Running]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _lease(job: Job) -> str:
