@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -199,8 +198,11 @@ class ChatService:
 
     async def _open(self, ticket: Ticket, payload: dict[str, Any], model: str) -> UpstreamResponse:
         """Ollama's answer, once a GPU slot is held (when the gateway's queue is on)."""
-        # A partial, not a closure: smaller while the request waits, and no coroutine of its own once sent.
-        send = functools.partial(self._llm.post, "/api/generate", _encode(payload))
+        body = _encode(payload)
+
+        async def send(upstream: str | None) -> UpstreamResponse:
+            return await self._llm.post("/api/generate", body, upstream)
+
         upstream = await (self._gpu.send(ticket, model, send) if self._gpu is not None else send(None))
         if upstream.status != 200:
             raise upstream_failure(upstream.status, error_text(await upstream.read()), model)
