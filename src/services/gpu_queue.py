@@ -231,7 +231,10 @@ class GpuQueue:
 
     def _leave(self, job: Job, waiter: asyncio.Future[Running]) -> None:
         """Out of the queue; a slot granted in the same instant goes to the next in line."""
-        if not self.queue.cancel(job, self._now()) and waiter.done() and not waiter.cancelled():
+        still_queued = self.queue.cancel(job, self._now())
+        # A deadline that fired first left its TimeoutError in the future: then nothing was granted.
+        granted = waiter.done() and not waiter.cancelled() and waiter.exception() is None
+        if not still_queued and granted:
             self._finished(waiter.result())
         self._advertise(job.model)
 

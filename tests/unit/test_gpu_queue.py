@@ -70,6 +70,22 @@ async def test_a_request_that_waits_its_queue_timeout_is_refused_and_refunded() 
     assert gpu.queue.waiting == 0
 
 
+async def test_a_slot_freed_after_the_deadline_fired_goes_to_the_next_in_line() -> None:
+    gpu = queue()
+    held = on(Plan("member"))
+    await gpu.acquire(held, MODEL)
+    late = on(Plan("member", queue_timeout=30), "bob")
+    waiting = asyncio.create_task(gpu.acquire(late, MODEL))
+    await asyncio.sleep(0)
+    [waiter] = gpu._waiters.values()
+    waiter.set_exception(TimeoutError())  # its deadline fires ...
+    held.end(TokenCounts())  # ... and the slot frees in the same instant, before it resumes
+    with pytest.raises(QueueTimeout):
+        await asyncio.wait_for(waiting, 1)
+    assert late.ended and gpu.queue.waiting == 0
+    assert await asyncio.wait_for(gpu.acquire(on(Plan("member"), "carol"), MODEL), 1) is not None
+
+
 async def test_a_client_that_leaves_while_waiting_is_out_of_the_queue_at_once() -> None:
     gpu = queue()
     holder = on(Plan("member"))
