@@ -41,7 +41,8 @@ class _SilenceWatch:
     `call_later` per streamed chunk; this one is a timer per stream that, when it fires, looks at how
     long the reader has been waiting and re-arms for what is left. Time the reader spends elsewhere (its
     client reading slowly) is not upstream silence and does not count, as aiohttp's pauses its timer
-    while reading is paused.
+    while reading is paused. (aiohttp's timer armed by the response's head still fires if nothing at all
+    follows it within the timeout: that is upstream silence too.)
     """
 
     __slots__ = ("_content", "_handle", "_loop", "_timeout", "_waiting_since")

@@ -6,30 +6,28 @@ send), where packing and parsing a command in hiredis costs about 2 us. The hot 
 scripts per request, so the pipeliner keeps one connection of its own and speaks RESP on it directly.
 
 It is only that: commands out in one write, their replies back in order, an error reply returned as
-the exception redis-py would raise. It connects as the client's pool would (host, port, password, db,
-its timeouts); anything that is not plain TCP with RESP2 (TLS, a unix socket, a credential provider,
-RESP3) stays with redis-py (`for_client` returns None).
+the exception redis-py would raise. It connects as the client's pool would (host, port, username and
+password, db, its timeouts; not the client name, no health-check PING: a connection that died while idle
+costs one failed batch, and the next opens another); anything that is not plain TCP with RESP2 (TLS, a
+unix socket, a credential provider, RESP3) stays with redis-py (`for_client` returns None).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _DEFAULT_TIMEOUT = 5.0
-
-
-def _error_reply(message: str) -> ResponseError:
-    # The only error reply the pipeliner acts on: a script Redis does not know (it is loaded again).
-    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+# redis-py's mapping of an error reply to its exception classes (untyped there).
+_parse_error = cast(Callable[[str], Exception], BaseParser.parse_error)
 
 
 class _Replies(asyncio.Protocol):
@@ -112,10 +110,16 @@ class RespPipeline:
         RedisConnectionError or RedisTimeoutError when Redis cannot be reached or does not answer within
         the socket timeout (the connection is then dropped: the next batch opens another)."""
         replies = await self._connected()
-        return [
-            _error_reply(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply
-            for reply in await self._exchange(replies, commands, self._timeout)
-        ]
+        answers = await self._exchange(replies, commands, self._timeout)
+        for index, answer in enumerate(answers):
+            if isinstance(answer, hiredis.ReplyError):
+                # redis-py's own classes: NOSCRIPT is NoScriptError (the script is loaded again); LOADING,
+                # NOAUTH or too many clients are ConnectionErrors, an outage to the callers, and this
+                # connection is not to be used again.
+                error = answers[index] = _parse_error(str(answer))
+                if isinstance(error, RedisConnectionError):
+                    replies.abort()
+        return answers
 
     async def _exchange(
         self, replies: _Replies, commands: Sequence[Sequence[Any]], timeout: float
@@ -145,8 +149,8 @@ class RespPipeline:
         except (OSError, TimeoutError) as error:
             raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}") from error
         handshake: list[tuple[Any, ...]] = []
-        if self._password is not None:
-            credentials = (self._username, self._password) if self._username else (self._password,)
+        if self._username or self._password:  # as redis-py: a user without a password sends ""
+            credentials = (self._username, self._password or "") if self._username else (self._password,)
             handshake.append(("AUTH", *credentials))
         if self._db:
             handshake.append(("SELECT", self._db))

@@ -73,13 +73,17 @@ async def _run_on_own_connection(pipeline: RespPipeline, entries: list[_Entry]) 
     )
     unknown = [index for index, result in enumerate(results) if isinstance(result, NoScriptError)]
     if unknown:
-        # EVAL runs a script and caches it: the next EVALSHA of it finds it.
-        again = await pipeline.run(
-            [
-                ("EVAL", entries[i][0].script, len(entries[i][1]), *entries[i][1], *entries[i][2])
-                for i in unknown
-            ]
-        )
+        # EVAL runs a script and caches it: the next EVALSHA of it finds it. If that fails, only these
+        # fail: the others have run in Redis, and their callers must see what they did.
+        try:
+            again: list[Any] = await pipeline.run(
+                [
+                    ("EVAL", entries[i][0].script, len(entries[i][1]), *entries[i][1], *entries[i][2])
+                    for i in unknown
+                ]
+            )
+        except REDIS_DOWN as error:
+            again = [error] * len(unknown)
         for index, result in zip(unknown, again, strict=True):
             results[index] = result
     return results

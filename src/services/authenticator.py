@@ -105,16 +105,18 @@ class Authenticator:
                     found = await self._store.find_by_hashes(list(due))
                 except StoreUnavailable:
                     continue  # served as they were, and asked for again at their next revalidation
+                except Exception:
+                    log.exception(
+                        "re-reading %d cached keys failed; retried at their next revalidation", len(due)
+                    )
+                    continue
                 now = self._clock.monotonic()
                 for key_hash in due:
                     key = found.get(key_hash)
                     if key is not None:
                         self._remember(key_hash, key, now)
-                    elif key_hash in self._known:  # deleted from the store: unknown from now on
-                        self._forget_hash(key_hash)
-                        self._unknown[key_hash] = now + self._unknown_ttl
-        except Exception:
-            log.exception("re-reading cached keys failed; they are re-read at their next revalidation")
+                    elif key_hash in self._known:
+                        self._mark_unknown(key_hash, now)  # deleted from the store
         finally:
             self._rereading = None
 
@@ -130,13 +132,16 @@ class Authenticator:
             raise InvalidCredentials("unknown API key")
         key = await self._store.find_by_hash(key_hash)
         if key is None:
-            self._forget_hash(key_hash)
-            if len(self._unknown) >= self._max_cached:
-                self._unknown.clear()
-            self._unknown[key_hash] = now + self._unknown_ttl
+            self._mark_unknown(key_hash, now)
             raise InvalidCredentials("unknown API key")
         self._remember(key_hash, key, now)
         return key
+
+    def _mark_unknown(self, key_hash: str, now: float) -> None:
+        self._forget_hash(key_hash)
+        if len(self._unknown) >= self._max_cached:
+            self._unknown.clear()
+        self._unknown[key_hash] = now + self._unknown_ttl
 
     def _remember(self, key_hash: str, key: ApiKey, now: float) -> None:
         if key_hash not in self._known and len(self._known) >= self._max_cached:

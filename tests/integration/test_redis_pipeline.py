@@ -178,3 +178,41 @@ async def test_a_reply_redis_would_never_send_is_an_outage(
 @pytest.mark.parametrize("url", ["rediss://127.0.0.1:6379/0", "unix:///tmp/redis.sock"])
 def test_what_is_not_plain_tcp_stays_with_redis_py(url: str) -> None:
     assert RespPipeline.for_client(aioredis.Redis.from_url(url)) is None
+
+
+async def test_a_redis_still_loading_its_data_is_an_outage_to_the_callers(fake_redis: StartFake) -> None:
+    # After a restart with persistence Redis answers LOADING for a while: the callers fall back, as when
+    # it is down, and the connection is not used again.
+    fake = await fake_redis(lambda number, data: b"-LOADING Redis is loading the dataset in memory\r\n")
+    client = aioredis.Redis.from_url(fake.url, socket_timeout=0.5)
+    writes = PipelinedWrites(client, "test")
+    try:
+        for _ in range(2):
+            with pytest.raises(REDIS_DOWN):
+                await asyncio.wait_for(writes.submit(Script(), ["k"], []), 5)
+        assert fake.connections == 2
+    finally:
+        await writes.close()
+
+
+class Script:
+    sha = "0" * 40
+    script = "return 1"
+
+
+async def test_a_failed_reload_of_a_forgotten_script_fails_only_the_calls_that_needed_it(
+    fake_redis: StartFake,
+) -> None:
+    def first_known_second_forgotten_then_silence(number: int, data: bytes) -> bytes | None:
+        return b":1\r\n-NOSCRIPT No matching script\r\n" if data.count(b"EVALSHA") == 2 else None
+
+    fake = await fake_redis(first_known_second_forgotten_then_silence)
+    client = aioredis.Redis.from_url(fake.url, socket_timeout=0.3)
+    writes = PipelinedWrites(client, "test")
+    try:
+        ran, forgotten = writes.submit(Script(), ["a"], []), writes.submit(Script(), ["b"], [])
+        assert await asyncio.wait_for(ran, 5) == 1  # it ran in Redis: its caller must know
+        with pytest.raises(REDIS_DOWN):
+            await asyncio.wait_for(forgotten, 5)
+    finally:
+        await writes.close()

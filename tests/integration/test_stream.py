@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
+import time
 from typing import Any
 
 import httpx
@@ -140,3 +142,38 @@ def test_concurrent_streams_do_not_mix(gate: GatewayProcess) -> None:
         assert response.status_code == 200
         assert "".join(line["response"] for line in lines) == f"Echo: {prompt}"
         assert lines[-1]["done"] is True
+
+
+def _dechunk(body: bytes) -> bytes:
+    out, rest = b"", body
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return out
+        out, rest = out + rest[:size], rest[size + 2 :]
+
+
+def test_a_client_that_stops_reading_gets_the_whole_stream_once_it_reads_again(gate: GatewayProcess) -> None:
+    # A tiny receive window and a pause: the gateway's writes back up until its transport pauses it, and
+    # the stream must go on, whole and in order, once the client reads again.
+    prompt = " ".join(f"w{i}" for i in range(30_000))
+    body = json.dumps({"message": prompt, "model": "smollm:latest"}).encode()
+    head = (
+        f"POST /chat/stream HTTP/1.1\r\nHost: {gate.host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect((gate.host, gate.port))
+        sock.sendall(head + body)
+        time.sleep(1.5)
+        received = bytearray()
+        while data := sock.recv(65536):
+            received += data
+    status_line, _, rest = bytes(received).partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK"
+    lines = [json.loads(line) for line in _dechunk(rest.partition(b"\r\n\r\n")[2]).splitlines() if line]
+    assert [line["response"] for line in lines[:-1]] == answer_words(prompt)
+    assert lines[-1]["done"] is True

@@ -270,3 +270,34 @@ async def last_used(store: InMemoryKeyStore, key_id: int) -> datetime | None:
     key = await store.get(key_id)
     assert key is not None
     return key.last_used_at
+
+
+class FailingOnceKeyStore(InMemoryKeyStore):
+    """A store whose many-keys query fails once in a way nobody foresaw."""
+
+    failures = 1
+
+    async def find_by_hashes(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("a driver bug")
+        return await super().find_by_hashes(key_hashes)
+
+
+async def test_a_reread_that_fails_unexpectedly_keeps_serving_and_retries_at_the_next_revalidation(
+    clock: FakeClock,
+) -> None:
+    store = FailingOnceKeyStore()
+    authenticator = Authenticator(store, clock, revalidate_after=5.0)
+    service = KeyService(store, authenticator, clock)
+    issued = await service.create("alice", None)
+    await authenticator.member_key(issued.secret)
+    clock.advance(6)
+    assert (await authenticator.member_key(issued.secret)).user_id == "alice"  # re-read fails behind it
+    await settle()
+    await store.revoke(issued.key.id, datetime.now())
+    clock.advance(6)
+    await authenticator.member_key(issued.secret)  # served; this re-read succeeds and sees the revocation
+    await settle()
+    with pytest.raises(InvalidCredentials):
+        await authenticator.member_key(issued.secret)
