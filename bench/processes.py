@@ -214,19 +214,40 @@ def reset_redis(url: str) -> None:
 
 
 def reset_postgres(url: str) -> None:
-    """A fresh schema in the bench's PostgreSQL database: every table of an earlier run dropped."""
+    """A fresh schema in the bench's PostgreSQL database: every table of an earlier run dropped. The
+    database is created when the server does not have it yet (a new machine has only its defaults)."""
     import asyncio
 
     import asyncpg
 
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
     async def reset() -> None:
-        connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            connection = await asyncpg.connect(dsn)
+        except asyncpg.InvalidCatalogNameError:
+            await _create_database(dsn)
+            connection = await asyncpg.connect(dsn)
         try:
             await connection.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
         finally:
             await connection.close()
 
     asyncio.run(reset())
+
+
+async def _create_database(dsn: str) -> None:
+    import asyncpg
+
+    server, _, name = dsn.rpartition("/")
+    name = name.split("?", 1)[0]
+    maintenance = await asyncpg.connect(f"{server}/postgres")
+    try:
+        await maintenance.execute(f'CREATE DATABASE "{name}"')
+    except asyncpg.DuplicateDatabaseError:
+        pass  # made by someone else meanwhile
+    finally:
+        await maintenance.close()
 
 
 def run_load_client(mode: str, port: int, path: str, extra: list[str], timeout: float) -> dict[str, object]:
