@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ollama_gate.adapters.memory_quota import InMemoryQuotaLimiter
 from ollama_gate.adapters.memory_stores import InMemoryKeyStore, InMemoryPlanStore
 from ollama_gate.domain.errors import UpstreamUnavailable
-from ollama_gate.domain.identity import Caller
+from ollama_gate.domain.identity import Caller, Tier
 from ollama_gate.domain.plans import Plan
 from ollama_gate.domain.quota import Admission, Limits
 from ollama_gate.domain.status import ModelInfo
+from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.ports.metrics import SystemSnapshot
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.gatekeeper import Gatekeeper, Ticket
@@ -111,3 +113,21 @@ def ticket(caller: Caller, plan: Plan | None = None) -> Ticket:
     book = PlanBook(InMemoryPlanStore(keys), {plan.name: plan})
     gatekeeper = Gatekeeper(Authenticator(keys, clock), InMemoryQuotaLimiter(clock), book)
     return Ticket(gatekeeper, caller, plan, Admission(True, Limits.of(plan), ()))
+
+
+def usage_record(timestamp: datetime, **fields: Any) -> UsageRecord:
+    """A usage row of a member's /chat that went well; a test names only the fields it varies."""
+    row: dict[str, Any] = {
+        "user": "alice",
+        "tier": Tier.MEMBER,
+        "key_id": None,
+        "client_ip": "10.0.0.1",
+        "endpoint": "/chat",
+        "model": "smollm:latest",
+        "status": 200,
+        "outcome": Outcome.OK,
+        "latency_ms": 1.0,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+    }
+    return UsageRecord(timestamp=timestamp, **{**row, **fields})

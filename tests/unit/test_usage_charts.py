@@ -11,29 +11,22 @@ from hypothesis import strategies as st
 from ollama_gate.adapters.memory_stores import InMemoryUsageStore
 from ollama_gate.domain.access import Principal
 from ollama_gate.domain.errors import Forbidden
-from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.domain.usage_series import BucketCount, SeriesRange, regroup
 from ollama_gate.services.console import UsageCharts
-from tests.unit.fakes import FakeClock
+from tests.unit.fakes import FakeClock, usage_record
 
 
 def _row(
     clock: FakeClock, seconds_ago: float, user: str, tokens: int, outcome: Outcome = Outcome.OK
 ) -> UsageRecord:
-    return UsageRecord(
-        timestamp=clock.now() - timedelta(seconds=seconds_ago),
+    return usage_record(
+        clock.now() - timedelta(seconds=seconds_ago),
         user=user,
-        tier=Tier.MEMBER,
         key_id=1,
-        client_ip="10.0.0.1",
-        endpoint="/chat",
-        model="smollm:latest",
-        status=200,
         outcome=outcome,
         latency_ms=5.0,
         prompt_tokens=tokens,
-        completion_tokens=None,
     )
 
 

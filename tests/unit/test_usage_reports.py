@@ -30,6 +30,7 @@ from ollama_gate.domain.usage_query import (
 )
 from ollama_gate.entrypoints.controllers.usage import USAGE_FIELDS, csv_body, csv_lines, usage_view
 from ollama_gate.services.usage_reports import UsageReports
+from tests.unit.fakes import usage_record
 
 EPOCH = datetime(2026, 11, 25, 23, 0, tzinfo=UTC)
 
@@ -43,13 +44,10 @@ def record(
     model: str | None = "smollm:latest",
     queue_ms: float | None = None,
 ) -> UsageRecord:
-    return UsageRecord(
-        timestamp=EPOCH + timedelta(minutes=n),
+    return usage_record(
+        EPOCH + timedelta(minutes=n),
         user=user,
         tier=tier,
-        key_id=None,
-        client_ip="10.0.0.1",
-        endpoint="/chat",
         model=model,
         status=200 if outcome is Outcome.OK else 502,
         outcome=outcome,

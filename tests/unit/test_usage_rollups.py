@@ -11,21 +11,16 @@ from hypothesis import strategies as st
 from ollama_gate.domain.identity import Tier
 from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.domain.usage_rollups import HOUR, MINUTE, rollups
+from tests.unit.fakes import usage_record
 
 START = datetime(2026, 11, 30, 23, 58, tzinfo=UTC)
 
 records = st.builds(
-    lambda seconds, user, tier, prompt, completion, outcome: UsageRecord(
-        timestamp=START + timedelta(seconds=seconds),
+    lambda seconds, user, tier, prompt, completion, outcome: usage_record(
+        START + timedelta(seconds=seconds),
         user=user,
         tier=tier,
-        key_id=None,
-        client_ip="10.0.0.1",
-        endpoint="/chat",
-        model="smollm:latest",
-        status=200,
         outcome=outcome,
-        latency_ms=1.0,
         prompt_tokens=prompt,
         completion_tokens=completion,
     ),
