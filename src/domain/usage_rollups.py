@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ollama_gate.domain.usage import Outcome, UsageRecord
 
+K = TypeVar("K")
 MINUTE = 60
 HOUR = 3600
 
@@ -40,34 +42,28 @@ def rollups(records: Iterable[UsageRecord]) -> Rollups:
     minutes: dict[int, Counts] = {}
     user_minutes: dict[tuple[str, str, int], Counts] = {}
     user_hours: dict[tuple[int, str, str], Counts] = {}
-    # Per row of every batch the writer sends: no allocation for a key already counted.
     for record in records:
         second = math.floor(record.timestamp.timestamp())
         minute, tier, user = second // MINUTE, record.tier.value, record.user
         tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
-        error = record.outcome is Outcome.UPSTREAM_ERROR
-        counts = minutes.get(minute)
-        if counts is None:
-            counts = minutes[minute] = Counts()
-        counts.requests += 1
-        counts.tokens += tokens
-        mine = (user, tier, minute)
-        counts = user_minutes.get(mine)
-        if counts is None:
-            counts = user_minutes[mine] = Counts()
-        counts.requests += 1
-        counts.tokens += tokens
-        hourly = (second // HOUR, user, tier)
-        counts = user_hours.get(hourly)
-        if counts is None:
-            counts = user_hours[hourly] = Counts()
-        counts.requests += 1
-        counts.tokens += tokens
-        counts.errors += error
+        _count(minutes, minute, tokens)
+        _count(user_minutes, (user, tier, minute), tokens)
+        hourly = _count(user_hours, (second // HOUR, user, tier), tokens)
+        hourly.errors += record.outcome is Outcome.UPSTREAM_ERROR
     # Sorted: concurrent writers then take the rows' locks in one order (no deadlock on PostgreSQL).
     return Rollups(
         dict(sorted(minutes.items())), dict(sorted(user_minutes.items())), dict(sorted(user_hours.items()))
     )
+
+
+def _count(table: dict[K, Counts], key: K, tokens: int) -> Counts:
+    """One more row of `tokens` in `key`'s counts (made at its first row)."""
+    counts = table.get(key)
+    if counts is None:
+        counts = table[key] = Counts()
+    counts.requests += 1
+    counts.tokens += tokens
+    return counts
 
 
 def aligned(seconds: float, unit: int) -> bool:
