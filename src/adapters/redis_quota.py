@@ -199,6 +199,7 @@ class RedisQuotaLimiter:
         prefix: str = "ollama-gate",
         retry_interval: float = 1.0,
         lease_ttl: float = 10.0,
+        writes: PipelinedWrites | None = None,
     ) -> None:
         self._client = client
         self._clock = clock
@@ -216,8 +217,10 @@ class RedisQuotaLimiter:
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._live_leases: dict[str, str] = {}  # lease -> its key, renewed while the request runs
-        # The ends of requests (charges, leases given back); lost during an outage, leases expire.
-        self._ends = PipelinedWrites(client, "request ends")
+        # Decisions and the ends of requests (charges, leases given back; lost during an outage, leases
+        # expire), in the pipeline `writes` shares with the GPU slots' scripts (closed by its owner).
+        self._owns_writes = writes is None
+        self._ends = writes if writes is not None else PipelinedWrites(client, "request ends")
         self._renewer = BackgroundTask("quota-leases", self._renew_leases)
 
     @property
@@ -372,7 +375,8 @@ class RedisQuotaLimiter:
 
     async def close(self) -> None:
         await self._renewer.stop()
-        await self._ends.close()  # the last ends go out before the connection closes
+        if self._owns_writes:
+            await self._ends.close()  # the last ends go out before the connection closes
 
 
 def _states(limits: Limits, answer: list[Any]) -> tuple[LimitState, ...]:

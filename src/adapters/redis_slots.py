@@ -20,6 +20,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -121,6 +122,7 @@ class RedisSharedSlots:
         lease_ttl: float = 10.0,
         nudge_interval: float = 0.5,
         retry_interval: float = 1.0,
+        writes: PipelinedWrites | None = None,
     ) -> None:
         self._client = client
         self._prefix = prefix
@@ -137,8 +139,10 @@ class RedisSharedSlots:
         self._busy: Any = client.register_script(_BUSY)
         self._live: dict[str, str] = {}  # lease -> slot set, renewed while its request runs
         self._heads: dict[str, str] = {}  # model -> our advertised rank
-        # Slots given back, leases renewed, heads advertised: a lost one repairs itself (expiry, renewal).
-        self._writes = PipelinedWrites(client, "slot updates")
+        # Slots taken and given back, leases renewed, heads advertised (a lost write repairs itself: expiry,
+        # renewal), in the pipeline `writes` shares with the limiter's scripts (closed by its owner).
+        self._owns_writes = writes is None
+        self._writes = writes if writes is not None else PipelinedWrites(client, "slot updates")
         self._callbacks: list[Callable[[str], None]] = []
         self._models: set[str] = set()
         self._keeper = BackgroundTask("slot-leases", self._keep_forever)
@@ -155,11 +159,16 @@ class RedisSharedSlots:
 
     # -- SharedSlots --------------------------------------------------------------------------------
 
-    async def take(
+    def take(
         self, model: str, claim: Claim, upstreams: Sequence[tuple[str, int | None, bool]]
-    ) -> str | None:
+    ) -> asyncio.Future[str | None]:
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         if not upstreams:
-            return None
+            answer.set_result(None)
+            return answer
+        if time.monotonic() < self._down_until:
+            answer.set_exception(SharedSlotsUnavailable())
+            return answer
         self._models.add(model)
         keys = [self._heads_key(model), *(self._slots_key(name, model) for name, _, _ in upstreams)]
         args: list[Any] = [
@@ -170,39 +179,45 @@ class RedisSharedSlots:
         ]
         for name, slots, loaded in upstreams:
             args += [name, -1 if slots is None else slots, 1 if loaded else 0]
-        if time.monotonic() < self._down_until:
-            raise SharedSlotsUnavailable()
-        try:
-            # Behind this instance's queued writes: its own slots given back count as free here.
-            call = self._writes.submit(self._take, keys, args)
-            try:
-                taken = await asyncio.shield(call)
-            except asyncio.CancelledError:
-                # The request went away while asking: a slot taken for it goes straight back.
-                call.add_done_callback(lambda done: self._return_unclaimed(done, model, claim.lease))
-                raise
-        except REDIS_DOWN as error:
-            if not self._down_until:
-                log.warning(
-                    "Redis unreachable (%s): each instance counts its own GPU slots until it is back",
-                    error.__class__.__name__,
-                )
-            self._down_until = time.monotonic() + self._retry_interval
-            raise SharedSlotsUnavailable() from error
+        # Behind this instance's queued writes: its own slots given back count as free here. Sent now,
+        # so that a caller can ask for its admission in the same pipeline before it awaits either.
+        call = self._writes.submit(self._take, keys, args)
+        call.add_done_callback(partial(self._taken, answer, model, claim.lease))
+        return answer
+
+    def _taken(
+        self, answer: asyncio.Future[str | None], model: str, lease: str, call: asyncio.Future[Any]
+    ) -> None:
+        if call.cancelled():
+            answer.cancel()
+            return
+        error = call.exception()
+        if error is not None:
+            if isinstance(error, REDIS_DOWN):
+                if not self._down_until:
+                    log.warning(
+                        "Redis unreachable (%s): each instance counts its own GPU slots until it is back",
+                        error.__class__.__name__,
+                    )
+                self._down_until = time.monotonic() + self._retry_interval
+                error = SharedSlotsUnavailable(str(error))
+            if not answer.done():
+                answer.set_exception(error)
+            return
         if self._down_until:
             log.warning("Redis reachable again: GPU slots shared again")
             self._down_until = 0.0
-        if not taken:
-            return None
-        upstream = taken.decode() if isinstance(taken, bytes) else str(taken)
-        self._live[self._lease(claim.lease)] = self._slots_key(upstream, model)
-        return upstream
-
-    def _return_unclaimed(self, call: asyncio.Future[Any], model: str, lease: str) -> None:
-        taken = None if call.cancelled() or call.exception() is not None else call.result()
-        if taken:
-            upstream = taken.decode() if isinstance(taken, bytes) else str(taken)
-            self.give_back(upstream, model, lease)
+        taken = call.result()
+        upstream = (taken.decode() if isinstance(taken, bytes) else str(taken)) if taken else None
+        if answer.done():
+            # The request went away while asking (its await was cancelled): a slot taken for it goes
+            # straight back.
+            if upstream is not None:
+                self.give_back(upstream, model, lease)
+            return
+        if upstream is not None:
+            self._live[self._lease(lease)] = self._slots_key(upstream, model)
+        answer.set_result(upstream)
 
     def give_back(self, upstream: str, model: str, lease: str) -> None:
         full = self._lease(lease)
@@ -289,4 +304,5 @@ class RedisSharedSlots:
         await self._keeper.stop()
         for model in list(self._heads):
             self.advertise(model, None)
-        await self._writes.close()
+        if self._owns_writes:
+            await self._writes.close()

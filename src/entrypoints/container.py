@@ -20,6 +20,7 @@ from ollama_gate.adapters.psutil_metrics import PsutilMetrics
 from ollama_gate.adapters.redis_cluster import RedisCounters, RedisKeyEvents
 from ollama_gate.adapters.redis_quota import RedisQuotaLimiter
 from ollama_gate.adapters.redis_slots import RedisSharedSlots
+from ollama_gate.adapters.redis_writes import PipelinedWrites
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.plan_store import SqlPlanStore
 from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
@@ -68,16 +69,28 @@ def _redis_client(settings: Settings) -> aioredis.Redis | None:
     return aioredis.Redis.from_pool(pool)
 
 
-def _quota_limiter(settings: Settings, clock: Clock, client: aioredis.Redis | None) -> QuotaLimiter:
+def _redis_scripts(client: aioredis.Redis | None) -> PipelinedWrites | None:
+    """One pipeline for the limiter's and the GPU slots' scripts: a request's admission and its slot go
+    to Redis in one round trip (and everyone's, under load, in a few)."""
+    return None if client is None else PipelinedWrites(client, "Redis scripts")
+
+
+def _quota_limiter(
+    settings: Settings, clock: Clock, client: aioredis.Redis | None, scripts: PipelinedWrites | None
+) -> QuotaLimiter:
     local = InMemoryQuotaLimiter(clock)
     if client is None:
         return local
     fallback = local if settings.rate_limit_fallback == "local" else None
-    return RedisQuotaLimiter(client, clock, fallback, lease_ttl=settings.lease_seconds)
+    return RedisQuotaLimiter(client, clock, fallback, lease_ttl=settings.lease_seconds, writes=scripts)
 
 
-def _shared_slots(settings: Settings, client: aioredis.Redis | None) -> SharedSlots | None:
-    return None if client is None else RedisSharedSlots(client, lease_ttl=settings.lease_seconds)
+def _shared_slots(
+    settings: Settings, client: aioredis.Redis | None, scripts: PipelinedWrites | None
+) -> SharedSlots | None:
+    if client is None:
+        return None
+    return RedisSharedSlots(client, lease_ttl=settings.lease_seconds, writes=scripts)
 
 
 def _online_of(database: Database) -> Callable[[], bool]:
@@ -136,8 +149,23 @@ class _RedisConnection:
         await self._client.aclose()
 
 
+class _RedisScripts:
+    """Starts the shared script pipeline before its users, and closes it after them: what they queue
+    while closing (the last ends, heads withdrawn) still goes out."""
+
+    def __init__(self, scripts: PipelinedWrites) -> None:
+        self._scripts = scripts
+
+    async def start(self) -> None:
+        self._scripts.start()
+
+    async def close(self) -> None:
+        await self._scripts.close()
+
+
 def _lifecycle(
     redis_client: aioredis.Redis | None,
+    redis_scripts: PipelinedWrites | None,
     key_events: KeyEvents,
     shared_counters: SharedCounters,
     limiter: QuotaLimiter,
@@ -149,6 +177,8 @@ def _lifecycle(
     (closed before the Redis connection), then the rest."""
     key_events.subscribe(authenticator.forget)
     managed: list[Any] = [] if redis_client is None else [_RedisConnection(redis_client)]
+    if redis_scripts is not None:
+        managed.append(_RedisScripts(redis_scripts))
     managed += [
         c
         for c in (key_events, shared_counters, limiter, shared_slots)
@@ -177,7 +207,8 @@ class Container(containers.DeclarativeContainer):
     # Every OLLAMA_GATE_OLLAMA_URL server behind one LLMBackend/LLMRouter (one server: no model routing).
     llm = providers.Singleton(_ollama_servers, settings)
     redis_client = providers.Singleton(_redis_client, settings)
-    limiter = providers.Singleton(_quota_limiter, settings, clock, redis_client)
+    redis_scripts = providers.Singleton(_redis_scripts, redis_client)
+    limiter = providers.Singleton(_quota_limiter, settings, clock, redis_client, redis_scripts)
     shared_counters = providers.Singleton(_shared_counters, redis_client)
     key_events = providers.Singleton(_key_events, redis_client)
 
@@ -201,7 +232,7 @@ class Container(containers.DeclarativeContainer):
         telemetry=telemetry,
     )
     access = providers.Singleton(AccessPolicy, authenticator, admin_token=settings.provided.admin_token)
-    shared_slots = providers.Singleton(_shared_slots, settings, redis_client)
+    shared_slots = providers.Singleton(_shared_slots, settings, redis_client, redis_scripts)
     gpu_queue = providers.Singleton(
         GpuQueue,
         llm,
@@ -260,6 +291,7 @@ class Container(containers.DeclarativeContainer):
     lifecycle = providers.Singleton(
         _lifecycle,
         redis_client,
+        redis_scripts,
         key_events,
         shared_counters,
         limiter,

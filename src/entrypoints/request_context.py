@@ -97,11 +97,23 @@ async def admit(request: Request[Any, Any, Any], model: str | None) -> Ticket:
     an admitted request, whose state the answer's RateLimit headers (and error answers) read. The ticket
     carries the request's id to its usage row; the state keeps the model and the ticket for the access
     line."""
-    gatekeeper = container_of(request).gatekeeper()
+    container = container_of(request)
+    gatekeeper = container.gatekeeper()
     state = request.scope["state"]
     caller: Caller = state["caller"]
     state["model"] = model  # for the metrics' labels and the access line, even when refused
-    ticket = await gatekeeper.admit(caller, gatekeeper.check_model(caller, model), state.get(REQUEST_ID))
+    plan = gatekeeper.check_model(caller, model)
+    # With slots shared in Redis, the slot is asked for now: it and the admission share a round trip.
+    gpu = container.gpu_queue()
+    reserved = gpu.reserve(caller.counted_as, plan, model)
+    try:
+        ticket = await gatekeeper.admit(caller, plan, state.get(REQUEST_ID))
+    except BaseException:
+        if reserved is not None:
+            reserved.cancel()
+        raise
+    if reserved is not None:
+        gpu.keep(reserved, ticket)
     state["admission"] = ticket.admission
     state["ticket"] = ticket
     return ticket

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,13 +26,17 @@ class SharedSlots(Protocol):
     an upstream than its slots, summed over instances; a slot whose holder stops renewing it (an instance
     that died) frees itself within seconds."""
 
-    async def take(
+    def take(
         self, model: str, claim: Claim, upstreams: Sequence[tuple[str, int | None, bool]]
-    ) -> str | None:
+    ) -> asyncio.Future[str | None]:
         """A slot for `claim` on the first of `upstreams` (name, slots, model loaded there) that has one
         free, preferring those where the model is loaded, then the least busy; None when none is free,
-        or when another instance's next in line ranks before `claim` (that one goes first). Raises
-        SharedSlotsUnavailable (at once, while it is known to be down) when the store cannot answer."""
+        or when another instance's next in line ranks before `claim` (that one goes first). The future
+        raises SharedSlotsUnavailable (at once, while it is known to be down) when the store cannot
+        answer.
+
+        Asked at once, before the future is awaited (so one round trip can carry it with the request's
+        admission); cancelling the future gives back a slot it took."""
         ...
 
     def give_back(self, upstream: str, model: str, lease: str) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ollama_gate.domain.errors import QueueFull, QueueTimeout, TooManyQueued, UpstreamUnavailable
+from ollama_gate.domain.plans import Plan
 from ollama_gate.domain.scheduler import (
     FairQueue,
     Job,
@@ -60,6 +61,28 @@ class Hold:
         if self._queue is not None:
             queue, self._queue = self._queue, None
             queue._finished(self._running)
+
+
+class Reservation:
+    """A shared slot asked for before the request's admission was awaited, so that one Redis round trip
+    carries both: taken over by `acquire`, or given back once, when the request ends before it."""
+
+    __slots__ = ("_queue", "answer", "job")
+
+    def __init__(self, queue: GpuQueue, job: Job, answer: asyncio.Future[str | None]) -> None:
+        self._queue: GpuQueue | None = queue
+        self.job = job
+        self.answer = answer
+
+    def cancel(self) -> None:
+        if self._queue is not None:
+            queue, self._queue = self._queue, None
+            queue._unreserve(self)
+
+    def take_over(self) -> bool:
+        """True once: the request now owns the slot asked for (False after `cancel`)."""
+        owned, self._queue = self._queue is not None, None
+        return owned
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +139,25 @@ class GpuQueue:
                 hold.release()  # the router marked that server down: the next slot is elsewhere
         raise AssertionError("unreachable")
 
+    def reserve(self, identity: str, plan: Plan, model: str | None) -> Reservation | None:
+        """With slots shared, ask now for a slot for a request of `identity` that is about to be admitted,
+        so that its admission goes to Redis in the same round trip; `keep` hands it to the request's
+        ticket. None when there is nothing to ask ahead: one instance takes its slots without I/O, and a
+        request that needs no slot or would wait behind others asks nothing yet."""
+        if self._shared is None or not self.enabled:
+            return None
+        self._sync()
+        key = job_model(model)
+        if not self.table.serves(key) or self.queue.waiting_for(key):
+            return None
+        job = self._job(identity, key, plan, self._now())
+        return Reservation(self, job, self._ask_shared(job))
+
+    def keep(self, reservation: Reservation, ticket: Ticket) -> None:
+        """`ticket`'s request holds `reservation` until `acquire` takes it over, or its end gives it back."""
+        ticket.reserved = reservation
+        ticket.on_end(reservation.cancel)
+
     async def acquire(self, ticket: Ticket, model: str | None) -> Hold | None:
         """A slot for `ticket`'s request, on the upstream it names, given back when the ticket ends (or
         the hold is released); None when the request needs no slot (the queue is off, or no online
@@ -125,23 +167,22 @@ class GpuQueue:
         `queue_timeout`; each refunds the ticket (the request consumed nothing). A client that leaves
         while waiting (CancelledError) is out of the queue at once, and refunded too.
         """
+        key = job_model(model)
+        reserved = self._reserved_for(ticket, key)
         if not self.enabled:
             return None
         self._sync()
-        key = job_model(model)
         if not self.table.serves(key):
+            if reserved is not None:
+                reserved.cancel()
             return None
         plan = ticket.plan
-        now = self._now()
-        job = Job(
-            next(self._ids),
-            ticket.caller.counted_as,
-            key,
-            plan.effective_priority,
-            plan.effective_weight,
-            now,
-        )
-        running = await self._start_now(job, now)
+        if reserved is not None and reserved.take_over():
+            job = reserved.job
+            running = await self._start_reserved(job, reserved.answer)
+        else:
+            job = self._job(ticket.caller.counted_as, key, plan, self._now())
+            running = await self._start_now(job, job.arrived)
         if running is None:
             running = await self._wait(ticket, job, plan.effective_queue_timeout)
             self._waited(job, plan.name, running.started)
@@ -150,13 +191,33 @@ class GpuQueue:
         ticket.on_end(hold.release)
         return hold
 
+    def _job(self, identity: str, model: str, plan: Plan, now: float) -> Job:
+        return Job(next(self._ids), identity, model, plan.effective_priority, plan.effective_weight, now)
+
+    @staticmethod
+    def _reserved_for(ticket: Ticket, model: str) -> Reservation | None:
+        """The ticket's reservation when it is for `model` (one for another model is given back)."""
+        reserved = ticket.reserved
+        if reserved is None:
+            return None
+        ticket.reserved = None
+        assert isinstance(reserved, Reservation)
+        if reserved.job.model != model:
+            reserved.cancel()
+            return None
+        return reserved
+
     async def _start_now(self, job: Job, now: float) -> Running | None:
         """A free slot, when nobody waits for the model: the request goes at once."""
         if self.queue.waiting_for(job.model):
             return None
         if self._shared is None:
             return self._start_locally(job, now)
-        upstream = await self._take_shared(job)
+        return await self._start_reserved(job, self._ask_shared(job))
+
+    async def _start_reserved(self, job: Job, answer: asyncio.Future[str | None]) -> Running | None:
+        """The request goes at once on the shared slot `answer` names (None: none was free)."""
+        upstream = await self._shared_answer(job, answer)
         if upstream is None:
             return None
         self.table.take(upstream, job.model)
@@ -169,15 +230,37 @@ class GpuQueue:
         self.table.take(candidates[0], job.model)
         return self.queue.start(job, candidates[0], now)
 
-    async def _take_shared(self, job: Job) -> str | None:
-        """A shared slot for `job`; while the shared store is down, one of this instance's own count
-        (the GPU's slots may then be overrun by the instances together: better than nobody served)."""
+    def _ask_shared(self, job: Job) -> asyncio.Future[str | None]:
         assert self._shared is not None
+        return self._shared.take(job.model, self._claim(job), self._preferences(job.model))
+
+    async def _take_shared(self, job: Job) -> str | None:
+        return await self._shared_answer(job, self._ask_shared(job))
+
+    async def _shared_answer(self, job: Job, answer: asyncio.Future[str | None]) -> str | None:
+        """The shared slot taken for `job`; while the shared store is down, one of this instance's own
+        count (the GPU's slots may then be overrun by the instances together: better than nobody
+        served)."""
         try:
-            return await self._shared.take(job.model, self._claim(job), self._preferences(job.model))
+            return await answer
         except SharedSlotsUnavailable:
             candidates = self.table.candidates(job.model)
             return candidates[0] if candidates else None
+
+    def _unreserve(self, reservation: Reservation) -> None:
+        """A reservation its request never took over: a slot it took goes back (one still being asked
+        for goes back when the answer comes)."""
+        answer = reservation.answer
+        if not answer.done():
+            answer.cancel()
+            return
+        if answer.cancelled() or answer.exception() is not None:
+            return
+        upstream = answer.result()
+        if upstream is not None and self._shared is not None:
+            model = reservation.job.model
+            self._shared.give_back(upstream, model, _lease(reservation.job))
+            self._slot_freed(model)
 
     async def _wait(self, ticket: Ticket, job: Job, timeout: float) -> Running:
         refusal = self.queue.refusal(job.identity)

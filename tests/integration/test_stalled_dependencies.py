@@ -33,15 +33,10 @@ def timed(call: object) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
-def proxied(url: str, proxy: StallingProxy) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.port}", f":{proxy.port}")).geturl()
-
-
 @pytest.fixture
 def postgres_proxy() -> Iterator[tuple[str, StallingProxy]]:
     with postgres_database() as url, StallingProxy("127.0.0.1", urlsplit(url).port or 5432) as proxy:
-        yield proxied(url, proxy), proxy
+        yield proxy.url_for(url), proxy
 
 
 @pytest.mark.postgres
@@ -74,7 +69,7 @@ def test_a_stalled_database_never_delays_a_cached_key_and_fails_an_uncached_one_
 def redis_proxy() -> Iterator[tuple[str, StallingProxy]]:
     url = shared_redis_url()
     with StallingProxy("127.0.0.1", urlsplit(url).port or 6379) as proxy:
-        yield proxied(url, proxy), proxy
+        yield proxy.url_for(url), proxy
 
 
 @pytest.mark.redis

@@ -1,7 +1,9 @@
 """A TCP proxy that can stall: connections stay open, and not one byte goes through either way.
 
 That is how a dependency fails worst (a hung PostgreSQL, a Redis behind a dead link): nothing is refused,
-nothing times out by itself. Run in a thread; `stall()` and `resume()` from the test.
+nothing times out by itself. Run in a thread; `stall()` and `resume()` from the test. It also keeps what
+the clients sent, read by read (`heard`): on loopback one read is one write of the client's, so a test
+can tell what went to the server together.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import Future
+from urllib.parse import urlsplit
 
 from tests.support.fake_ollama import free_port
 
@@ -24,6 +27,12 @@ class StallingProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._writers: list[asyncio.StreamWriter] = []
+        self.heard: list[bytes] = []  # every read from a client, in order (appended by the proxy's thread)
+
+    def url_for(self, url: str) -> str:
+        """`url` (a server's, on the target port) through this proxy."""
+        parts = urlsplit(url)
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.port}", f":{self.port}")).geturl()
 
     def stall(self) -> None:
         self._running.clear()
@@ -90,12 +99,18 @@ class StallingProxy:
             return
         self._writers.append(upstream_writer)
         await asyncio.gather(
-            self._pump(reader, upstream_writer), self._pump(upstream_reader, writer), return_exceptions=True
+            self._pump(reader, upstream_writer, self.heard),
+            self._pump(upstream_reader, writer),
+            return_exceptions=True,
         )
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, heard: list[bytes] | None = None
+    ) -> None:
         try:
             while data := await source.read(65536):
+                if heard is not None:
+                    heard.append(data)
                 while not self._running.is_set():  # stalled: hold the bytes, keep the connection
                     await asyncio.sleep(0.05)
                 sink.write(data)

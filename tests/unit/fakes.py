@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +16,7 @@ from ollama_gate.domain.quota import Admission, Limits
 from ollama_gate.domain.status import ModelInfo
 from ollama_gate.domain.usage import Outcome, UsageRecord
 from ollama_gate.ports.metrics import SystemSnapshot
+from ollama_gate.ports.slots import Claim, SharedSlotsUnavailable
 from ollama_gate.services.authenticator import Authenticator
 from ollama_gate.services.gatekeeper import Gatekeeper, Ticket
 from ollama_gate.services.plans import PlanBook
@@ -102,6 +103,74 @@ class FakeLLM:
         if not self.online:
             raise UpstreamUnavailable("Ollama is offline")
         return list(self.models_list)
+
+
+class FakeSharedSlots:
+    """SharedSlots in memory, as Redis holds them: leases per (upstream, model). With `hold`, answers wait
+    for `answer()` (a round trip in flight); `down` answers SharedSlotsUnavailable."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.leases: dict[tuple[str, str], set[str]] = {}
+        self.hold = hold
+        self.down = False
+        self.asked = 0
+        self.most_held = 0
+        self._pending: list[Callable[[], None]] = []
+        self._freed: list[Callable[[str], None]] = []
+
+    @property
+    def held(self) -> int:
+        return sum(len(leases) for leases in self.leases.values())
+
+    def take(
+        self, model: str, claim: Claim, upstreams: Sequence[tuple[str, int | None, bool]]
+    ) -> asyncio.Future[str | None]:
+        self.asked += 1
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+        def decide() -> None:
+            if self.down:
+                if not answer.done():
+                    answer.set_exception(SharedSlotsUnavailable())
+                return
+            taken = None
+            for name, slots, _ in upstreams:
+                leases = self.leases.setdefault((name, model), set())
+                if slots is None or len(leases) < slots:
+                    leases.add(claim.lease)
+                    self.most_held = max(self.most_held, self.held)
+                    taken = name
+                    break
+            if answer.done():  # cancelled while asking: what it took goes back
+                if taken is not None:
+                    self.give_back(taken, model, claim.lease)
+            else:
+                answer.set_result(taken)
+
+        if self.hold:
+            self._pending.append(decide)
+        else:
+            decide()
+        return answer
+
+    def answer(self) -> None:
+        pending, self._pending = self._pending, []
+        for decide in pending:
+            decide()
+
+    def give_back(self, upstream: str, model: str, lease: str) -> None:
+        self.leases.get((upstream, model), set()).discard(lease)
+        for callback in self._freed:
+            callback(model)
+
+    def advertise(self, model: str, head: Claim | None) -> None:
+        return None
+
+    def on_freed(self, callback: Callable[[str], None]) -> None:
+        self._freed.append(callback)
+
+    async def busy(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int] | None:
+        return {pair: len(self.leases.get(pair, ())) for pair in pairs}
 
 
 def ticket(caller: Caller, plan: Plan | None = None) -> Ticket:

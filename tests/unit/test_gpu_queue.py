@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ollama_gate.domain.errors import QueueFull, QueueTimeout, TooManyQueued, UpstreamUnavailable
 from ollama_gate.domain.identity import Caller
@@ -13,7 +15,7 @@ from ollama_gate.domain.usage import TokenCounts
 from ollama_gate.ports.llm import UpstreamState
 from ollama_gate.services.gatekeeper import Ticket
 from ollama_gate.services.gpu_queue import GpuQueue
-from tests.unit.fakes import FakeClock, ticket
+from tests.unit.fakes import FakeClock, FakeSharedSlots, ticket
 
 MODEL = "smollm:latest"
 
@@ -33,9 +35,12 @@ def queue(
     inventory: Inventory | None = None,
     max_waiting: int = 1000,
     max_per_identity: int = 8,
+    shared: FakeSharedSlots | None = None,
 ) -> GpuQueue:
     slots = slots or {"gpu0": 1}
-    return GpuQueue(inventory or Inventory(*slots), FakeClock(), slots, max_waiting, max_per_identity)
+    return GpuQueue(
+        inventory or Inventory(*slots), FakeClock(), slots, max_waiting, max_per_identity, shared=shared
+    )
 
 
 def caller(name: str) -> Caller:
@@ -146,3 +151,158 @@ async def test_a_server_that_refuses_connections_gives_its_slot_back_and_the_req
     first, second = tried
     assert {first, second} == {"gpu0", "gpu1"}
     assert gpu.table.upstreams[str(first)].busy == {} and gpu.table.upstreams[str(second)].busy == {MODEL: 1}
+
+
+# -- slots asked for ahead of the admission (slots shared: one Redis round trip for both) -------------
+
+
+async def test_one_instance_and_a_request_that_would_wait_ask_nothing_ahead() -> None:
+    assert queue().reserve("alice", Plan("member"), MODEL) is None  # one instance: no I/O to save
+    shared = FakeSharedSlots()
+    gpu = queue(shared=shared)
+    held = on(Plan("member"))
+    await gpu.acquire(held, MODEL)
+    waiting = asyncio.create_task(gpu.acquire(on(Plan("member"), "bob"), MODEL))
+    await asyncio.sleep(0)
+    assert gpu.reserve("carol", Plan("member"), MODEL) is None  # it would wait behind bob
+    assert gpu.reserve("carol", Plan("member"), "not-there:1b") is None  # it needs no slot
+    held.end(TokenCounts())
+    await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_reserved_slot_is_taken_over_by_acquire_without_asking_again() -> None:
+    shared = FakeSharedSlots()
+    gpu = queue(shared=shared)
+    reserved = gpu.reserve("alice", Plan("member"), MODEL)
+    assert reserved is not None and shared.held == 1
+    held = on(Plan("member"))
+    gpu.keep(reserved, held)
+    hold = await gpu.acquire(held, MODEL)
+    assert hold is not None and hold.upstream == "gpu0" and held.queue_ms == 0
+    assert shared.asked == 1 and gpu.table.upstreams["gpu0"].busy == {MODEL: 1}
+    held.end(TokenCounts())
+    assert shared.held == 0 and gpu.table.upstreams["gpu0"].busy == {}
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["answered", "still-asking"])
+async def test_a_request_refused_or_ended_before_it_acquires_gives_its_reserved_slot_back(
+    answered: bool,
+) -> None:
+    shared = FakeSharedSlots(hold=True)
+    gpu = queue(shared=shared)
+    refused = gpu.reserve("alice", Plan("member"), MODEL)  # its admission then says 429
+    ended = gpu.reserve("bob", Plan("member"), MODEL)  # admitted, then failed before it was sent
+    assert refused is not None and ended is not None
+    if answered:
+        shared.answer()
+        assert shared.held == 1  # one slot: alice's
+    bobs = on(Plan("member"), "bob")
+    gpu.keep(ended, bobs)
+    refused.cancel()
+    bobs.refund()
+    shared.answer()
+    assert shared.held == 0 and shared.most_held == 1
+    shared.hold = False
+    carol = on(Plan("member"), "carol")
+    hold = await asyncio.wait_for(gpu.acquire(carol, MODEL), 1)  # the slot is free again
+    assert hold is not None
+
+
+async def test_a_reservation_for_another_model_is_given_back() -> None:
+    shared = FakeSharedSlots()
+    gpu = queue(shared=shared)
+    reserved = gpu.reserve("alice", Plan("member"), MODEL)
+    assert reserved is not None
+    held = on(Plan("member"))
+    gpu.keep(reserved, held)
+    assert await gpu.acquire(held, "not-there:1b") is None
+    assert shared.held == 0
+
+
+async def test_a_client_that_leaves_while_its_reserved_slot_is_asked_for_gives_it_back() -> None:
+    shared = FakeSharedSlots(hold=True)
+    gpu = queue(shared=shared)
+    reserved = gpu.reserve("alice", Plan("member"), MODEL)
+    assert reserved is not None
+    held = on(Plan("member"))
+    gpu.keep(reserved, held)
+    acquiring = asyncio.create_task(gpu.acquire(held, MODEL))
+    await asyncio.sleep(0)
+    acquiring.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await acquiring
+    held.refund()
+    shared.answer()  # the answer comes after it left: the slot goes straight back
+    assert shared.held == 0 and gpu.table.upstreams["gpu0"].busy == {}
+
+
+async def test_a_reservation_while_the_shared_store_is_down_takes_a_slot_of_its_own_count() -> None:
+    shared = FakeSharedSlots()
+    shared.down = True
+    gpu = queue(shared=shared)
+    reserved = gpu.reserve("alice", Plan("member"), MODEL)
+    assert reserved is not None
+    held = on(Plan("member"))
+    gpu.keep(reserved, held)
+    hold = await gpu.acquire(held, MODEL)
+    assert hold is not None and gpu.table.upstreams["gpu0"].busy == {MODEL: 1}
+    held.end(TokenCounts())
+    assert gpu.table.upstreams["gpu0"].busy == {}
+
+
+FATES = ("served", "refused", "ended_before_acquire", "left_while_asking", "other_model")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fates=st.lists(st.sampled_from(FATES), min_size=1, max_size=10),
+    slots=st.integers(min_value=1, max_value=3),
+    hold=st.booleans(),
+)
+def test_reserved_slots_never_exceed_the_slots_and_all_come_back(
+    fates: list[str], slots: int, hold: bool
+) -> None:
+    """However each request ends (refused, failed before it was sent, gone while its slot was asked for,
+    sent for another model, or served), the shared slots held never pass the slots and are all given
+    back; every request that stays is served."""
+
+    async def scenario() -> None:
+        shared = FakeSharedSlots(hold=hold)
+        gpu = queue({"gpu0": slots}, shared=shared)
+        running: list[tuple[str, Ticket, asyncio.Task[object]]] = []
+        for n, fate in enumerate(fates):
+            reserved = gpu.reserve(f"user{n}", Plan("member"), MODEL)
+            if fate == "refused":
+                if reserved is not None:
+                    reserved.cancel()
+                continue
+            held = on(Plan("member"), f"user{n}")
+            if reserved is not None:
+                gpu.keep(reserved, held)
+            if fate == "ended_before_acquire":
+                held.refund()
+                continue
+            model = "not-there:1b" if fate == "other_model" else MODEL
+            running.append((fate, held, asyncio.create_task(gpu.acquire(held, model))))
+        await asyncio.sleep(0)
+        for fate, _, task in running:
+            if fate == "left_while_asking" and not task.done():
+                task.cancel()
+        for _ in range(200):
+            shared.answer()
+            await asyncio.sleep(0)
+            for _fate, held, task in running:
+                if task.done() and not held.ended:
+                    held.end(TokenCounts())  # served (or gone): the request ends
+            if all(task.done() for _, _, task in running) and not shared._pending:
+                break
+            assert shared.held <= slots
+        assert all(task.done() for _, _, task in running)
+        for fate, _, task in running:
+            if fate == "served":
+                assert not task.cancelled() and task.exception() is None and task.result() is not None
+        assert shared.most_held <= slots
+        assert shared.held == 0 and gpu.table.upstreams["gpu0"].busy == {}
+        assert gpu.queue.waiting == 0
+
+    asyncio.run(scenario())
