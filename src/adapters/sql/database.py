@@ -15,7 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ollama_gate.adapters.sql import migrate
+from ollama_gate.adapters.sql.schema_revision import SCHEMA_REVISION, recorded_revision
 from ollama_gate.domain.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,12 @@ class Database:
             self._schema_ready = True
 
     async def upgrade(self) -> str | None:
-        """Apply pending migrations; returns the revision the database is at."""
+        """Apply pending migrations; returns the revision the database is at. A database already at the
+        schema's revision is only read: Alembic is loaded only when there is something to migrate."""
+        if await self._recorded_revision() == SCHEMA_REVISION:
+            return SCHEMA_REVISION
+        from ollama_gate.adapters.sql import migrate
+
         try:
             async with self.engine.connect() as connection:
                 return await connection.run_sync(migrate.upgrade, self.sqlite_path)
@@ -94,17 +99,29 @@ class Database:
             raise StoreUnavailable() from error
 
     async def current_revision(self) -> str | None:
+        """The revision as Alembic reads it (the CLI's `db current`)."""
+        from ollama_gate.adapters.sql import migrate
+
         try:
             async with self.engine.connect() as connection:
                 return await connection.run_sync(migrate.current_revision)
         except _UNAVAILABLE as error:
             raise StoreUnavailable() from error
 
+    async def _recorded_revision(self) -> str | None:
+        try:
+            async with self.engine.connect() as connection:
+                return await connection.run_sync(recorded_revision)
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable() from error
+
     async def _warn_if_behind(self) -> None:
-        current, head = await self.current_revision(), migrate.head_revision()
-        if current != head:
+        current = await self._recorded_revision()
+        if current != SCHEMA_REVISION:
             log.error(
-                "database schema is at %s, the gateway needs %s: run `ollama-gate db upgrade`", current, head
+                "database schema is at %s, the gateway needs %s: run `ollama-gate db upgrade`",
+                current,
+                SCHEMA_REVISION,
             )
 
     async def try_ensure_schema(self) -> bool:
