@@ -7,9 +7,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
 from dependency_injector import containers, providers
 
 from ollama_gate.adapters.local_cluster import LocalKeyEvents, NoSharedCounters
@@ -17,10 +16,6 @@ from ollama_gate.adapters.memory_quota import InMemoryQuotaLimiter
 from ollama_gate.adapters.ollama_http import OllamaHttpBackend
 from ollama_gate.adapters.prometheus_telemetry import MULTIPROCESS_DIR, PrometheusTelemetry, worker_exited
 from ollama_gate.adapters.psutil_metrics import PsutilMetrics
-from ollama_gate.adapters.redis_cluster import RedisCounters, RedisKeyEvents
-from ollama_gate.adapters.redis_quota import RedisQuotaLimiter
-from ollama_gate.adapters.redis_slots import RedisSharedSlots
-from ollama_gate.adapters.redis_writes import PipelinedWrites
 from ollama_gate.adapters.sql.database import Database
 from ollama_gate.adapters.sql.plan_store import SqlPlanStore
 from ollama_gate.adapters.sql.stores import SqlKeyStore, SqlUsageStore
@@ -48,6 +43,12 @@ from ollama_gate.services.status import StatusService
 from ollama_gate.services.usage_recorder import UsageRecorder
 from ollama_gate.services.usage_reports import UsageReports
 
+# The Redis adapters (and redis-py, 6 MB of RSS) are imported only when Redis is configured.
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from ollama_gate.adapters.redis_writes import PipelinedWrites
+
 # Connections to Redis per process. A burst waits for a free one (a bounded wait) rather than opening
 # one per request: redis-py's default pool raises when full, which the limiter took for an outage.
 REDIS_MAX_CONNECTIONS = 50
@@ -57,6 +58,8 @@ REDIS_POOL_WAIT = 2.0
 def _redis_client(settings: Settings) -> aioredis.Redis | None:
     if settings.redis_url is None:
         return None
+    import redis.asyncio as aioredis
+
     # Short socket timeouts: an unreachable Redis must cost a request milliseconds, not seconds.
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -72,7 +75,11 @@ def _redis_client(settings: Settings) -> aioredis.Redis | None:
 def _redis_scripts(client: aioredis.Redis | None) -> PipelinedWrites | None:
     """One pipeline for the limiter's and the GPU slots' scripts: a request's admission and its slot go
     to Redis in one round trip (and everyone's, under load, in a few)."""
-    return None if client is None else PipelinedWrites(client, "Redis scripts")
+    if client is None:
+        return None
+    from ollama_gate.adapters.redis_writes import PipelinedWrites
+
+    return PipelinedWrites(client, "Redis scripts")
 
 
 def _quota_limiter(
@@ -81,6 +88,8 @@ def _quota_limiter(
     local = InMemoryQuotaLimiter(clock)
     if client is None:
         return local
+    from ollama_gate.adapters.redis_quota import RedisQuotaLimiter
+
     fallback = local if settings.rate_limit_fallback == "local" else None
     return RedisQuotaLimiter(client, clock, fallback, lease_ttl=settings.lease_seconds, writes=scripts)
 
@@ -90,6 +99,8 @@ def _shared_slots(
 ) -> SharedSlots | None:
     if client is None:
         return None
+    from ollama_gate.adapters.redis_slots import RedisSharedSlots
+
     return RedisSharedSlots(client, lease_ttl=settings.lease_seconds, writes=scripts)
 
 
@@ -99,7 +110,7 @@ def _online_of(database: Database) -> Callable[[], bool]:
 
 def _shared_limiter(limiter: QuotaLimiter) -> QuotaLimiter | None:
     """The limiter when it is Redis's (its health is the Redis dependency's), else None."""
-    return limiter if isinstance(limiter, RedisQuotaLimiter) else None
+    return limiter if limiter.backend == "redis" else None
 
 
 def _builtin_plans(settings: Settings) -> dict[str, Plan]:
@@ -121,11 +132,19 @@ def _uses_redis(settings: Settings) -> bool:
 
 
 def _shared_counters(client: aioredis.Redis | None) -> SharedCounters:
-    return NoSharedCounters() if client is None else RedisCounters(client)
+    if client is None:
+        return NoSharedCounters()
+    from ollama_gate.adapters.redis_cluster import RedisCounters
+
+    return RedisCounters(client)
 
 
 def _key_events(client: aioredis.Redis | None) -> KeyEvents:
-    return LocalKeyEvents() if client is None else RedisKeyEvents(client)
+    if client is None:
+        return LocalKeyEvents()
+    from ollama_gate.adapters.redis_cluster import RedisKeyEvents
+
+    return RedisKeyEvents(client)
 
 
 def _ollama_servers(settings: Settings) -> UpstreamPool:
@@ -176,14 +195,19 @@ def _lifecycle(
     """What the app starts in order and closes in reverse: the database first, then what shares Redis
     (closed before the Redis connection), then the rest."""
     key_events.subscribe(authenticator.forget)
-    managed: list[Any] = [] if redis_client is None else [_RedisConnection(redis_client)]
-    if redis_scripts is not None:
-        managed.append(_RedisScripts(redis_scripts))
-    managed += [
-        c
-        for c in (key_events, shared_counters, limiter, shared_slots)
-        if isinstance(c, RedisKeyEvents | RedisCounters | RedisQuotaLimiter | RedisSharedSlots)
-    ]
+    managed: list[Any] = []
+    if redis_client is not None:
+        from ollama_gate.adapters.redis_cluster import RedisCounters, RedisKeyEvents
+        from ollama_gate.adapters.redis_quota import RedisQuotaLimiter
+        from ollama_gate.adapters.redis_slots import RedisSharedSlots
+
+        managed.append(_RedisConnection(redis_client))
+        if redis_scripts is not None:
+            managed.append(_RedisScripts(redis_scripts))
+        redis_parts = (RedisKeyEvents, RedisCounters, RedisQuotaLimiter, RedisSharedSlots)
+        managed += [
+            c for c in (key_events, shared_counters, limiter, shared_slots) if isinstance(c, redis_parts)
+        ]
     return [*components[:1], *managed, *components[1:]]
 
 

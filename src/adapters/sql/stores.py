@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-import asyncpg
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -182,11 +182,21 @@ class SqlKeyStore:
 # builds and processes a parameter dict per row, which cost more than the insert (measured: 16 us of CPU
 # per row, against 4 with tuples to sqlite3 and fewer with PostgreSQL's COPY).
 _WRITTEN = tuple(column.name for column in usage_logs.columns if column.name != "id")
-_POSTGRES_UNAVAILABLE = (
-    asyncpg.PostgresConnectionError,  # class 08: the connection failed
-    asyncpg.InterfaceError,  # the connection is closed
-    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now
-)
+
+
+@cache
+def _postgres_unavailable() -> tuple[type[Exception], ...]:
+    """The driver's errors that mean PostgreSQL cannot be reached. asyncpg is imported on first use: a
+    gateway on SQLite never loads it (6 MB of RSS)."""
+    import asyncpg
+
+    return (
+        asyncpg.PostgresConnectionError,  # class 08: the connection failed
+        asyncpg.InterfaceError,  # the connection is closed
+        asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now
+    )
+
+
 # Compiled once, by SQLAlchemy itself: positional `?` parameters in _WRITTEN order.
 _SQLITE_INSERT = str(
     insert(usage_logs).values({name: bindparam(name) for name in _WRITTEN}).compile(dialect=sqlite_dialect())
@@ -297,7 +307,7 @@ class SqlUsageStore:
                 try:
                     await copy("usage_logs", records=rows, columns=_WRITTEN)
                     await add_rollups(connection, counted, sqlite=False)
-                except _POSTGRES_UNAVAILABLE as error:
+                except _postgres_unavailable() as error:
                     raise StoreUnavailable() from error
 
     async def recent(
