@@ -182,6 +182,16 @@ def gateway(
     )
     if python_path is not None:
         env["PYTHONPATH"] = python_path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # Migrated first, as a deployment does: the serving process then finds its schema current and never
+    # loads the migration tool (its memory is what the bench measures).
+    subprocess.run(
+        [sys.executable, "-m", "ollama_gate", "db", "upgrade"],
+        cwd=workdir,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     command = [sys.executable, "-m", "ollama_gate", "serve"]
     if workers > 1:
         command += ["--workers", str(workers)]
