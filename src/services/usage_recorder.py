@@ -118,17 +118,25 @@ class UsageRecorder:
             self._writer.cancel()
         await self._writer.stop()
         deadline = asyncio.get_running_loop().time() + timeout
-        while self._pending and not await self.flush():
+        while self._pending:
+            if await self.flush():
+                continue
             if asyncio.get_running_loop().time() >= deadline:
                 log.error("database unavailable at shutdown: %d usage rows not written", len(self._pending))
                 return
             await asyncio.sleep(0.2)
 
     async def flush(self) -> bool:
-        """Write everything pending; False if the store is unavailable (rows are kept)."""
+        """Write the rows pending when it is called; False if the store is unavailable (rows are kept).
+
+        Rows recorded while it writes wait for the next flush (the interval, or a full batch): going on
+        with them at once made a batch of whatever arrived during one write's round trip, a transaction
+        per 8 requests on PostgreSQL under load instead of one per interval or per full batch."""
         async with self._lock:
-            while self._pending:
-                count = min(self._batch_size, len(self._pending))
+            due = len(self._pending)
+            while due > 0 and self._pending:
+                count = min(self._batch_size, due, len(self._pending))
+                due -= count
                 batch = [self._pending.popleft() for _ in range(count)]
                 self._writing = count
                 try:

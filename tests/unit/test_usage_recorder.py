@@ -184,10 +184,12 @@ class SlowUsageStore(InMemoryUsageStore):
         super().__init__()
         self.writing = asyncio.Event()
         self.proceed = asyncio.Event()
+        self.written: list[list[int]] = []
 
     async def add_many(self, records: Sequence[UsageRecord]) -> None:
         self.writing.set()
         await self.proceed.wait()
+        self.written.append([int(r.latency_ms) for r in records])
         await super().add_many(records)
 
 
@@ -205,3 +207,21 @@ async def test_close_during_a_write_loses_no_row() -> None:
     await asyncio.wait_for(closing, 5)
     assert sorted(numbers(store)) == [0, 1, 2]
     assert recorder.unsaved == 0
+
+
+async def test_rows_recorded_during_a_write_wait_for_the_next_flush() -> None:
+    """Under load the writer must not chase each write with a batch of whatever arrived during it (on
+    PostgreSQL that was a transaction per 8 requests): a flush writes what was pending when it began."""
+    store = SlowUsageStore()
+    recorder = UsageRecorder(store, FakeClock(), batch_size=100, flush_interval=3600)
+    for n in range(3):
+        recorder.record(row(n))
+    flushing = asyncio.create_task(recorder.flush())
+    await asyncio.wait_for(store.writing.wait(), 5)
+    for n in range(3, 8):
+        recorder.record(row(n))  # arrive while the first batch is being written
+    store.proceed.set()
+    assert await asyncio.wait_for(flushing, 5) is True
+    assert store.written == [[0, 1, 2]] and recorder.unsaved == 5
+    assert await recorder.flush() is True
+    assert store.written == [[0, 1, 2], [3, 4, 5, 6, 7]] and recorder.unsaved == 0
