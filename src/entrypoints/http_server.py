@@ -45,6 +45,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from ollama_gate.entrypoints.client_presence import CLIENT_GONE, ClientGone
 from ollama_gate.entrypoints.coalescing_transport import CoalescingTransport
+from ollama_gate.entrypoints.litestar_entry import entry_of
 from ollama_gate.entrypoints.uvicorn_parts import LeanEvent, LeanFlowControl, Pipeline
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,11 @@ class GatewayConfig(Config):
     def __init__(self, app: Any, limits: HttpLimits, **options: Any) -> None:
         super().__init__(app, http=BoundedHttpToolsProtocol, proxy_headers=False, **options)
         self.limits = limits
+
+    def load(self) -> None:
+        super().load()
+        # uvicorn has decided the interface (ASGI 3) by now, from Litestar's own coroutine `__call__`.
+        self.loaded_app = entry_of(self.loaded_app)
 
 
 def _json_answer(server_state: ServerState, status: int, detail: str, extra_headers: bytes = b"") -> bytes:
