@@ -20,7 +20,6 @@ request's CPU). The listener remains for any other ASGI server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,19 +30,20 @@ CLIENT_GONE = "ollama_gate.client_gone"
 
 class ClientGone:
     """Fired by the server, at most once, when the request's connection closes before its response is
-    complete; `on_fire` is what the request wants done then (None: nothing)."""
+    complete; `cancels` is the task to cancel then (None: nothing). The task itself rather than its bound
+    `cancel`: a request waiting for the GPU would keep that method object for as long as it waits."""
 
-    __slots__ = ("fired", "on_fire")
+    __slots__ = ("cancels", "fired")
 
     def __init__(self) -> None:
         self.fired = False
-        self.on_fire: Callable[[], object] | None = None
+        self.cancels: asyncio.Task[object] | None = None
 
     def fire(self) -> None:
         if not self.fired:
             self.fired = True
-            if self.on_fire is not None:
-                self.on_fire()
+            if self.cancels is not None:
+                self.cancels.cancel()
 
 
 class _Presence:
@@ -108,7 +108,7 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
         gone = scope.get("extensions", {}).get(CLIENT_GONE)  # type: ignore[union-attr]
         if isinstance(gone, ClientGone):
             # Under the gateway's server: the task is cancelled when `gone` fires.
-            gone.on_fire = task.cancel
+            gone.cancels = task
             try:
                 await app(scope, receive, send)
             except asyncio.CancelledError:
@@ -116,7 +116,7 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
                     raise
                 task.uncancel()  # the client left: nobody is waiting for an answer
             finally:
-                gone.on_fire = None
+                gone.cancels = None
             return
         presence = _Presence(receive, send, task)
         try:

@@ -241,7 +241,7 @@ async def test_under_the_gateways_server_the_client_gone_signal_cancels_without_
     assert seen == ["cancelled"]
     assert not request.cancelled()
     assert client.receives == 1  # the body only: no listener
-    assert gone.on_fire is None  # the request let go of its task
+    assert gone.cancels is None  # the request let go of its task
 
 
 async def test_under_the_gateways_server_a_cancellation_of_its_own_still_propagates() -> None:
