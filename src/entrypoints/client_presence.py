@@ -11,7 +11,7 @@ One listener task per request covers the whole request, the handler and the stre
 run in one task); the answers themselves need no listener of their own.
 
 Under the gateway's own server (entrypoints/http_server.py) there is no listener at all: the server hands
-each request a `ClientGone` signal in its scope's extensions and fires it from the connection's
+each request a `ClientGone` signal in its scope (under `CLIENT_GONE`) and fires it from the connection's
 `connection_lost` while the response is incomplete, so the request's task is cancelled with no task, no
 wrapped `receive` or `send` and no wake-up per request (the listener cost about a tenth of a /chat
 request's CPU). The listener remains for any other ASGI server.
@@ -20,30 +20,32 @@ request's CPU). The listener remains for any other ASGI server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from typing import cast
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
-# The scope extension under which the gateway's server offers a `ClientGone` per request.
+# The scope key under which the gateway's server offers a `ClientGone` per request (a namespaced key of
+# the scope itself: an `extensions` dict made only for it would cost every request a dict).
 CLIENT_GONE = "ollama_gate.client_gone"
 
 
 class ClientGone:
     """Fired by the server, at most once, when the request's connection closes before its response is
-    complete; `on_fire` is what the request wants done then (None: nothing)."""
+    complete; `cancels` is the task to cancel then (None: nothing). The task itself rather than its bound
+    `cancel`: a request waiting for the GPU would keep that method object for as long as it waits."""
 
-    __slots__ = ("fired", "on_fire")
+    __slots__ = ("cancels", "fired")
 
     def __init__(self) -> None:
         self.fired = False
-        self.on_fire: Callable[[], object] | None = None
+        self.cancels: asyncio.Task[object] | None = None
 
     def fire(self) -> None:
         if not self.fired:
             self.fired = True
-            if self.on_fire is not None:
-                self.on_fire()
+            if self.cancels is not None:
+                self.cancels.cancel()
 
 
 class _Presence:
@@ -105,10 +107,10 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
     async def watched(scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        gone = scope.get("extensions", {}).get(CLIENT_GONE)  # type: ignore[union-attr]
+        gone = cast(dict[str, object], scope).get(CLIENT_GONE)
         if isinstance(gone, ClientGone):
             # Under the gateway's server: the task is cancelled when `gone` fires.
-            gone.on_fire = task.cancel
+            gone.cancels = task
             try:
                 await app(scope, receive, send)
             except asyncio.CancelledError:
@@ -116,7 +118,7 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
                     raise
                 task.uncancel()  # the client left: nobody is waiting for an answer
             finally:
-                gone.on_fire = None
+                gone.cancels = None
             return
         presence = _Presence(receive, send, task)
         try:

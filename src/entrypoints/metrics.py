@@ -34,28 +34,46 @@ def _labels(scope: Scope) -> tuple[str, str | None, str]:
     return str(endpoint), state.get("model"), plan or "none"
 
 
+class _ObservedSend:
+    """A request's `send` that notes its status and the time to its first body byte.
+
+    An object of four slots rather than a closure over `nonlocal`s (a function, a cell per variable and
+    their tuple): a request waiting for the GPU keeps it for as long as it waits.
+    """
+
+    __slots__ = ("_send", "first_byte", "started", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = time.perf_counter()
+        self.status = 0
+        self.first_byte: float | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif self.first_byte is None and message.get("body"):
+            self.first_byte = time.perf_counter() - self.started
+        await self._send(message)
+
+
 def metrics_middleware(telemetry: Telemetry) -> Any:
     """App-wide: one `request_done` per answered request."""
 
     def wrap(app: ASGIApp) -> ASGIApp:
         async def measured(scope: Scope, receive: Receive, send: Send) -> None:
-            started = time.perf_counter()
-            status, first_byte = 0, None
-
-            async def observe(message: Message) -> None:
-                nonlocal status, first_byte
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                elif first_byte is None and message.get("body"):
-                    first_byte = time.perf_counter() - started
-                await send(message)
-
+            observed = _ObservedSend(send)
             try:
-                await app(scope, receive, observe)
+                await app(scope, receive, observed)
             finally:
                 endpoint, model, plan = _labels(scope)
                 telemetry.request_done(
-                    endpoint, model, plan, status or 499, time.perf_counter() - started, first_byte
+                    endpoint,
+                    model,
+                    plan,
+                    observed.status or 499,
+                    time.perf_counter() - observed.started,
+                    observed.first_byte,
                 )
 
         return measured

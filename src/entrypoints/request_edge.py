@@ -21,6 +21,27 @@ from ollama_gate.entrypoints.request_ids import HEADER, RequestIds
 REQUEST_ID = "request_id"  # its key in the request's scope state
 
 
+class _SendWithId:
+    """A request's `send` that adds its id to the response's head.
+
+    An object of two slots rather than a closure (a function, its cells, their tuple, and the header
+    encoded up front): a request waiting for the GPU keeps it for as long as it waits, and the header is
+    needed only once, when the answer starts.
+    """
+
+    __slots__ = ("_request_id", "_send")
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self._request_id = request_id
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            id_header = (HEADER, self._request_id.encode("ascii"))
+            message["headers"] = [*message.get("headers", ()), id_header]
+        await self._send(message)
+
+
 class RequestEdge:
     __slots__ = ("_access", "_app", "_ids")
 
@@ -37,16 +58,9 @@ class RequestEdge:
         request_id = self._ids.of(scope["headers"])
         state: dict[str, Any] = scope.setdefault("state", {})
         state[REQUEST_ID] = request_id
-        id_header = (HEADER, request_id.encode("ascii"))
         if self._access is not None:
-            return self._logged(scope, receive, send, id_header, self._access)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), id_header]
-            await send(message)
-
-        return self._app(scope, receive, send_with_id)
+            return self._logged(scope, receive, send, (HEADER, request_id.encode("ascii")), self._access)
+        return self._app(scope, receive, _SendWithId(send, request_id))
 
     async def _logged(
         self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes], access: AccessLog

@@ -8,7 +8,7 @@ arrives in, never re-split or re-encoded. Only the last lines are kept aside, to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -258,6 +258,23 @@ def merge_listings(bodies: list[bytes], list_field: str, id_field: str) -> bytes
     return _encode(merged)
 
 
+class _Forward:
+    """`send(pinned)` of an inference request: its body posted through the router (to the server the
+    queue chose). An object of four slots rather than a closure (a function, its cells and their tuple):
+    a request waiting for a GPU slot holds it for as long as it waits."""
+
+    __slots__ = ("_body", "_model", "_path", "_router")
+
+    def __init__(self, router: LLMRouter, path: str, body: bytes, model: str | None) -> None:
+        self._router = router
+        self._path = path
+        self._body = body
+        self._model = model
+
+    def __call__(self, pinned: str | None) -> Awaitable[ProxyResponse]:
+        return self._router.request("POST", self._path, self._body, model=self._model, upstream=pinned)
+
+
 class PassthroughService:
     """Forwards native and OpenAI requests through the router; one usage row per inference request."""
 
@@ -286,10 +303,7 @@ class PassthroughService:
             self._recorder.request_ended(ticket, path, model, status, outcome, started, tokens)
 
         body = ceilinged(body, BODY_KINDS.get(path, BodyKind.OPENAI_EMBEDDING), ticket.plan)
-
-        async def send(pinned: str | None) -> ProxyResponse:
-            return await self._router.request("POST", path, body, model=model, upstream=pinned)
-
+        send = _Forward(self._router, path, body, model)
         try:
             upstream = await (self._gpu.send(ticket, model, send) if self._gpu is not None else send(None))
         except QueueRefused:

@@ -232,7 +232,7 @@ async def test_under_the_gateways_server_the_client_gone_signal_cancels_without_
 
     gone = ClientGone()
     client = Client()
-    scope = {**SCOPE, "extensions": {CLIENT_GONE: gone}}
+    scope = {**SCOPE, CLIENT_GONE: gone}
     request = asyncio.create_task(run(cancel_on_disconnect(handler), client, scope))
     await waiting.wait()
     gone.fire()
@@ -241,7 +241,7 @@ async def test_under_the_gateways_server_the_client_gone_signal_cancels_without_
     assert seen == ["cancelled"]
     assert not request.cancelled()
     assert client.receives == 1  # the body only: no listener
-    assert gone.on_fire is None  # the request let go of its task
+    assert gone.cancels is None  # the request let go of its task
 
 
 async def test_under_the_gateways_server_a_cancellation_of_its_own_still_propagates() -> None:
@@ -254,7 +254,7 @@ async def test_under_the_gateways_server_a_cancellation_of_its_own_still_propaga
         await asyncio.sleep(30)
 
     client = Client()
-    scope = {**SCOPE, "extensions": {CLIENT_GONE: ClientGone()}}
+    scope = {**SCOPE, CLIENT_GONE: ClientGone()}
     request = asyncio.create_task(run(cancel_on_disconnect(handler), client, scope))
     await started.wait()
     request.cancel()
