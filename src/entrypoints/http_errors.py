@@ -17,13 +17,14 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from ollama_gate.domain.errors import GatewayError, ModelNotFound, Unauthorized
 from ollama_gate.domain.quota import Admission, QuotaExceeded
 from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
+from ollama_gate.services.gatekeeper import Ticket
 
 log = logging.getLogger("ollama_gate.errors")
 
 
 def _admission_of(request: Request[Any, Any, Any]) -> Admission | None:
-    admission = request.scope.get("state", {}).get("admission")
-    return admission if isinstance(admission, Admission) else None
+    ticket = request.scope.get("state", {}).get("ticket")
+    return ticket.admission if isinstance(ticket, Ticket) else None
 
 
 def gateway_error_response(request: Request[Any, Any, Any], error: GatewayError) -> Response[Any]:

@@ -14,10 +14,10 @@ from litestar import Request, Response, get
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_gate.domain.errors import Forbidden
-from ollama_gate.domain.quota import Admission
 from ollama_gate.entrypoints.openapi_contract import GATEWAY_SHAPE, answer, errors
 from ollama_gate.entrypoints.request_context import container_of, principal_of
 from ollama_gate.ports.telemetry import Telemetry
+from ollama_gate.services.gatekeeper import Ticket
 
 OTHER = "other"
 
@@ -25,12 +25,8 @@ OTHER = "other"
 def _labels(scope: Scope) -> tuple[str, str | None, str]:
     state: dict[str, Any] = scope.get("state", {})
     endpoint = scope.get("path_template") or OTHER
-    admission = state.get("admission")
-    plan = (
-        admission.limits.plan
-        if isinstance(admission, Admission)
-        else getattr(state.get("caller"), "plan", "")
-    )
+    ticket = state.get("ticket")
+    plan = ticket.plan.name if isinstance(ticket, Ticket) else getattr(state.get("caller"), "plan", "")
     return str(endpoint), state.get("model"), plan or "none"
 
 

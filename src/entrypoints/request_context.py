@@ -94,7 +94,7 @@ async def identify_lister(connection: AnyConnection) -> None:
 
 async def admit(request: Request[Any, Any, Any], model: str | None) -> Ticket:
     """The caller's plan must allow `model` (403), then its limits must have room (429): the ticket of
-    an admitted request, whose state the answer's RateLimit headers (and error answers) read. The ticket
+    an admitted request, whose admission the answer's RateLimit headers (and error answers) read. The ticket
     carries the request's id to its usage row; the state keeps the model and the ticket for the access
     line."""
     container = container_of(request)
@@ -114,8 +114,7 @@ async def admit(request: Request[Any, Any, Any], model: str | None) -> Ticket:
         raise
     if reserved is not None:
         gpu.keep(reserved, ticket)
-    state["admission"] = ticket.admission
-    state["ticket"] = ticket
+    state["ticket"] = ticket  # one key: the state stays within its first table (a waiting request lives long)
     return ticket
 
 
