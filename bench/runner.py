@@ -50,7 +50,7 @@ REFERENCE_BARE_ADDED_P50_MS = 0.26
 
 # What a load is sent to, in the order each scenario measures them: the bare forwarder right before the
 # gateway, so the two see the machine in the same state.
-Target = Literal["direct", "bare", "gateway", "queue_off", "scaled", "workers", "before"]
+Target = Literal["direct", "bare", "gateway", "queue_off", "scaled", "workers", "twin", "before"]
 TARGETS: tuple[Target, ...] = ("direct", "bare", "gateway")
 # The gateway's slots in the hot-path runs: at least the connections and the burst, so sections 1-3
 # measure the hot path with the scheduler on and never waiting (the default 4 slots would queue them).
@@ -270,15 +270,19 @@ class Bench:
         # Section 7: the same load on a gateway with the queue off, right after the one with it on.
         queue_off = self.json_load("queue_off", CONNECTIONS, total)
         if "before" in self.others:
-            before_child = self.others["before"][0]
-            before_cpu = processes.cpu_seconds(before_child.pid)
-            before = self.json_load("before", CONNECTIONS, total)
-            before_cpu = processes.cpu_seconds(before_child.pid) - before_cpu
+            # Section 11: this tree's twin (started with the before gateway, given the same loads) right
+            # before it, so the two have the same history: section 1's gateway has taken every section's
+            # load by now, and holds their rows.
+            twin, twin_cpu_us = self._json_load_with_cpu("twin", total)
+            before, before_cpu_us = self._json_load_with_cpu("before", total)
             run.update(
+                twin_rps=twin.requests_per_s,
                 before_rps=before.requests_per_s,
-                gateway_over_before_rps=gateway.requests_per_s / before.requests_per_s,
-                before_cpu_us_per_request=before_cpu / max(before.requests, 1) * 1e6,
-                before_non_200=_not_200(before),
+                gateway_over_before_rps=twin.requests_per_s / before.requests_per_s,
+                twin_cpu_us_per_request=twin_cpu_us,
+                before_cpu_us_per_request=before_cpu_us,
+                twin_over_before_cpu=twin_cpu_us / max(before_cpu_us, 1e-3),
+                before_non_200=_not_200(before) + _not_200(twin),
             )
         run.update(
             queue_off_rps=queue_off.requests_per_s,
@@ -300,6 +304,14 @@ class Bench:
             bare_json_non_200=_not_200(bare),
         )
 
+    def _json_load_with_cpu(self, target: Target, total: int) -> tuple[LoadResult, float]:
+        """`total` requests at CONNECTIONS to one of the other gateways, and its CPU per request [us]."""
+        child = self.others[target][0]
+        cpu = processes.cpu_seconds(child.pid)
+        result = self.json_load(target, CONNECTIONS, total)
+        cpu = processes.cpu_seconds(child.pid) - cpu
+        return result, cpu / max(result.requests, 1) * 1e6
+
     def measure_single(self, index: int, run: Run) -> None:
         total = self.profile.single_requests
         say(f"run {index}: one connection, {total} requests ({', '.join(TARGETS)})")
@@ -308,12 +320,14 @@ class Bench:
         gateway = self.json_load("gateway", 1, total)
         queue_off = self.json_load("queue_off", 1, total)
         if "before" in self.others:
+            twin = self.json_load("twin", 1, total)
             before = self.json_load("before", 1, total)
             run.update(
+                twin_added_p50_ms=twin.p50_ms - direct.p50_ms,
                 before_added_p50_ms=before.p50_ms - direct.p50_ms,
                 before_added_p99_ms=before.p99_ms - direct.p99_ms,
-                gateway_minus_before_added_p50_ms=gateway.p50_ms - before.p50_ms,
-                before_non_200=run.get("before_non_200", 0.0) + _not_200(before),
+                gateway_minus_before_added_p50_ms=twin.p50_ms - before.p50_ms,
+                before_non_200=run.get("before_non_200", 0.0) + _not_200(before) + _not_200(twin),
             )
         added_off = queue_off.p50_ms - direct.p50_ms
         run.update(
@@ -512,15 +526,19 @@ def before_rows(described: str) -> list[Row]:
     """Section 11 with --compare REV: the same loads on a gateway built from REV, right after ours."""
     before = f"11 before {described.split()[0]}"
     return [
+        Row(before, "this tree (twin): throughput at 20 conns", "twin_rps", "req/s"),
         Row(before, "before: throughput at 20 conns", "before_rps", "req/s"),
         Row(before, "this tree / before throughput", "gateway_over_before_rps", "x"),
+        Row(before, "this tree (twin): CPU per request", "twin_cpu_us_per_request", "us"),
         Row(before, "before: CPU per request", "before_cpu_us_per_request", "us"),
+        Row(before, "this tree / before CPU per request", "twin_over_before_cpu", "x"),
+        Row(before, "this tree (twin): added p50, 1 conn", "twin_added_p50_ms", "ms"),
         Row(before, "before: added p50, 1 conn", "before_added_p50_ms", "ms"),
         Row(before, "before: added p99, 1 conn", "before_added_p99_ms", "ms"),
         Row(before, "this tree minus before: added p50", "gateway_minus_before_added_p50_ms", "ms"),
         Row(
             before,
-            "before: answers other than 200",
+            "twin and before: answers other than 200",
             "before_non_200",
             "count",
             "0",
@@ -974,6 +992,17 @@ def run_bench(
             described = None
             if compare is not None:
                 python_path, described = stack.enter_context(revision(compare))
+                twin = stack.enter_context(
+                    processes.gateway(
+                        workdir,
+                        upstream.url,
+                        workdir / "twin.db",
+                        RAISED_RATE_LIMIT,
+                        _hot_path(),
+                        name="gateway twin",
+                    )
+                )
+                others["twin"] = (twin, processes.create_member_keys(twin.url, USERS))
                 before = stack.enter_context(
                     processes.gateway(
                         workdir,
@@ -1098,8 +1127,9 @@ def run_bench(
     )
     if described:
         print(
-            f"  11: a gateway built from {described} (git worktree, imported through PYTHONPATH), the same "
-            "settings, each load right after this tree's"
+            f"  11: a gateway built from {described} (git worktree, imported through PYTHONPATH) and a twin of "
+            "this tree's, both started together with the same settings and given the same loads (the twin "
+            "first): the same history, unlike section 1's gateway"
         )
     print(
         f"accounting: {bench.ledger.sent:,} inference requests sent, {bench.ledger.answered_200:,} answered 200; "
