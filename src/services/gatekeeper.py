@@ -45,17 +45,7 @@ class Ticket:
     (its tokens charged, its lease given back, and whatever else waited for its end), or refunded when it
     never reached the GPU."""
 
-    __slots__ = (
-        "_gatekeeper",
-        "_on_end",
-        "admission",
-        "caller",
-        "ended",
-        "plan",
-        "queue_ms",
-        "request_id",
-        "reserved",
-    )
+    __slots__ = ("_gatekeeper", "_on_end", "admission", "caller", "ended", "plan", "queue_ms", "request_id")
 
     def __init__(
         self,
@@ -72,8 +62,6 @@ class Ticket:
         self.request_id = request_id  # the id the request is answered with, for its usage row
         self.ended = False
         self.queue_ms: float | None = None  # how long it waited for a GPU slot (None: it did not queue)
-        # A GPU slot asked for ahead of the admission (the GPU queue's Reservation), until it is taken over.
-        self.reserved: object | None = None
         self._on_end: list[Callable[[], None]] = []
 
     def on_end(self, callback: Callable[[], None]) -> None:

@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 from ollama_gate.domain.errors import QueueFull, QueueTimeout, TooManyQueued, UpstreamUnavailable
@@ -119,6 +120,7 @@ class GpuQueue:
         self._synced = -1
         self._ids = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[Running]] = {}
+        self._reserved: dict[Ticket, Reservation] = {}  # slots asked for ahead, until acquire or the end
         self._dispatching: set[str] = set()
         if shared is not None:
             shared.on_freed(self._slot_freed)
@@ -155,8 +157,13 @@ class GpuQueue:
 
     def keep(self, reservation: Reservation, ticket: Ticket) -> None:
         """`ticket`'s request holds `reservation` until `acquire` takes it over, or its end gives it back."""
-        ticket.reserved = reservation
-        ticket.on_end(reservation.cancel)
+        self._reserved[ticket] = reservation
+        ticket.on_end(partial(self._drop_reservation, ticket))
+
+    def _drop_reservation(self, ticket: Ticket) -> None:
+        reserved = self._reserved.pop(ticket, None)
+        if reserved is not None:
+            reserved.cancel()
 
     async def acquire(self, ticket: Ticket, model: str | None) -> Hold | None:
         """A slot for `ticket`'s request, on the upstream it names, given back when the ticket ends (or
@@ -194,14 +201,11 @@ class GpuQueue:
     def _job(self, identity: str, model: str, plan: Plan, now: float) -> Job:
         return Job(next(self._ids), identity, model, plan.effective_priority, plan.effective_weight, now)
 
-    @staticmethod
-    def _reserved_for(ticket: Ticket, model: str) -> Reservation | None:
+    def _reserved_for(self, ticket: Ticket, model: str) -> Reservation | None:
         """The ticket's reservation when it is for `model` (one for another model is given back)."""
-        reserved = ticket.reserved
+        reserved = self._reserved.pop(ticket, None) if self._reserved else None
         if reserved is None:
             return None
-        ticket.reserved = None
-        assert isinstance(reserved, Reservation)
         if reserved.job.model != model:
             reserved.cancel()
             return None
