@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Executable, Row, event
 from sqlalchemy.engine import make_url
@@ -19,6 +19,7 @@ from ollama_gate.adapters.sql.schema_revision import SCHEMA_REVISION, recorded_r
 from ollama_gate.domain.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, OSError, asyncio.TimeoutError)
 
@@ -88,35 +89,28 @@ class Database:
     async def upgrade(self) -> str | None:
         """Apply pending migrations; returns the revision the database is at. A database already at the
         schema's revision is only read: Alembic is loaded only when there is something to migrate."""
-        if await self._recorded_revision() == SCHEMA_REVISION:
+        if await self._on_connection(recorded_revision) == SCHEMA_REVISION:
             return SCHEMA_REVISION
         from ollama_gate.adapters.sql import migrate
 
-        try:
-            async with self.engine.connect() as connection:
-                return await connection.run_sync(migrate.upgrade, self.sqlite_path)
-        except _UNAVAILABLE as error:
-            raise StoreUnavailable() from error
+        return await self._on_connection(migrate.upgrade, self.sqlite_path)
 
     async def current_revision(self) -> str | None:
         """The revision as Alembic reads it (the CLI's `db current`)."""
         from ollama_gate.adapters.sql import migrate
 
-        try:
-            async with self.engine.connect() as connection:
-                return await connection.run_sync(migrate.current_revision)
-        except _UNAVAILABLE as error:
-            raise StoreUnavailable() from error
+        return await self._on_connection(migrate.current_revision)
 
-    async def _recorded_revision(self) -> str | None:
+    async def _on_connection(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(connection, *args)` on a connection of its own, outside any transaction of ours."""
         try:
             async with self.engine.connect() as connection:
-                return await connection.run_sync(recorded_revision)
+                return await connection.run_sync(work, *args)
         except _UNAVAILABLE as error:
             raise StoreUnavailable() from error
 
     async def _warn_if_behind(self) -> None:
-        current = await self._recorded_revision()
+        current = await self._on_connection(recorded_revision)
         if current != SCHEMA_REVISION:
             log.error(
                 "database schema is at %s, the gateway needs %s: run `ollama-gate db upgrade`",
