@@ -22,21 +22,24 @@ REQUEST_ID = "request_id"  # its key in the request's scope state
 
 
 class _SendWithId:
-    """A request's `send` that adds its id to the response's head.
+    """A request's `send` that adds its id to the response's head, and notes the status (for the access
+    line).
 
-    An object of two slots rather than a closure (a function, its cells, their tuple, and the header
-    encoded up front): a request waiting for the GPU keeps it for as long as it waits, and the header is
-    needed only once, when the answer starts.
+    An object of slots rather than a closure (a function, its cells, their tuple, and the header encoded
+    up front): a request waiting for the GPU keeps it for as long as it waits, and the header is needed
+    only once, when the answer starts.
     """
 
-    __slots__ = ("_request_id", "_send")
+    __slots__ = ("_request_id", "_send", "status")
 
     def __init__(self, send: Send, request_id: str) -> None:
         self._send = send
         self._request_id = request_id
+        self.status = 0
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
+            self.status = message["status"]
             id_header = (HEADER, self._request_id.encode("ascii"))
             message["headers"] = [*message.get("headers", ()), id_header]
         await self._send(message)
@@ -58,25 +61,15 @@ class RequestEdge:
         request_id = self._ids.of(scope["headers"])
         state: dict[str, Any] = scope.setdefault("state", {})
         state[REQUEST_ID] = request_id
+        sender = _SendWithId(send, request_id)
         if self._access is not None:
-            return self._logged(scope, receive, send, (HEADER, request_id.encode("ascii")), self._access)
-        return self._app(scope, receive, _SendWithId(send, request_id))
+            return self._logged(scope, receive, sender, self._access)
+        return self._app(scope, receive, sender)
 
-    async def _logged(
-        self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes], access: AccessLog
-    ) -> None:
+    async def _logged(self, scope: Scope, receive: Receive, send: _SendWithId, access: AccessLog) -> None:
         started = time.perf_counter()
-        status = 0
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
-            await send(message)
-
         try:
-            await self._app(scope, receive, send_and_note)
+            await self._app(scope, receive, send)
         finally:
             # 499: the client left before any answer (nginx's convention).
-            access.write(scope, status or 499, time.perf_counter() - started)
+            access.write(scope, send.status or 499, time.perf_counter() - started)
