@@ -50,7 +50,7 @@ REFERENCE_BARE_ADDED_P50_MS = 0.26
 
 # What a load is sent to, in the order each scenario measures them: the bare forwarder right before the
 # gateway, so the two see the machine in the same state.
-Target = Literal["direct", "bare", "gateway", "queue_off", "scaled", "workers", "twin", "before"]
+Target = Literal["direct", "bare", "gateway", "queue_on", "queue_off", "scaled", "workers", "twin", "before"]
 TARGETS: tuple[Target, ...] = ("direct", "bare", "gateway")
 # The gateway's slots in the hot-path runs: at least the connections and the burst, so sections 1-3
 # measure the hot path with the scheduler on and never waiting (the default 4 slots would queue them).
@@ -199,7 +199,8 @@ class Bench:
     keys_file: Path
     database: Path
     ledger: Ledger
-    # The other gateways measured in every run, by target: the queue off (section 7), Redis + PostgreSQL in
+    # The other gateways measured in every run, by target: a pair with the queue on and off (section 7),
+    # Redis + PostgreSQL in
     # one process and with --workers 2 (section 8); each with its own member keys.
     others: dict[Target, tuple[Child, list[str]]]
     fair: Fairness
@@ -267,8 +268,7 @@ class Bench:
         cpu = processes.cpu_seconds(self.gateway.pid) - cpu
         gateway_cpu_us = cpu / max(gateway.requests, 1) * 1e6
         bare_cpu_us = bare_cpu / max(bare.requests, 1) * 1e6
-        # Section 7: the same load on a gateway with the queue off, right after the one with it on.
-        queue_off = self.json_load("queue_off", CONNECTIONS, total)
+        queue_on, queue_off = self._queue_pair(index, CONNECTIONS, total)
         if "before" in self.others:
             # Section 11: this tree's twin (started with the before gateway, given the same loads) right
             # before it, so the two have the same history: section 1's gateway has taken every section's
@@ -286,8 +286,9 @@ class Bench:
             )
         run.update(
             queue_off_rps=queue_off.requests_per_s,
-            queue_on_over_off_rps=gateway.requests_per_s / queue_off.requests_per_s,
-            queue_off_non_200=_not_200(queue_off),
+            queue_on_rps=queue_on.requests_per_s,
+            queue_on_over_off_rps=queue_on.requests_per_s / queue_off.requests_per_s,
+            queue_off_non_200=_not_200(queue_off) + _not_200(queue_on),
             gateway_over_bare_rps=gateway.requests_per_s / bare.requests_per_s,
             gateway_cpu_us_per_request=gateway_cpu_us,
             bare_cpu_us_per_request=bare_cpu_us,
@@ -304,6 +305,16 @@ class Bench:
             bare_json_non_200=_not_200(bare),
         )
 
+    def _queue_pair(self, index: int, connections: int, total: int) -> tuple[LoadResult, LoadResult]:
+        """Section 7: the same load on two gateways that differ only in the queue (on, off), started together
+        and given the same loads, so that neither carries the other sections' history (section 1's gateway
+        holds every section's rows and has served the bursts); which goes first alternates by run."""
+        if index % 2:
+            off = self.json_load("queue_off", connections, total)
+            return self.json_load("queue_on", connections, total), off
+        on = self.json_load("queue_on", connections, total)
+        return on, self.json_load("queue_off", connections, total)
+
     def _json_load_with_cpu(self, target: Target, total: int) -> tuple[LoadResult, float]:
         """`total` requests at CONNECTIONS to one of the other gateways, and its CPU per request [us]."""
         child = self.others[target][0]
@@ -318,7 +329,7 @@ class Bench:
         direct = self.json_load("direct", 1, total)
         bare = self.json_load("bare", 1, total)
         gateway = self.json_load("gateway", 1, total)
-        queue_off = self.json_load("queue_off", 1, total)
+        queue_on, queue_off = self._queue_pair(index, 1, total)
         if "before" in self.others:
             twin = self.json_load("twin", 1, total)
             before = self.json_load("before", 1, total)
@@ -332,11 +343,12 @@ class Bench:
         added_off = queue_off.p50_ms - direct.p50_ms
         run.update(
             queue_off_added_p50_ms=added_off,
-            queue_on_minus_off_added_p50_ms=gateway.p50_ms - queue_off.p50_ms,
-            queue_on_over_off_added_p50=(gateway.p50_ms - direct.p50_ms) / added_off
+            queue_on_added_p50_ms=queue_on.p50_ms - direct.p50_ms,
+            queue_on_minus_off_added_p50_ms=queue_on.p50_ms - queue_off.p50_ms,
+            queue_on_over_off_added_p50=(queue_on.p50_ms - direct.p50_ms) / added_off
             if added_off > 0
             else float("nan"),
-            queue_off_single_non_200=_not_200(queue_off),
+            queue_off_single_non_200=_not_200(queue_off) + _not_200(queue_on),
             gateway_minus_bare_added_p50_ms=gateway.p50_ms - bare.p50_ms,
             single_direct_p50_ms=direct.p50_ms,
             single_direct_p99_ms=direct.p99_ms,
@@ -719,6 +731,7 @@ def scheduler_rows(profile: Profile, target: TargetRow, check: CheckRow) -> list
     fair = f"9 fairness {shape.slots}x{shape.service_ms:g}ms"
     wait = f"10 {profile.waiting:,} waiting"
     return [
+        Row(cost, "queue on: throughput at 20 conns", "queue_on_rps", "req/s"),
         Row(cost, "queue off: throughput at 20 conns", "queue_off_rps", "req/s"),
         target(
             cost,
@@ -728,6 +741,7 @@ def scheduler_rows(profile: Profile, target: TargetRow, check: CheckRow) -> list
             ">= 0.95x",
             lambda v: median(v) >= 0.95,
         ),
+        Row(cost, "queue on: added p50, 1 conn", "queue_on_added_p50_ms", "ms"),
         Row(cost, "queue off: added p50, 1 conn", "queue_off_added_p50_ms", "ms"),
         Row(cost, "queue on minus off: added p50", "queue_on_minus_off_added_p50_ms", "ms"),
         target(
@@ -738,8 +752,8 @@ def scheduler_rows(profile: Profile, target: TargetRow, check: CheckRow) -> list
             "<= 1.05x",
             lambda v: median(v) <= 1.05,
         ),
-        check(cost, "queue off: answers other than 200", "queue_off_non_200"),
-        check(cost, "queue off, 1 conn: answers other than 200", "queue_off_single_non_200"),
+        check(cost, "queue on and off: answers other than 200", "queue_off_non_200"),
+        check(cost, "queue on and off, 1 conn: answers other than 200", "queue_off_single_non_200"),
         Row(scale, "embedded (SQLite, in-process limits)", "scale_embedded_rps", "req/s"),
         Row(scale, "Redis + PostgreSQL, one process", "scaled_rps", "req/s"),
         target(
@@ -842,6 +856,17 @@ def _start_others(
 ) -> tuple[dict[Target, tuple[Child, list[str]]], str | None]:
     """The gateways of sections 7 and 8, started and given member keys."""
     others: dict[Target, tuple[Child, list[str]]] = {}
+    on = stack.enter_context(
+        processes.gateway(
+            workdir,
+            upstream.url,
+            workdir / "queue-on.db",
+            RAISED_RATE_LIMIT,
+            _hot_path(),
+            name="gateway queue on",
+        )
+    )
+    others["queue_on"] = (on, processes.create_member_keys(on.url, USERS))
     off = stack.enter_context(
         processes.gateway(
             workdir,
@@ -1097,8 +1122,8 @@ def run_bench(
         "scheduler runs but never queues, so they measure the hot path)"
     )
     print(
-        "  7: a second gateway with OLLAMA_GATE_SLOTS=0 (queue off), each load right after the same one on "
-        "the gateway with the queue on"
+        f"  7: two more gateways, OLLAMA_GATE_SLOTS={HOT_PATH_SLOTS} (queue on) and 0 (queue off), started "
+        "together and given the same loads, one right after the other (which first alternates by run)"
     )
     if scale_out_skipped is None:
         print(

@@ -257,6 +257,8 @@ class UpstreamPool:
 
     def pinned(self, name: str) -> list[Upstream]:
         """The one server called `name` (the scheduler gave this request a slot there)."""
+        if len(self.upstreams) == 1:
+            return self.upstreams
         return [u for u in self.upstreams if u.backend.name == name][:1] or self.upstreams[:1]
 
     def route(self, model: str | None, sticky: bool = False) -> list[Upstream]:

@@ -89,10 +89,14 @@ class SlotTable:
         self.upstreams = {upstream.name: upstream for upstream in upstreams}
         self._order = list(self.upstreams)
         self._turn = 0  # ties go round, so that sequential traffic is spread too
+        # One server, the common case: nothing to search or rank.
+        self._only = self.upstreams[self._order[0]] if len(self._order) == 1 else None
 
     def serves(self, model: str) -> bool:
         """Whether any online upstream has the model: only then does a request wait for one of its slots
         (a model nobody has gets Ollama's own 404, an offline fleet its 503, without waiting)."""
+        if self._only is not None:
+            return self._only.online and self._only.has(model)
         return any(u.online and u.has(model) for u in self.upstreams.values())
 
     def candidates(self, model: str) -> list[str]:
@@ -100,10 +104,18 @@ class SlotTable:
         fewest requests running, then in turn."""
         return self.ranked(model, free_only=True)
 
+    def best_free(self, model: str) -> str | None:
+        """The first of `candidates` (None: no free slot), without a list for one server."""
+        only = self._only
+        if only is not None:
+            return only.name if only.online and only.has(model) and only.free(model) else None
+        candidates = self.ranked(model, free_only=True)
+        return candidates[0] if candidates else None
+
     def ranked(self, model: str, free_only: bool = False) -> list[str]:
         """The online upstreams that have `model` (with a free slot, when `free_only`), best first."""
-        if len(self._order) == 1:  # one server, the common case: nothing to rank
-            only = self.upstreams[self._order[0]]
+        only = self._only
+        if only is not None:
             usable = only.online and only.has(model) and (not free_only or only.free(model))
             return [only.name] if usable else []
         self._turn += 1
@@ -167,15 +179,16 @@ class GpuTime:
         old = self._estimates.get(identity)
         self._estimates[identity] = seconds if old is None else old + _ESTIMATE_SMOOTHING * (seconds - old)
 
-    def forget_idle(self, now: float, keep: set[str]) -> None:
+    def forget_idle(self, now: float) -> None:
         """Drop identities whose GPU time has decayed to nothing (bounded memory). A sweep visits every
         identity, so it runs at most once per half-life: memory stays bounded by the identities of about
-        31 half-lives, and a request's end costs O(1)."""
+        31 half-lives, and a request's end costs O(1). Called only while nobody waits, so that no
+        waiting identity loses its place."""
         if now < self._next_sweep:
             return
         self._next_sweep = now + self.half_life
         horizon = 30 * self.half_life
-        for identity in [i for i, (_, at) in self._used.items() if now - at > horizon and i not in keep]:
+        for identity in [i for i, (_, at) in self._used.items() if now - at > horizon]:
             del self._used[identity]
             self._estimates.pop(identity, None)
 
@@ -268,7 +281,7 @@ class FairQueue:
 
     def start(self, job: Job, upstream: str, now: float) -> Running:
         """`job` (the one `peek` gave, or a new one that never waited) takes a slot on `upstream`."""
-        jobs = self._waiting.get((job.model, job.identity))
+        jobs = self._waiting.get((job.model, job.identity)) if self.waiting else None
         if jobs and jobs[0] is job:
             jobs.popleft()
             self._forget(job)
@@ -288,7 +301,7 @@ class FairQueue:
         self.gpu.learn(job.identity, spent)
         self._refresh(job.identity, now)
         if self.waiting == 0:
-            self.gpu.forget_idle(now, keep=set())
+            self.gpu.forget_idle(now)
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
@@ -316,6 +329,8 @@ class FairQueue:
 
     def _refresh(self, identity: str, now: float) -> None:
         """The identity's GPU time changed: re-rank its heads wherever it waits."""
+        if not self.waiting:
+            return
         for model in self._per_model:  # only models with jobs waiting (counts of 0 are deleted)
             if (model, identity) in self._waiting:
                 self._push(model, identity, now)
@@ -327,11 +342,11 @@ def next_grants(queue: FairQueue, slots: SlotTable, models: Sequence[str], now: 
     granted = []
     for model in models:
         while (job := queue.peek(model)) is not None:
-            candidates = slots.candidates(model)
-            if not candidates:
+            upstream = slots.best_free(model)
+            if upstream is None:
                 break
-            slots.take(candidates[0], model)
-            granted.append(queue.start(job, candidates[0], now))
+            slots.take(upstream, model)
+            granted.append(queue.start(job, upstream, now))
     return granted
 
 

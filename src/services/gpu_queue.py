@@ -189,11 +189,12 @@ class GpuQueue:
             running = await self._start_reserved(job, reserved.answer)
         else:
             job = self._job(ticket.caller.counted_as, key, plan, self._now())
-            running = await self._start_now(job, job.arrived)
+            # One instance takes a free slot without awaiting anything (the common case: no coroutine).
+            running = self._start_locally(job) if self._shared is None else await self._start_shared(job)
         if running is None:
             running = await self._wait(ticket, job, plan.effective_queue_timeout)
             self._waited(job, plan.name, running.started)
-        ticket.queue_ms = round(max(0.0, running.started - job.arrived) * 1000, 3)
+        ticket.queue_ms = _ms_since(job.arrived, running.started)
         hold = Hold(self, running)
         ticket.on_end(hold.release)
         return hold
@@ -211,12 +212,10 @@ class GpuQueue:
             return None
         return reserved
 
-    async def _start_now(self, job: Job, now: float) -> Running | None:
-        """A free slot, when nobody waits for the model: the request goes at once."""
+    async def _start_shared(self, job: Job) -> Running | None:
+        """A free shared slot, when nobody here waits for the model: the request goes at once."""
         if self.queue.waiting_for(job.model):
             return None
-        if self._shared is None:
-            return self._start_locally(job, now)
         return await self._start_reserved(job, self._ask_shared(job))
 
     async def _start_reserved(self, job: Job, answer: asyncio.Future[str | None]) -> Running | None:
@@ -227,12 +226,15 @@ class GpuQueue:
         self.table.take(upstream, job.model)
         return self.queue.start(job, upstream, self._now())
 
-    def _start_locally(self, job: Job, now: float) -> Running | None:
-        candidates = self.table.candidates(job.model)
-        if not candidates:
+    def _start_locally(self, job: Job) -> Running | None:
+        """A free slot of this instance's, when nobody waits for the model: the request goes at once."""
+        if self.queue.waiting_for(job.model):
             return None
-        self.table.take(candidates[0], job.model)
-        return self.queue.start(job, candidates[0], now)
+        upstream = self.table.best_free(job.model)
+        if upstream is None:
+            return None
+        self.table.take(upstream, job.model)
+        return self.queue.start(job, upstream, job.arrived)
 
     def _ask_shared(self, job: Job) -> asyncio.Future[str | None]:
         assert self._shared is not None
@@ -248,8 +250,7 @@ class GpuQueue:
         try:
             return await answer
         except SharedSlotsUnavailable:
-            candidates = self.table.candidates(job.model)
-            return candidates[0] if candidates else None
+            return self.table.best_free(job.model)
 
     def _unreserve(self, reservation: Reservation) -> None:
         """A reservation its request never took over: a slot it took goes back (one still being asked
@@ -300,7 +301,7 @@ class GpuQueue:
         except asyncio.CancelledError:
             # Its client left: out of the queue, never sent; its usage row shows how long it waited.
             self._leave(job, waiter)
-            ticket.queue_ms = round(max(0.0, self._now() - job.arrived) * 1000, 3)
+            ticket.queue_ms = _ms_since(job.arrived, self._now())
             self._waited(job, ticket.plan.name, self._now())
             ticket.refund()
             raise
@@ -461,6 +462,10 @@ class GpuQueue:
 def _expire(waiter: asyncio.Future[Running]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
+
+
+def _ms_since(start: float, end: float) -> float:
+    return round(max(0.0, end - start) * 1000, 3)
 
 
 def _lease(job: Job) -> str:

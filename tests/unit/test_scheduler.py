@@ -8,6 +8,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -272,3 +273,29 @@ def test_identities_whose_gpu_time_decayed_away_are_forgotten() -> None:
     gpu = world.queue.gpu
     assert not any(gpu.remembers(f"old-{index}") for index in range(500))
     assert gpu.remembers("recent") and gpu.remembers("newer")
+
+
+@pytest.mark.parametrize("online", [True, False])
+def test_one_server_is_best_free_while_it_is_online_has_the_model_and_a_slot(online: bool) -> None:
+    only = UpstreamSlots("gpu0", 1, online=online, models=frozenset({MODELS[0]}))
+    slots = SlotTable([only])
+    assert slots.serves(MODELS[0]) is online and not slots.serves(MODELS[1])
+    assert slots.best_free(MODELS[0]) == ("gpu0" if online else None)
+    assert slots.best_free(MODELS[1]) is None
+    slots.take("gpu0", MODELS[0])
+    assert slots.best_free(MODELS[0]) is None  # its one slot is busy
+    assert slots.candidates(MODELS[0]) == []
+
+
+def test_best_free_of_several_servers_is_the_first_candidate() -> None:
+    slots = SlotTable(
+        [
+            UpstreamSlots("gpu0", 1, loaded=frozenset()),
+            UpstreamSlots("gpu1", 1, loaded=frozenset({MODELS[0]})),
+        ]
+    )
+    assert slots.best_free(MODELS[0]) == "gpu1"  # loaded first
+    slots.take("gpu1", MODELS[0])
+    assert slots.best_free(MODELS[0]) == "gpu0"
+    slots.take("gpu0", MODELS[0])
+    assert slots.best_free(MODELS[0]) is None
