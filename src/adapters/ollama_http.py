@@ -103,7 +103,8 @@ class AiohttpUpstreamResponse:
 
     async def lines(self) -> AsyncIterator[bytes]:
         # Split chunks ourselves: aiohttp's line reader caps line length, and a final /api/generate
-        # chunk carrying a long `context` can exceed it.
+        # chunk carrying a long `context` can exceed it. Ollama writes one line per chunk: a read that is
+        # exactly one whole line goes out as it came, without a copy.
         pending = b""
         content = self._response.content
         watch = self._watch = _SilenceWatch(self._response, self._read_timeout)
@@ -114,19 +115,23 @@ class AiohttpUpstreamResponse:
                 watch.heard()
                 if not data:
                     break
+                if not pending and data.find(b"\n") == len(data) - 1:
+                    if len(data) > 1:
+                        yield data
+                    continue
                 pending += data
                 if b"\n" not in data:
                     continue
                 *complete, pending = pending.split(b"\n")
                 for line in complete:
                     if line:
-                        yield line
+                        yield line + b"\n"
         except (TimeoutError, aiohttp.ClientError) as error:
             raise _translate(self._name, error) from error
         finally:
             watch.stop()
         if pending.strip():
-            yield pending
+            yield pending + b"\n"
 
     @property
     def content_type(self) -> str:

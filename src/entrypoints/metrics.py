@@ -8,6 +8,7 @@ the route template, never the raw path.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from litestar import Request, Response, get
@@ -34,7 +35,8 @@ class _ObservedSend:
     """A request's `send` that notes its status and the time to its first body byte.
 
     An object of four slots rather than a closure over `nonlocal`s (a function, a cell per variable and
-    their tuple): a request waiting for the GPU keeps it for as long as it waits.
+    their tuple): a request waiting for the GPU keeps it for as long as it waits. Not a coroutine: it hands
+    back the wrapped `send`'s awaitable, so a streamed chunk makes no coroutine of its own here.
     """
 
     __slots__ = ("_send", "first_byte", "started", "status")
@@ -45,12 +47,12 @@ class _ObservedSend:
         self.status = 0
         self.first_byte: float | None = None
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             self.status = message["status"]
         elif self.first_byte is None and message.get("body"):
             self.first_byte = time.perf_counter() - self.started
-        await self._send(message)
+        return self._send(message)
 
 
 def metrics_middleware(telemetry: Telemetry) -> Any:

@@ -27,7 +27,7 @@ class _SendWithId:
 
     An object of slots rather than a closure (a function, its cells, their tuple, and the header encoded
     up front): a request waiting for the GPU keeps it for as long as it waits, and the header is needed
-    only once, when the answer starts.
+    only once, when the answer starts. Not a coroutine: it hands back the wrapped `send`'s awaitable.
     """
 
     __slots__ = ("_request_id", "_send", "status")
@@ -37,12 +37,12 @@ class _SendWithId:
         self._request_id = request_id
         self.status = 0
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             id_header = (HEADER, self._request_id.encode("ascii"))
             message["headers"] = [*message.get("headers", ()), id_header]
-        await self._send(message)
+        return self._send(message)
 
 
 class RequestEdge:

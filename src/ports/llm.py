@@ -18,7 +18,8 @@ class UpstreamResponse(Protocol):
         ...
 
     def lines(self) -> AsyncIterator[bytes]:
-        """The body line by line, as it arrives, without the trailing newline; empty lines skipped."""
+        """The body line by line, as it arrives, each ending with its newline (one is added to a last line
+        that lacks it); empty lines skipped."""
         ...
 
     def close(self) -> None:

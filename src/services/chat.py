@@ -119,7 +119,7 @@ class StreamRelay:
                     yield error_line(message)
                     break
                 relayed += 1
-                yield line + b"\n"
+                yield line
             else:
                 yield error_line("Ollama ended the stream before it was done")
         except GatewayError as error:

@@ -67,7 +67,7 @@ class ScriptedResponse:
             if self._fail_after is not None and index == self._fail_after and self._error is not None:
                 raise self._error
             await asyncio.sleep(0)
-            yield line
+            yield line + b"\n"  # as the port says: each line with its newline
 
     def close(self) -> None:
         self.closed = True

@@ -79,7 +79,7 @@ class ScriptedProxyResponse:
 
     async def lines(self) -> AsyncIterator[bytes]:
         for line in b"".join(self._pieces).splitlines():
-            yield line
+            yield line + b"\n"
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for piece in self._pieces:
