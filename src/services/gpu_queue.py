@@ -36,6 +36,7 @@ from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import UpstreamInventory
 from ollama_gate.ports.slots import Claim, SharedSlots, SharedSlotsUnavailable
 from ollama_gate.ports.telemetry import Telemetry
+from ollama_gate.services.deadlines import Deadlines
 from ollama_gate.services.gatekeeper import Ticket
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class GpuQueue:
         self._waiters: dict[int, asyncio.Future[Running]] = {}
         self._reserved: dict[Ticket, Reservation] = {}  # slots asked for ahead, until acquire or the end
         self._dispatching: set[str] = set()
+        self._deadlines: Deadlines | None = None  # made on the first wait, in the running loop
         if shared is not None:
             shared.on_freed(self._slot_freed)
 
@@ -192,7 +194,19 @@ class GpuQueue:
             # One instance takes a free slot without awaiting anything (the common case: no coroutine).
             running = self._start_locally(job) if self._shared is None else await self._start_shared(job)
         if running is None:
-            running = await self._wait(ticket, job, plan.effective_queue_timeout)
+            # Awaited here, not in a coroutine of its own: a waiting request holds every frame of its
+            # chain (about 300 bytes each, for as long as it waits).
+            timeout = plan.effective_queue_timeout
+            waiter = self._enqueue(ticket, job, timeout)
+            try:
+                running = await waiter
+            except TimeoutError:
+                raise self._timed_out(ticket, job, waiter, timeout) from None
+            except asyncio.CancelledError:
+                self._left(ticket, job, waiter)
+                raise
+            finally:
+                self._waiters.pop(job.id, None)
             self._waited(job, plan.name, running.started)
         ticket.queue_ms = _ms_since(job.arrived, running.started)
         hold = Hold(self, running)
@@ -267,7 +281,9 @@ class GpuQueue:
             self._shared.give_back(upstream, model, _lease(reservation.job))
             self._slot_freed(model)
 
-    async def _wait(self, ticket: Ticket, job: Job, timeout: float) -> Running:
+    def _enqueue(self, ticket: Ticket, job: Job, timeout: float) -> asyncio.Future[Running]:
+        """`job` waits: the future its grant (or its deadline's TimeoutError) ends. Raises QueueFull and
+        TooManyQueued at once, the ticket refunded."""
         refusal = self.queue.refusal(job.identity)
         if refusal is not None:
             self._rejected("queue_full")
@@ -284,30 +300,42 @@ class GpuQueue:
         self._advertise(job.model)
         self._dispatch(job.model)
         # The deadline ends the future itself (not asyncio.timeout, an object more per waiting request and
-        # a cancellation of the task): whichever of a grant and the deadline comes first is the future's
-        # result, and a grant that races the client leaving is handed on by `_leave`.
-        deadline = loop.call_later(timeout, _expire, waiter)
-        try:
-            return await waiter
-        except TimeoutError:
-            self._leave(job, waiter)
-            self._rejected("queue_timeout")
-            self._waited(job, ticket.plan.name, self._now())
-            ticket.refund()
-            raise QueueTimeout(
-                f"no GPU slot for {job.model or 'the model'} within {timeout:g}s: try again shortly",
-                retry_after=max(1.0, math.ceil(timeout / 4)),
-            ) from None
-        except asyncio.CancelledError:
-            # Its client left: out of the queue, never sent; its usage row shows how long it waited.
-            self._leave(job, waiter)
-            ticket.queue_ms = _ms_since(job.arrived, self._now())
-            self._waited(job, ticket.plan.name, self._now())
-            ticket.refund()
-            raise
-        finally:
-            deadline.cancel()
-            self._waiters.pop(job.id, None)
+        # a cancellation of the task; not a loop timer each either, see services/deadlines.py): whichever
+        # of a grant and the deadline comes first is the future's result, and a grant that races the
+        # client leaving is handed on by `_leave`.
+        self._deadlines_in(loop).add(job.id, timeout, len(self._waiters))
+        return waiter
+
+    def _timed_out(
+        self, ticket: Ticket, job: Job, waiter: asyncio.Future[Running], timeout: float
+    ) -> QueueTimeout:
+        self._leave(job, waiter)
+        self._rejected("queue_timeout")
+        self._waited(job, ticket.plan.name, self._now())
+        ticket.refund()
+        return QueueTimeout(
+            f"no GPU slot for {job.model or 'the model'} within {timeout:g}s: try again shortly",
+            retry_after=max(1.0, math.ceil(timeout / 4)),
+        )
+
+    def _left(self, ticket: Ticket, job: Job, waiter: asyncio.Future[Running]) -> None:
+        """Its client left: out of the queue, never sent; its usage row shows how long it waited."""
+        self._leave(job, waiter)
+        ticket.queue_ms = _ms_since(job.arrived, self._now())
+        self._waited(job, ticket.plan.name, self._now())
+        ticket.refund()
+
+    def _deadlines_in(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        if self._deadlines is None:
+            self._deadlines = Deadlines(loop, self._still_waiting, self._expire_waiter)
+        return self._deadlines
+
+    def _still_waiting(self, job_id: int) -> bool:
+        waiter = self._waiters.get(job_id)
+        return waiter is not None and not waiter.done()
+
+    def _expire_waiter(self, job_id: int) -> None:
+        self._waiters[job_id].set_exception(TimeoutError())
 
     def _rejected(self, reason: str) -> None:
         if self._telemetry is not None:
@@ -457,11 +485,6 @@ class GpuQueue:
     def _now(self) -> float:
         # Wall time: instances sharing slots compare arrival times and GPU time with each other.
         return self._clock.time()
-
-
-def _expire(waiter: asyncio.Future[Running]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 def _ms_since(start: float, end: float) -> float:
