@@ -288,7 +288,7 @@ class Bench:
             queue_off_rps=queue_off.requests_per_s,
             queue_on_rps=queue_on.requests_per_s,
             queue_on_over_off_rps=queue_on.requests_per_s / queue_off.requests_per_s,
-            queue_off_non_200=_not_200(queue_off) + _not_200(queue_on),
+            queue_pair_non_200=_not_200(queue_off) + _not_200(queue_on),
             gateway_over_bare_rps=gateway.requests_per_s / bare.requests_per_s,
             gateway_cpu_us_per_request=gateway_cpu_us,
             bare_cpu_us_per_request=bare_cpu_us,
@@ -348,7 +348,7 @@ class Bench:
             queue_on_over_off_added_p50=(queue_on.p50_ms - direct.p50_ms) / added_off
             if added_off > 0
             else float("nan"),
-            queue_off_single_non_200=_not_200(queue_off) + _not_200(queue_on),
+            queue_pair_single_non_200=_not_200(queue_off) + _not_200(queue_on),
             gateway_minus_bare_added_p50_ms=gateway.p50_ms - bare.p50_ms,
             single_direct_p50_ms=direct.p50_ms,
             single_direct_p99_ms=direct.p99_ms,
@@ -752,8 +752,8 @@ def scheduler_rows(profile: Profile, target: TargetRow, check: CheckRow) -> list
             "<= 1.05x",
             lambda v: median(v) <= 1.05,
         ),
-        check(cost, "queue on and off: answers other than 200", "queue_off_non_200"),
-        check(cost, "queue on and off, 1 conn: answers other than 200", "queue_off_single_non_200"),
+        check(cost, "queue on and off: answers other than 200", "queue_pair_non_200"),
+        check(cost, "queue on and off, 1 conn: answers other than 200", "queue_pair_single_non_200"),
         Row(scale, "embedded (SQLite, in-process limits)", "scale_embedded_rps", "req/s"),
         Row(scale, "Redis + PostgreSQL, one process", "scaled_rps", "req/s"),
         target(

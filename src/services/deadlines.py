@@ -3,8 +3,9 @@
 
 A deadline is a (time, key) pair in a heap, and one timer is armed for the earliest. A deadline whose
 request was served first is not looked for in the heap: it is dropped when its time comes, or when the
-stale entries outnumber the live ones (the heap is then rebuilt from the live ones, so its size stays
-within twice the waiting requests).
+stale entries outnumber the live ones when a deadline is added (the heap is then rebuilt from the live
+ones): its size stays within about twice the waiting requests, plus those served since the last addition
+whose deadlines have not come yet.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Deadlines:
         self._heap: list[tuple[float, int]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf
+
+    def runs_in(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return loop is self._loop
 
     def __len__(self) -> int:
         return len(self._heap)

@@ -295,15 +295,15 @@ class GpuQueue:
             )
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Running] = loop.create_future()
+        # The deadline ends the future itself (not asyncio.timeout, an object more per waiting request and
+        # a cancellation of the task; not a loop timer each either, see services/deadlines.py): whichever
+        # of a grant and the deadline comes first is the future's result, and a grant that races the
+        # client leaving is handed on by `_leave`. Set first: nothing is queued if it cannot be.
+        self._deadlines_in(loop).add(job.id, timeout, len(self._waiters))
         self._waiters[job.id] = waiter
         self.queue.enqueue(job)
         self._advertise(job.model)
         self._dispatch(job.model)
-        # The deadline ends the future itself (not asyncio.timeout, an object more per waiting request and
-        # a cancellation of the task; not a loop timer each either, see services/deadlines.py): whichever
-        # of a grant and the deadline comes first is the future's result, and a grant that races the
-        # client leaving is handed on by `_leave`.
-        self._deadlines_in(loop).add(job.id, timeout, len(self._waiters))
         return waiter
 
     def _timed_out(
@@ -326,7 +326,8 @@ class GpuQueue:
         ticket.refund()
 
     def _deadlines_in(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
-        if self._deadlines is None:
+        # The loop the queue first waited in may not be the one it runs in now (an app started again).
+        if self._deadlines is None or not self._deadlines.runs_in(loop):
             self._deadlines = Deadlines(loop, self._still_waiting, self._expire_waiter)
         return self._deadlines
 

@@ -121,8 +121,10 @@ def assert_scheduler_sections(results: dict[str, Any], printed: str) -> None:
     runs = results["runs"]
     for run in runs:
         # 7: the gateway with the queue off took the same loads and answered all of them.
-        assert run["queue_off_rps"] > 0 and run["queue_on_over_off_rps"] > 0, printed
-        assert run["queue_off_non_200"] == 0 and run["queue_off_single_non_200"] == 0, printed
+        assert run["queue_on_rps"] > 0 and run["queue_off_rps"] > 0 and run["queue_on_over_off_rps"] > 0, (
+            printed
+        )
+        assert run["queue_pair_non_200"] == 0 and run["queue_pair_single_non_200"] == 0, printed
         # 9: every request answered by both; the FIFO upstream makes the light users wait behind the
         # flood, the gateway's queue lets them in next (a difference of structure, not of speed).
         for target in ("direct", "gateway"):

@@ -306,3 +306,18 @@ def test_reserved_slots_never_exceed_the_slots_and_all_come_back(
         assert gpu.queue.waiting == 0
 
     asyncio.run(scenario())
+
+
+def test_a_queue_started_again_in_another_event_loop_still_times_its_waiters_out() -> None:
+    gpu = queue()
+
+    async def one_waits_out() -> None:
+        held = on(Plan("member"))
+        await gpu.acquire(held, MODEL)
+        with pytest.raises(QueueTimeout):
+            await gpu.acquire(on(Plan("member", queue_timeout=0.02), "bob"), MODEL)
+        held.end(TokenCounts())
+
+    asyncio.run(one_waits_out())
+    asyncio.run(one_waits_out())  # the first loop is closed: its timer cannot serve this one
+    assert gpu.queue.waiting == 0 and not gpu.table.upstreams["gpu0"].busy

@@ -27,7 +27,7 @@ class FakeResponse:
         return self._body
 
     async def lines(self) -> AsyncIterator[bytes]:
-        yield self._body
+        yield self._body + b"\n"
 
     async def chunks(self) -> AsyncIterator[bytes]:
         yield self._body
