@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -85,6 +86,25 @@ async def test_key_store_round_trip(database: Database) -> None:
     await store.touch({second.id: NOW + timedelta(hours=1)})
     touched = await store.get(second.id)
     assert touched is not None and touched.last_used_at == NOW + timedelta(hours=1)
+
+
+async def test_instances_touching_the_same_keys_in_opposite_orders_do_not_deadlock(
+    database: Database, database_url: str
+) -> None:
+    await database.upgrade()
+    store = SqlKeyStore(database)
+    ids = [(await store.add("alice", f"k{n}", f"{n:064x}", f"oa-{n:06x}", NOW)).id for n in range(60)]
+    other = Database(database_url)  # a second instance, its own connections
+    try:
+        for round_ in range(5):
+            at = NOW + timedelta(minutes=round_)
+            forwards = {key_id: at for key_id in ids}
+            backwards = {key_id: at for key_id in reversed(ids)}
+            await asyncio.gather(store.touch(forwards), SqlKeyStore(other).touch(backwards))
+    finally:
+        await other.close()
+    touched = await store.get(ids[0])
+    assert touched is not None and touched.last_used_at == NOW + timedelta(minutes=4)
 
 
 async def test_usage_store_writes_batches_and_reads_newest_first(database: Database) -> None:
