@@ -851,33 +851,37 @@ def _hot_path(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {"OLLAMA_GATE_SLOTS": str(HOT_PATH_SLOTS), **(extra or {})}
 
 
+def _keyed_gateway(
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    upstream: Child,
+    name: str,
+    settings: dict[str, str],
+    python_path: str | None = None,
+) -> tuple[Child, list[str]]:
+    """One more embedded gateway (its own SQLite file, named for it), started and given member keys."""
+    child = stack.enter_context(
+        processes.gateway(
+            workdir,
+            upstream.url,
+            workdir / f"{name.replace(' ', '-')}.db",
+            RAISED_RATE_LIMIT,
+            settings,
+            name=f"gateway {name}",
+            python_path=python_path,
+        )
+    )
+    return child, processes.create_member_keys(child.url, USERS)
+
+
 def _start_others(
     profile: Profile, workdir: Path, upstream: Child, stack: contextlib.ExitStack
 ) -> tuple[dict[Target, tuple[Child, list[str]]], str | None]:
     """The gateways of sections 7 and 8, started and given member keys."""
-    others: dict[Target, tuple[Child, list[str]]] = {}
-    on = stack.enter_context(
-        processes.gateway(
-            workdir,
-            upstream.url,
-            workdir / "queue-on.db",
-            RAISED_RATE_LIMIT,
-            _hot_path(),
-            name="gateway queue on",
-        )
-    )
-    others["queue_on"] = (on, processes.create_member_keys(on.url, USERS))
-    off = stack.enter_context(
-        processes.gateway(
-            workdir,
-            upstream.url,
-            workdir / "queue-off.db",
-            RAISED_RATE_LIMIT,
-            {"OLLAMA_GATE_SLOTS": "0"},
-            name="gateway queue off",
-        )
-    )
-    others["queue_off"] = (off, processes.create_member_keys(off.url, USERS))
+    others: dict[Target, tuple[Child, list[str]]] = {
+        "queue_on": _keyed_gateway(stack, workdir, upstream, "queue on", _hot_path()),
+        "queue_off": _keyed_gateway(stack, workdir, upstream, "queue off", {"OLLAMA_GATE_SLOTS": "0"}),
+    }
     why_not = scale_out_unavailable() if profile.scale_out else "not in this profile"
     if why_not is not None:
         say(f"section 8 (Redis + PostgreSQL) skipped: {why_not}")
@@ -1017,30 +1021,11 @@ def run_bench(
             described = None
             if compare is not None:
                 python_path, described = stack.enter_context(revision(compare))
-                twin = stack.enter_context(
-                    processes.gateway(
-                        workdir,
-                        upstream.url,
-                        workdir / "twin.db",
-                        RAISED_RATE_LIMIT,
-                        _hot_path(),
-                        name="gateway twin",
-                    )
+                others["twin"] = _keyed_gateway(stack, workdir, upstream, "twin", _hot_path())
+                others["before"] = _keyed_gateway(
+                    stack, workdir, upstream, "before", _hot_path(), python_path
                 )
-                others["twin"] = (twin, processes.create_member_keys(twin.url, USERS))
-                before = stack.enter_context(
-                    processes.gateway(
-                        workdir,
-                        upstream.url,
-                        workdir / "before.db",
-                        RAISED_RATE_LIMIT,
-                        _hot_path(),
-                        name="gateway before",
-                        python_path=python_path,
-                    )
-                )
-                say(f"before: gateway pid {before.pid} built from {described}")
-                others["before"] = (before, processes.create_member_keys(before.url, USERS))
+                say(f"before: gateway pid {others['before'][0].pid} built from {described}")
             fair = _start_fairness(profile, workdir, stack)
             bench = Bench(
                 profile, generator, upstream, bare, gateway, keys, keys_file, database, Ledger(), others, fair
