@@ -71,6 +71,9 @@ class UpstreamSlots:
     def has(self, model: str) -> bool:
         return self.models is None or model in self.models
 
+    def serves(self, model: str) -> bool:
+        return self.online and self.has(model)
+
     def free(self, model: str) -> bool:
         return self.slots is None or self.busy.get(model, 0) < self.slots
 
@@ -96,8 +99,8 @@ class SlotTable:
         """Whether any online upstream has the model: only then does a request wait for one of its slots
         (a model nobody has gets Ollama's own 404, an offline fleet its 503, without waiting)."""
         if self._only is not None:
-            return self._only.online and self._only.has(model)
-        return any(u.online and u.has(model) for u in self.upstreams.values())
+            return self._only.serves(model)
+        return any(u.serves(model) for u in self.upstreams.values())
 
     def candidates(self, model: str) -> list[str]:
         """The upstreams that could run `model` now, best first: a free slot, the model loaded, the
@@ -108,22 +111,22 @@ class SlotTable:
         """The first of `candidates` (None: no free slot), without a list for one server."""
         only = self._only
         if only is not None:
-            return only.name if only.online and only.has(model) and only.free(model) else None
-        candidates = self.ranked(model, free_only=True)
+            return only.name if only.serves(model) and only.free(model) else None
+        candidates = self.candidates(model)
         return candidates[0] if candidates else None
 
     def ranked(self, model: str, free_only: bool = False) -> list[str]:
         """The online upstreams that have `model` (with a free slot, when `free_only`), best first."""
         only = self._only
         if only is not None:
-            usable = only.online and only.has(model) and (not free_only or only.free(model))
+            usable = only.serves(model) and (not free_only or only.free(model))
             return [only.name] if usable else []
         self._turn += 1
         count = len(self._order)
         ranked = [
             (not u.has_loaded(model), u.total_busy, (position - self._turn) % count, name)
             for position, name in enumerate(self._order)
-            if (u := self.upstreams[name]).online and u.has(model) and (u.free(model) or not free_only)
+            if (u := self.upstreams[name]).serves(model) and (u.free(model) or not free_only)
         ]
         return [name for *_, name in sorted(ranked)]
 

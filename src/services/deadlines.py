@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import math
 from collections.abc import Callable
 
 # A timer may fire up to the loop's clock resolution early: what falls due within it is due.
@@ -23,7 +22,7 @@ _STALE_SLACK = 64
 class Deadlines:
     """`expire(key)` at each deadline added, for the keys that `live(key)` still holds then."""
 
-    __slots__ = ("_at", "_expire", "_heap", "_live", "_loop", "_timer")
+    __slots__ = ("_expire", "_heap", "_live", "_loop", "_timer")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, live: Callable[[int], bool], expire: Callable[[int], None]
@@ -33,7 +32,6 @@ class Deadlines:
         self._expire = expire
         self._heap: list[tuple[float, int]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._at = math.inf
 
     def runs_in(self, loop: asyncio.AbstractEventLoop) -> bool:
         return loop is self._loop
@@ -48,17 +46,16 @@ class Deadlines:
             self._heap = [entry for entry in self._heap if self._live(entry[1])]
             heapq.heapify(self._heap)
         heapq.heappush(self._heap, (at, key))
-        if at < self._at:
+        if self._timer is None or at < self._timer.when():
             self._arm(at)
 
     def _arm(self, at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._at = at
         self._timer = self._loop.call_at(at, self._fire)
 
     def _fire(self) -> None:
-        self._timer, self._at = None, math.inf
+        self._timer = None
         due = self._loop.time() + _EARLY
         heap = self._heap
         while heap and heap[0][0] <= due:

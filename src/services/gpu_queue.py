@@ -191,8 +191,14 @@ class GpuQueue:
             running = await self._start_reserved(job, reserved.answer)
         else:
             job = self._job(ticket.caller.counted_as, key, plan, self._now())
-            # One instance takes a free slot without awaiting anything (the common case: no coroutine).
-            running = self._start_locally(job) if self._shared is None else await self._start_shared(job)
+            # A free slot goes at once when nobody waits for the model; one instance takes it without
+            # awaiting anything (the common case: no coroutine).
+            if self.queue.waiting_for(key):
+                running = None
+            elif self._shared is None:
+                running = self._start_locally(job)
+            else:
+                running = await self._start_reserved(job, self._ask_shared(job))
         if running is None:
             # Awaited here, not in a coroutine of its own: a waiting request holds every frame of its
             # chain (about 300 bytes each, for as long as it waits).
@@ -226,12 +232,6 @@ class GpuQueue:
             return None
         return reserved
 
-    async def _start_shared(self, job: Job) -> Running | None:
-        """A free shared slot, when nobody here waits for the model: the request goes at once."""
-        if self.queue.waiting_for(job.model):
-            return None
-        return await self._start_reserved(job, self._ask_shared(job))
-
     async def _start_reserved(self, job: Job, answer: asyncio.Future[str | None]) -> Running | None:
         """The request goes at once on the shared slot `answer` names (None: none was free)."""
         upstream = await self._shared_answer(job, answer)
@@ -241,9 +241,6 @@ class GpuQueue:
         return self.queue.start(job, upstream, self._now())
 
     def _start_locally(self, job: Job) -> Running | None:
-        """A free slot of this instance's, when nobody waits for the model: the request goes at once."""
-        if self.queue.waiting_for(job.model):
-            return None
         upstream = self.table.best_free(job.model)
         if upstream is None:
             return None
