@@ -372,6 +372,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
+        # The answer is whole: its bytes go now, not at the loop's next turn, which comes only after the
+        # request's own epilogue (its metrics, its task's end) has run.
+        cast(CoalescingTransport, self.transport).flush()
         self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()

@@ -1,0 +1,82 @@
+"""The gateway's server sends a whole answer as soon as it is complete: not at the event loop's next
+turn, which comes only after the request's own epilogue (its metrics, its task's end) has run."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ollama_gate.entrypoints.http_server import GatewayConfig, GatewayServer, HttpLimits
+
+EPILOGUE_WAIT = 10.0
+
+
+class EpilogueApp:
+    """Answers `ok`, then blocks the event loop (as a slow epilogue would) until the client has read
+    the answer or `EPILOGUE_WAIT` passes."""
+
+    def __init__(self) -> None:
+        self.client_read = threading.Event()
+        self.read_during_epilogue: queue.Queue[bool] = queue.Queue()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok", "more_body": False})
+        # The loop does nothing else until this returns: the answer can only reach the client if it
+        # was written already.
+        read = self.client_read.wait(EPILOGUE_WAIT)
+        self.client_read.clear()
+        self.read_during_epilogue.put(read)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[EpilogueApp, int]]:
+    app = EpilogueApp()
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    config = GatewayConfig(app, HttpLimits(), lifespan="off", log_level="warning")
+    server = GatewayServer(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "the server did not start"
+    try:
+        yield app, listening.getsockname()[1]
+    finally:
+        app.client_read.set()
+        server.should_exit = True
+        thread.join(timeout=30)
+        listening.close()
+
+
+def read_answer(connection: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n\r\nok"):
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_an_answer_reaches_the_client_before_the_requests_epilogue_ends(
+    served: tuple[EpilogueApp, int],
+) -> None:
+    app, port = served
+    with socket.create_connection(("127.0.0.1", port), timeout=EPILOGUE_WAIT * 2) as connection:
+        for _ in range(3):  # keep-alive: each answer of the connection, not only the first
+            connection.sendall(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            answer = read_answer(connection)
+            app.client_read.set()
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nok")
+            assert app.read_during_epilogue.get(timeout=EPILOGUE_WAIT * 2) is True
