@@ -31,7 +31,7 @@ from ollama_gate.entrypoints.direct_routes import DirectRoutes
 from ollama_gate.entrypoints.heap import settle_after_startup
 from ollama_gate.entrypoints.http_errors import exception_handlers
 from ollama_gate.entrypoints.log_setup import configure_logging
-from ollama_gate.entrypoints.metrics import metrics, metrics_middleware
+from ollama_gate.entrypoints.metrics import RequestMetrics, metrics
 from ollama_gate.entrypoints.openapi_contract import complete_document
 from ollama_gate.entrypoints.request_context import decided_client_ip
 from ollama_gate.entrypoints.request_edge import RequestEdge
@@ -113,7 +113,7 @@ def create_app(container: Container) -> Litestar:
         ],
         state=State({"container": container}),
         lifespan=[lifespan],
-        middleware=[metrics_middleware(container.telemetry())],
+        middleware=[RequestMetrics(container.telemetry())],
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -20,9 +20,11 @@ request's CPU). The listener remains for any other ASGI server.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Any, cast
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Receive, Scope, Send
+
+from ollama_gate.entrypoints.inline_middleware import InlineMiddleware
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 # The scope key under which the gateway's server offers a `ClientGone` per request (a namespaced key of
@@ -101,34 +103,35 @@ class _Presence:
             self._listener.cancel()
 
 
-def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
+class CancelOnDisconnect(InlineMiddleware):
     """Route middleware for the paths that wait on Ollama (inference, model management)."""
 
-    async def watched(scope: Scope, receive: Receive, send: Send) -> None:
+    def enter(self, scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send, Any]:
         task = asyncio.current_task()
         assert task is not None
         gone = cast(dict[str, object], scope).get(CLIENT_GONE)
         if isinstance(gone, ClientGone):
             # Under the gateway's server: the task is cancelled when `gone` fires.
             gone.cancels = task
-            try:
-                await app(scope, receive, send)
-            except asyncio.CancelledError:
-                if not gone.fired:
-                    raise
-                task.uncancel()  # the client left: nobody is waiting for an answer
-            finally:
-                gone.cancels = None
-            return
+            return receive, send, gone
         presence = _Presence(receive, send, task)
-        try:
-            await app(scope, presence.receive, presence.send)  # type: ignore[arg-type]
-        except asyncio.CancelledError:
-            if not presence.left:
-                raise
-            # Our own cancellation, because the client left: nobody is waiting for an answer.
-            task.uncancel()
-        finally:
-            presence.stop()
+        return presence.receive, presence.send, presence  # type: ignore[return-value]
 
-    return watched
+    def exit(self, scope: Scope, token: Any, error: BaseException | None) -> bool:
+        watch: ClientGone | _Presence = token
+        if isinstance(watch, ClientGone):
+            watch.cancels = None
+            left = watch.fired
+        else:
+            watch.stop()
+            left = watch.left
+        if isinstance(error, asyncio.CancelledError) and left:
+            # Our own cancellation, because the client left: nobody is waiting for an answer.
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            return True
+        return False
+
+
+cancel_on_disconnect = CancelOnDisconnect()

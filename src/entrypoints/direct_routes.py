@@ -9,15 +9,16 @@ conversion). Measured with the bench's fake upstream, calling the handler direct
 `DirectRoutes` finds the handlers marked `opt=direct()` when the app is built, checks that they have that
 shape, and serves their method and path itself: the route's middleware (the app's metrics, the client's
 presence) around the hook, the handler and its answer, and the app's exception handlers for whatever they
-raise, exactly as Litestar would. Every other request goes to Litestar as before, and the routes stay
-Litestar's for everything else (the OpenAPI document, OPTIONS, 405 for other methods).
+raise, exactly as Litestar would; middleware that is all `InlineMiddleware` runs in the route's own
+coroutine. Every other request goes to Litestar as before, and the routes stay Litestar's for everything
+else (the OpenAPI document, OPTIONS, 405 for other methods).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, get_type_hints
+from typing import Any, cast, get_type_hints
 
 from litestar import Litestar, Request
 from litestar.enums import ScopeType
@@ -27,6 +28,7 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from ollama_gate.entrypoints.asgi_answers import Answer
+from ollama_gate.entrypoints.inline_middleware import InlineMiddleware, enter_all, exit_all
 
 OPT_KEY = "direct"
 ErrorHandlers = Mapping[type[BaseException], Callable[[Request[Any, Any, Any], Any], Any]]
@@ -73,21 +75,35 @@ class DirectRoutes:
         hook = handler.resolve_before_request()
         request_class = handler.resolve_request_class()
         error_answer = self._error_answer
+        # Litestar's order: the app's middleware outside the route's own (the list is innermost first).
+        middleware: list[Any] = handler.resolve_middleware()
+        if all(isinstance(each, InlineMiddleware) for each in middleware):
+            # All of it runs in the one coroutine below: a waiting request keeps no frame per middleware.
+            inline = tuple(cast(InlineMiddleware, each) for each in reversed(middleware))
+        else:
+            inline = ()
 
         async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-            request = request_class(scope, receive, send)
+            receive, send, tokens = enter_all(inline, scope, receive, send)
             try:
-                if hook is not None:
-                    await hook(request)
-                answer: Any = await call(request)
-            except Exception as error:  # as Litestar's exception middleware: the app's handlers answer
-                answer = error_answer(request, error)
-            await answer(scope, receive, send)
+                request = request_class(scope, receive, send)
+                try:
+                    if hook is not None:
+                        await hook(request)
+                    answer: Any = await call(request)
+                except Exception as error:  # as Litestar's exception middleware: the app's handlers answer
+                    answer = error_answer(request, error)
+                await answer(scope, receive, send)
+            except BaseException as ended:
+                if not exit_all(inline, tokens, scope, ended):
+                    raise
+            else:
+                exit_all(inline, tokens, scope, None)
 
         stacked: ASGIApp = serve
-        # Innermost last: the app's middleware outside the route's own, as Litestar stacks them.
-        for middleware in reversed(handler.resolve_middleware()):
-            stacked = middleware(app=stacked)
+        if not inline:
+            for each in middleware:
+                stacked = each(app=stacked)
         return stacked
 
     def _error_answer(self, request: Request[Any, Any, Any], error: Exception) -> ASGIApp:

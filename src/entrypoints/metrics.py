@@ -12,9 +12,10 @@ from collections.abc import Awaitable
 from typing import Any
 
 from litestar import Request, Response, get
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Receive, Scope, Send
 
 from ollama_gate.domain.errors import Forbidden
+from ollama_gate.entrypoints.inline_middleware import InlineMiddleware
 from ollama_gate.entrypoints.openapi_contract import GATEWAY_SHAPE, answer, errors
 from ollama_gate.entrypoints.request_context import container_of, principal_of
 from ollama_gate.ports.telemetry import Telemetry
@@ -55,28 +56,28 @@ class _ObservedSend:
         return self._send(message)
 
 
-def metrics_middleware(telemetry: Telemetry) -> Any:
+class RequestMetrics(InlineMiddleware):
     """App-wide: one `request_done` per answered request."""
 
-    def wrap(app: ASGIApp) -> ASGIApp:
-        async def measured(scope: Scope, receive: Receive, send: Send) -> None:
-            observed = _ObservedSend(send)
-            try:
-                await app(scope, receive, observed)
-            finally:
-                endpoint, model, plan = _labels(scope)
-                telemetry.request_done(
-                    endpoint,
-                    model,
-                    plan,
-                    observed.status or 499,
-                    time.perf_counter() - observed.started,
-                    observed.first_byte,
-                )
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
 
-        return measured
+    def enter(self, scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send, Any]:
+        observed = _ObservedSend(send)
+        return receive, observed, observed
 
-    return wrap
+    def exit(self, scope: Scope, token: Any, error: BaseException | None) -> bool:
+        observed: _ObservedSend = token
+        endpoint, model, plan = _labels(scope)
+        self._telemetry.request_done(
+            endpoint,
+            model,
+            plan,
+            observed.status or 499,
+            time.perf_counter() - observed.started,
+            observed.first_byte,
+        )
+        return False
 
 
 @get(
