@@ -71,6 +71,11 @@ WORKER_STOP_GRACE_SECONDS = 20.0
 RESERVED_DESCRIPTORS = 256
 # Timers are re-armed for the time that is left; less than this counts as none.
 TIMER_SLACK = 0.01
+# Addresses shared by the connections that name them (see `connection_made`); clients' hosts are
+# forgotten past this many (any address may connect).
+_known_addresses: dict[tuple[str, int | None], tuple[str, int | None]] = {}
+_known_hosts: dict[str, str] = {}
+_KNOWN_HOSTS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
         self.flow = LeanFlowControl(self.transport)
+        # The addresses every request's scope names, shared rather than one copy per connection (a waiting
+        # request keeps its connection's): the server's is the same for all, a client's host often is.
+        if self.server is not None:
+            self.server = _known_addresses.setdefault(self.server, self.server)
+        if self.client is not None:
+            host, port = self.client
+            self.client = (_known_hosts.setdefault(host, host), port)
+            if len(_known_hosts) > _KNOWN_HOSTS_KEPT:
+                _known_hosts.clear()
         self._head_began = self.loop.time()
         self._head_timer = self.loop.call_later(self._head_timeout, self._head_deadline_passed)
 

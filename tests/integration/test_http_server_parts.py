@@ -1,5 +1,6 @@
-"""The gateway's server sends a whole answer as soon as it is complete: not at the event loop's next
-turn, which comes only after the request's own epilogue (its metrics, its task's end) has run."""
+"""The gateway's server in a thread of the test: it sends a whole answer as soon as it is complete (not at
+the event loop's next turn, which comes only after the request's own epilogue: its metrics, its task's
+end), and its connections share the addresses their scopes name."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ class EpilogueApp:
     def __init__(self) -> None:
         self.client_read = threading.Event()
         self.read_during_epilogue: queue.Queue[bool] = queue.Queue()
+        self.addresses: list[tuple[Any, Any]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
+        self.addresses.append((scope["server"], scope["client"]))
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok", "more_body": False})
@@ -80,3 +83,19 @@ def test_an_answer_reaches_the_client_before_the_requests_epilogue_ends(
             app.client_read.set()
             assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nok")
             assert app.read_during_epilogue.get(timeout=EPILOGUE_WAIT * 2) is True
+
+
+def test_connections_share_the_servers_address_and_their_clients_host(
+    served: tuple[EpilogueApp, int],
+) -> None:
+    app, port = served
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=EPILOGUE_WAIT * 2) as connection:
+            connection.sendall(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            assert read_answer(connection).endswith(b"ok")
+            app.client_read.set()
+            assert app.read_during_epilogue.get(timeout=EPILOGUE_WAIT * 2) is True
+    (server_1, client_1), (server_2, client_2) = app.addresses
+    assert server_1 == ("127.0.0.1", port) and server_1 is server_2
+    assert client_1[0] == "127.0.0.1" and client_1[0] is client_2[0]
+    assert client_1[1] != client_2[1]  # two connections: two ports
