@@ -28,7 +28,7 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from ollama_gate.entrypoints.asgi_answers import Answer
-from ollama_gate.entrypoints.inline_middleware import InlineMiddleware, enter_all, exit_all
+from ollama_gate.entrypoints.inline_middleware import InlineMiddleware, enter_all
 
 OPT_KEY = "direct"
 ErrorHandlers = Mapping[type[BaseException], Callable[[Request[Any, Any, Any], Any], Any]]
@@ -84,8 +84,8 @@ class DirectRoutes:
             inline = ()
 
         async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-            receive, send, tokens = enter_all(inline, scope, receive, send)
-            try:
+            receive, send, entered = enter_all(inline, scope, receive, send)
+            with entered:
                 request = request_class(scope, receive, send)
                 try:
                     if hook is not None:
@@ -94,11 +94,6 @@ class DirectRoutes:
                 except Exception as error:  # as Litestar's exception middleware: the app's handlers answer
                     answer = error_answer(request, error)
                 await answer(scope, receive, send)
-            except BaseException as ended:
-                if not exit_all(inline, tokens, scope, ended):
-                    raise
-            else:
-                exit_all(inline, tokens, scope, None)
 
         stacked: ASGIApp = serve
         if not inline:

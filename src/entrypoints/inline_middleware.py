@@ -5,7 +5,7 @@ bytes each: with thousands waiting, a middleware's `async def` wrapper is memory
 says what it does before the app (`enter`: the receive and send the app gets, and a token) and after it
 (`exit`: with the app's exception, if any, which it may handle). Litestar stacks it like any middleware
 (`__call__` builds the usual wrapper); `DirectRoutes` runs every entry and exit in the route's own
-coroutine (`enter_all`, `exit_all`).
+coroutine (`enter_all`).
 """
 
 from __future__ import annotations
@@ -31,35 +31,41 @@ class InlineMiddleware(ABC):
         chain = (self,)
 
         async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-            receive, send, tokens = enter_all(chain, scope, receive, send)
-            try:
+            receive, send, entered = enter_all(chain, scope, receive, send)
+            with entered:
                 await app(scope, receive, send)
-            except BaseException as error:
-                if not exit_all(chain, tokens, scope, error):
-                    raise
-            else:
-                exit_all(chain, tokens, scope, None)
 
         return wrapped
 
 
+class Entered:
+    """The entries made for one request; leaving it (`with`) runs their exits, the innermost first. An
+    error one exit handles is no error to the exits outside it, nor to the caller."""
+
+    __slots__ = ("_chain", "_scope", "_tokens")
+
+    def __init__(self, chain: Sequence[InlineMiddleware], scope: Scope, tokens: list[Any]) -> None:
+        self._chain = chain
+        self._scope = scope
+        self._tokens = tokens
+
+    def __enter__(self) -> Entered:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> bool:
+        chain, tokens = self._chain, self._tokens
+        for index in range(len(chain) - 1, -1, -1):
+            if chain[index].exit(self._scope, tokens[index], error):
+                error = None
+        return error is None
+
+
 def enter_all(
     outer_first: Sequence[InlineMiddleware], scope: Scope, receive: Receive, send: Send
-) -> tuple[Receive, Send, list[Any]]:
-    """Every entry, the outermost first: the `receive` and `send` of the app inside them all, and the
-    tokens for `exit_all`."""
+) -> tuple[Receive, Send, Entered]:
+    """Every entry, the outermost first: the `receive` and `send` of the app inside them all, and what
+    runs the exits."""
     tokens: list[Any] = [None] * len(outer_first)
     for index, middleware in enumerate(outer_first):
         receive, send, tokens[index] = middleware.enter(scope, receive, send)
-    return receive, send, tokens
-
-
-def exit_all(
-    outer_first: Sequence[InlineMiddleware], tokens: list[Any], scope: Scope, error: BaseException | None
-) -> bool:
-    """Every exit, the innermost first: an error one exit handles is no error to the exits outside it.
-    True when no error is left to raise."""
-    for index in range(len(outer_first) - 1, -1, -1):
-        if outer_first[index].exit(scope, tokens[index], error):
-            error = None
-    return error is None
+    return receive, send, Entered(outer_first, scope, tokens)

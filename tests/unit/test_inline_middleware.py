@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 from ollama_gate.entrypoints.asgi_answers import JSON, BodyAnswer
 from ollama_gate.entrypoints.direct_routes import DirectRoutes, direct
 from ollama_gate.entrypoints.http_errors import exception_handlers
-from ollama_gate.entrypoints.inline_middleware import InlineMiddleware, enter_all, exit_all
+from ollama_gate.entrypoints.inline_middleware import Entered, InlineMiddleware, enter_all
 
 
 class Noting(InlineMiddleware):
@@ -55,23 +55,24 @@ async def test_entries_go_outermost_first_and_exits_innermost_first() -> None:
     async def send(message: Any) -> None:
         sent.append(message)
 
-    receive, wrapped_send, tokens = enter_all(chain, NO_SCOPE, nothing, send)
-    start: Any = {"type": "http.response.start"}
-    await wrapped_send(start)
+    receive, wrapped_send, entered = enter_all(chain, NO_SCOPE, nothing, send)
+    with entered:
+        start: Any = {"type": "http.response.start"}
+        await wrapped_send(start)
     assert receive is nothing
     assert sent == [{"type": "http.response.start", "tags": ["inner", "outer"]}]
-    assert exit_all(chain, tokens, NO_SCOPE, None) is True
     assert log == ["enter outer", "enter inner", "exit inner INNER None", "exit outer OUTER None"]
 
 
 def test_an_error_handled_inside_is_no_error_to_the_exits_outside() -> None:
     log: list[str] = []
     chain = (Noting("outer", log), Noting("inner", log, handles=asyncio.CancelledError))
-    tokens = ["OUTER", "INNER"]
-    assert exit_all(chain, tokens, NO_SCOPE, asyncio.CancelledError()) is True
+    with Entered(chain, NO_SCOPE, ["OUTER", "INNER"]):
+        raise asyncio.CancelledError()
     assert log == ["exit inner INNER CancelledError", "exit outer OUTER None"]
     log.clear()
-    assert exit_all(chain, tokens, NO_SCOPE, ValueError("not handled")) is False
+    with pytest.raises(ValueError, match="not handled"), Entered(chain, NO_SCOPE, ["OUTER", "INNER"]):
+        raise ValueError("not handled")
     assert log == ["exit inner INNER ValueError", "exit outer OUTER ValueError"]
 
 
