@@ -18,6 +18,8 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 
 class InlineMiddleware(ABC):
+    """A middleware that can run in its caller's coroutine: `enter` before the app, `exit` after it."""
+
     @abstractmethod
     def enter(self, scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send, Any]:
         """Before the app: the `receive` and `send` it is to get, and the token `exit` gets. Must not raise."""
