@@ -40,17 +40,20 @@ def is_relayed(connection: AnyConnection) -> bool:
 
 
 def decided_client_ip(scope: Scope, settings: Settings) -> str:
-    """The client address by the gateway's trusted-proxy rule, decided once per request (and cached in
-    its state, so the access log shows the address the limits and usage rows used)."""
+    """The client address by the gateway's trusted-proxy rule, the same each time it is asked for during
+    a request (the access log shows the address the limits and usage rows used). Behind trusted proxies
+    it is decided once and kept in the request's state; without any it is the peer's address, normalised
+    (a cached lookup), and nothing is kept: the state of a request waiting for the GPU stays in its first
+    table."""
+    client = scope.get("client")
+    peer = client[0] if client else "unknown"
+    if not settings.trusted_proxies:
+        return client_address(peer, (), ())
     state = scope.setdefault("state", {})
     decided: str | None = state.get("client_ip")
     if decided is None:
-        client = scope.get("client")
-        peer = client[0] if client else "unknown"
-        values: list[str] = []
-        if settings.trusted_proxies:
-            wanted = settings.forwarded_header.value.encode()
-            values = [value.decode("latin-1") for name, value in scope["headers"] if name.lower() == wanted]
+        wanted = settings.forwarded_header.value.encode()
+        values = [value.decode("latin-1") for name, value in scope["headers"] if name.lower() == wanted]
         decided = client_address(peer, values, settings.trusted_proxies, settings.forwarded_header)
         state["client_ip"] = decided
     return decided
