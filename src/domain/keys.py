@@ -14,9 +14,11 @@ from ollama_gate.domain.identity import RESERVED_USERS
 KEY_PREFIX = "oa-"
 # token_urlsafe(32) gives 43 characters (256 bits); the format accepts any 32+ URL-safe characters.
 _KEY_RANDOM_BYTES = 32
-_KEY_MAX_LENGTH = 256
 _DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
-_KEY_PATTERN = re.compile(r"oa-[A-Za-z0-9_-]{32,253}")
+# The format (the tests hold `is_key_shaped` to it): checked with str methods on the request path, where
+# the regular expression cost a fifth of a key's authentication.
+KEY_PATTERN = r"oa-[A-Za-z0-9_-]{32,253}"
+_KEY_LENGTHS = range(len(KEY_PREFIX) + 32, len(KEY_PREFIX) + 254)
 USER_ID_PATTERN = r"[A-Za-z0-9_.@-]{1,128}"
 _USER_ID_PATTERN = re.compile(USER_ID_PATTERN)
 KEY_NAME_MAX_LENGTH = 100
@@ -69,7 +71,11 @@ def display_prefix(secret: str) -> str:
 
 
 def is_key_shaped(value: str) -> bool:
-    return len(value) <= _KEY_MAX_LENGTH and _KEY_PATTERN.fullmatch(value) is not None
+    """Whether `value` has the format of a key (`KEY_PATTERN`)."""
+    if len(value) not in _KEY_LENGTHS or not value.startswith(KEY_PREFIX) or not value.isascii():
+        return False
+    letters_and_digits = value[len(KEY_PREFIX) :].replace("-", "").replace("_", "")
+    return not letters_and_digits or letters_and_digits.isalnum()
 
 
 def bearer_token(authorization: str) -> str | None:

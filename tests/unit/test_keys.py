@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from ollama_gate.domain.errors import InvalidRequest
 from ollama_gate.domain.keys import (
     DEFAULT_KEY_NAME,
+    KEY_PATTERN,
+    KEY_PREFIX,
     InvalidCredentials,
     display_prefix,
     generate_secret,
@@ -52,6 +54,27 @@ def test_generated_keys_have_the_documented_format() -> None:
     for secret in secrets:
         assert re.fullmatch(r"oa-[A-Za-z0-9_-]{32,}", secret)
         assert is_key_shaped(secret)
+
+
+KEYISH = st.one_of(
+    st.text(alphabet="oa-_xZ09é\u0660\uff21 \n", max_size=300),
+    st.builds(lambda body: KEY_PREFIX + body, st.text(alphabet="aZ09-_é\u0660.", min_size=28, max_size=260)),
+)
+
+
+@settings(max_examples=500)
+@given(KEYISH)
+def test_a_value_is_key_shaped_exactly_when_it_matches_the_documented_pattern(value: str) -> None:
+    assert is_key_shaped(value) == (re.fullmatch(KEY_PATTERN, value) is not None)
+
+
+def test_key_shapes_at_the_edges() -> None:
+    assert is_key_shaped(KEY_PREFIX + "a" * 32) and is_key_shaped(KEY_PREFIX + "-_" * 16)
+    assert not is_key_shaped(KEY_PREFIX + "a" * 31) and is_key_shaped(KEY_PREFIX + "a" * 253)
+    assert not is_key_shaped(KEY_PREFIX + "a" * 254) and not is_key_shaped("ob-" + "a" * 40)
+    assert not is_key_shaped(KEY_PREFIX + "a" * 39 + "\u0660") and not is_key_shaped(
+        KEY_PREFIX + "a" * 39 + "."
+    )
 
 
 def test_the_hash_is_sha256_of_the_key_and_reveals_nothing_of_it() -> None:
