@@ -39,7 +39,7 @@ integration: relink test-tools
 
 # What the suite drives besides Python, from Debian's archive when missing: Chromium for the console's
 # browser tests (never a downloaded browser), wrk for the bench smoke test.
-TEST_TOOLS := chromium:chromium wrk:wrk
+TEST_TOOLS := chromium:chromium wrk:wrk valgrind:valgrind
 test-tools:
 	@for tool in $(TEST_TOOLS); do command=$${tool%%:*}; package=$${tool##*:}; \
 	  command -v $$command >/dev/null 2>&1 && continue; \

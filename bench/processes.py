@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -104,19 +105,30 @@ def _python_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def _bench_module(
-    name: str, module: str, workdir: Path, arguments: list[str], log_name: str | None = None
+    name: str,
+    module: str,
+    workdir: Path,
+    arguments: list[str],
+    log_name: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Child:
-    """A started `python -m bench.<module> --port P ...` process, its output in `workdir`."""
+    """A started `python -m bench.<module> --port P ...` process (run by `wrapper`, if any), its output in
+    `workdir`."""
     port = free_port()
     child = Child(
         name,
-        [sys.executable, "-m", f"bench.{module}", "--port", str(port), *arguments],
+        [*wrapper, sys.executable, "-m", f"bench.{module}", "--port", str(port), *arguments],
         REPO,
         _python_env({}),
         workdir / f"{log_name or module.replace('_', '-')}.log",
     )
-    child.start(port)
+    child.start(port, timeout=_start_timeout(wrapper, 30.0))
     return child
+
+
+def _start_timeout(wrapper: Sequence[str], usual: float) -> float:
+    # Under a wrapper such as valgrind a process starts tens of times slower.
+    return usual * 20 if wrapper else usual
 
 
 def fake_upstream(
@@ -138,9 +150,11 @@ def fake_upstream(
     return _bench_module(name, "fake_upstream", workdir, arguments, log_name)
 
 
-def bare_forwarder(workdir: Path, upstream_url: str) -> Child:
+def bare_forwarder(workdir: Path, upstream_url: str, wrapper: Sequence[str] = ()) -> Child:
     """The reference the targets are scaled by: see bench.bare_forwarder."""
-    return _bench_module("bare forwarder", "bare_forwarder", workdir, ["--upstream", upstream_url])
+    return _bench_module(
+        "bare forwarder", "bare_forwarder", workdir, ["--upstream", upstream_url], wrapper=wrapper
+    )
 
 
 GATEWAY_LOG_LEVEL = "warning"
@@ -162,10 +176,12 @@ def gateway(
     workers: int = 1,
     name: str = "gateway",
     python_path: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Child:
     """One gateway, `python -m ollama_gate serve [--workers N]`, in `workdir`: SQLite usage logging when
     `database` is a path, else the database URL it is; `settings` adds or overrides OLLAMA_GATE_* variables;
-    `python_path` goes first on PYTHONPATH (another build of the gateway, for --compare)."""
+    `python_path` goes first on PYTHONPATH (another build of the gateway, for --compare); `wrapper` runs
+    the serving process (not its migration)."""
     port = free_port()
     database_url = f"sqlite+aiosqlite:///{database}" if isinstance(database, Path) else database
     env = _python_env(
@@ -192,11 +208,11 @@ def gateway(
         capture_output=True,
         timeout=120,
     )
-    command = [sys.executable, "-m", "ollama_gate", "serve"]
+    command = [*wrapper, sys.executable, "-m", "ollama_gate", "serve"]
     if workers > 1:
         command += ["--workers", str(workers)]
     child = Child(name, command, workdir, env, workdir / f"{name.replace(' ', '-')}.log")
-    child.start(port, timeout=60.0)
+    child.start(port, timeout=_start_timeout(wrapper, 60.0))
     return child
 
 

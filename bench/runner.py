@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from bench import fairness, processes, waiting
+from bench import fairness, instructions, processes, waiting
 from bench.compare import revision
 from bench.fairness import FairnessProfile
 from bench.load_client import DIRECT_JSON_BODY, GATEWAY_BODY
@@ -78,6 +78,7 @@ class Profile:
     waiting_slots: int
     waiting_seconds: float  # how long the gateway's CPU is measured while they wait
     scale_out: bool = True  # section 8 (Redis + PostgreSQL, --workers 2)
+    instructions: int = 0  # requests counted by callgrind per process (section 12; 0: not run)
 
     @classmethod
     def full(cls, runs: int) -> Profile:
@@ -98,6 +99,7 @@ class Profile:
             10_000,
             16,
             5.0,
+            instructions=500,
         )
 
     @classmethod
@@ -548,6 +550,8 @@ def before_rows(described: str) -> list[Row]:
         Row(before, "before: added p50, 1 conn", "before_added_p50_ms", "ms"),
         Row(before, "before: added p99, 1 conn", "before_added_p99_ms", "ms"),
         Row(before, "this tree minus before: added p50", "gateway_minus_before_added_p50_ms", "ms"),
+        Row(before, "before: instructions per /chat (callgrind, section 12)", "instr_before", "count"),
+        Row(before, "this tree / before instructions per /chat", "instr_gateway_over_before", "x"),
         Row(
             before,
             "twin and before: answers other than 200",
@@ -821,6 +825,26 @@ def scheduler_rows(profile: Profile, target: TargetRow, check: CheckRow) -> list
     ]
 
 
+def instruction_rows() -> list[Row]:
+    """Section 12: instructions per /chat, counted by callgrind (bench.instructions)."""
+    counted = "12 instructions (callgrind)"
+    return [
+        Row(counted, "bare forwarder: instructions per /chat", "instr_bare", "count"),
+        Row(counted, "gateway: instructions per /chat", "instr_gateway", "count"),
+        Row(counted, "gateway / bare forwarder instructions per /chat", "instr_gateway_over_bare", "x"),
+        Row(
+            counted,
+            "counted requests: answers other than 200",
+            "instr_not_200",
+            "count",
+            "0",
+            _none_at_all,
+            "sum",
+            "check",
+        ),
+    ]
+
+
 def _none_at_all(values: list[float]) -> bool:
     return sum(values) == 0
 
@@ -940,6 +964,23 @@ def _start_fairness(profile: Profile, workdir: Path, stack: contextlib.ExitStack
     return Fairness(upstream, gateway, keys_file)
 
 
+def measure_instructions(profile: Profile, workdir: Path, before_python_path: str | None) -> Run:
+    """Section 12, once per bench, when valgrind is here (see bench.instructions)."""
+    why_not = instructions.unavailable() if profile.instructions else "not in this profile"
+    if why_not is not None:
+        say(f"section 12 (instructions) skipped: {why_not}")
+        return {}
+    say(f"instructions: {profile.instructions} requests per process under callgrind")
+    try:
+        return instructions.measure(
+            workdir, _hot_path(), RAISED_RATE_LIMIT, profile.instructions, before_python_path
+        )
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        # The other sections' numbers are kept; the failure is a failed check, with its reason.
+        say(f"instructions: failed: {error}")
+        return {"instr_not_200": float(profile.instructions)}
+
+
 def measure_waiting(profile: Profile, workdir: Path, generator: JsonGenerator) -> Run:
     """Section 10, once per bench: its own held upstream and gateway (see bench.waiting)."""
     count, slots = profile.waiting, profile.waiting_slots
@@ -1018,7 +1059,7 @@ def run_bench(
             keys = processes.create_member_keys(gateway.url, USERS)
             keys_file.write_text("\n".join(keys) + "\n")
             others, scale_out_skipped = _start_others(profile, workdir, upstream, stack)
-            described = None
+            described, python_path = None, None
             if compare is not None:
                 python_path, described = stack.enter_context(revision(compare))
                 others["twin"] = _keyed_gateway(stack, workdir, upstream, "twin", _hot_path())
@@ -1035,6 +1076,7 @@ def run_bench(
             runs = [bench.run_once(index + 1) for index in range(profile.runs)]
             say("load done; waiting for the usage writer to drain")
             usage = bench.drained()
+            runs[0].update(measure_instructions(profile, workdir, python_path if described else None))
             children = [bare, gateway, fair.gateway, *(child for child, _ in others.values())]
             logs = {child.name: child.log() for child in children}
         try:
@@ -1054,7 +1096,9 @@ def run_bench(
         runs[0]["rss_growth_pct"] = (after[1] / after[0] - 1) * 100
     if len(after) >= 3:
         runs[0]["rss_later_growth_pct"] = (after[-1] / after[1] - 1) * 100
-    results = evaluate(rows(profile) + (before_rows(described) if described else []), runs)
+    results = evaluate(
+        rows(profile) + (before_rows(described) if described else []) + instruction_rows(), runs
+    )
     accounting_row: dict[str, object] = {
         "scenario": "4 accounting",
         "measurement": f"usage rows with status 200 == answers 200 ({bench.ledger.answered_200:,})",
@@ -1140,6 +1184,12 @@ def run_bench(
             f"  11: a gateway built from {described} (git worktree, imported through PYTHONPATH) and a twin of "
             "this tree's, both started together with the same settings and given the same loads (the twin "
             "first): the same history, unlike section 1's gateway"
+        )
+    if profile.instructions:
+        print(
+            f"  12: bare forwarder and gateway{' and before' if described else ''} each under valgrind --tool=callgrind;"
+            f" {instructions.WARM_UP} requests to warm up, then {profile.instructions} counted, one after"
+            " another on one keep-alive connection (the count does not drift with the machine's speed)"
         )
     print(
         f"accounting: {bench.ledger.sent:,} inference requests sent, {bench.ledger.answered_200:,} answered 200; "

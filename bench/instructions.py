@@ -1,0 +1,139 @@
+"""Section 12: instructions per /chat, counted by callgrind: the one number here the machine's speed does
+not move.
+
+Throughput and latency on a shared machine drift by tens of percent within a run; a count of executed
+instructions does not. Each process under test (the bare forwarder, the gateway, and with --compare the
+gateway built from REV) runs under `valgrind --tool=callgrind --instr-atstart=no`, which counts nothing
+until told to. After a warm-up, counting is switched on (`callgrind_control -i on`) for `requests`
+requests sent one after another on one keep-alive connection, switched off, and dumped; the count per
+request is the dump's total over `requests`. The same code counts the same to within about 1%.
+Under valgrind a process runs tens of times slower, so the counts are of few requests, at one connection:
+they say what a request costs, not how requests interleave under load.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import processes
+from bench.load_client import GATEWAY_BODY
+from bench.processes import Child
+
+Numbers = dict[str, float]
+WARM_UP = 200
+
+
+def unavailable() -> str | None:
+    """Why section 12 cannot run here, or None."""
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: apt-get install valgrind)"
+    return None
+
+
+def callgrind(out_file: Path) -> list[str]:
+    """The wrapper that runs a process under callgrind, counting nothing until switched on."""
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}"]
+
+
+def _request(key: str | None) -> bytes:
+    head = f"POST /chat HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {len(GATEWAY_BODY)}\r\n"
+    if key is not None:
+        head += f"X-API-Key: {key}\r\n"
+    return (head + "\r\n").encode() + GATEWAY_BODY
+
+
+def _exchange(connection: socket.socket, request: bytes) -> int:
+    """One request on `connection`: its answer's status, once the whole answer is in."""
+    connection.sendall(request)
+    received = b""
+    while (end := received.find(b"\r\n\r\n")) < 0:
+        chunk = connection.recv(65536)
+        if not chunk:
+            raise RuntimeError("the connection closed before an answer")
+        received += chunk
+    head = received[:end].lower()
+    length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+    while len(received) < end + 4 + length:
+        chunk = connection.recv(65536)
+        if not chunk:
+            raise RuntimeError("the connection closed within an answer")
+        received += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def count(child: Child, keys: Sequence[str | None], requests: int, out_file: Path) -> tuple[float, int]:
+    """Instructions per request of `child` (started under `callgrind(out_file)`), and how many of the
+    counted requests were not answered 200."""
+    prepared = [_request(key) for key in keys]
+    not_200 = 0
+    with socket.create_connection((processes.HOST, child.port), timeout=300) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for index in range(WARM_UP):
+            _exchange(connection, prepared[index % len(prepared)])
+        time.sleep(0.5)  # whatever the warm-up left behind (a usage batch) is written before counting
+        _control(child, "-i", "on")
+        for index in range(requests):
+            not_200 += _exchange(connection, prepared[index % len(prepared)]) != 200
+        _control(child, "-i", "off")
+    _control(child, "--dump")
+    return _totals(out_file) / requests, not_200
+
+
+def _control(child: Child, *arguments: str) -> None:
+    subprocess.run(
+        ["callgrind_control", *arguments, str(child.pid)], check=True, capture_output=True, timeout=120
+    )
+
+
+def _totals(out_file: Path) -> float:
+    """The count of the newest dump of `out_file` (callgrind numbers its dumps `<out_file>.<n>`)."""
+    dumps = sorted(out_file.parent.glob(out_file.name + ".*"), key=lambda path: path.stat().st_mtime)
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump beside {out_file}")
+    for line in dumps[-1].read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return float(line.split()[1])
+    raise RuntimeError(f"no totals in {dumps[-1]}")
+
+
+def measure(
+    workdir: Path,
+    gateway_settings: dict[str, str],
+    rate_limit: str,
+    requests: int,
+    before_python_path: str | None = None,
+) -> Numbers:
+    """The numbers of section 12 (see the module's docstring)."""
+    numbers: Numbers = {}
+    with processes.fake_upstream(workdir, 1, 0.0, name="counted upstream") as upstream:
+        out_file = workdir / "callgrind-bare.out"
+        with processes.bare_forwarder(workdir, upstream.url, wrapper=callgrind(out_file)) as bare:
+            numbers["instr_bare"], numbers["instr_bare_not_200"] = count(bare, [None], requests, out_file)
+        builds = {"gateway": None} | ({"before": before_python_path} if before_python_path else {})
+        for name, python_path in builds.items():
+            out_file = workdir / f"callgrind-{name}.out"
+            with processes.gateway(
+                workdir,
+                upstream.url,
+                workdir / f"counted-{name}.db",
+                rate_limit,
+                gateway_settings,
+                name=f"counted {name}",
+                python_path=python_path,
+                wrapper=callgrind(out_file),
+            ) as gateway:
+                keys = processes.create_member_keys(gateway.url, 10)
+                numbers[f"instr_{name}"], numbers[f"instr_{name}_not_200"] = count(
+                    gateway, keys, requests, out_file
+                )
+    numbers["instr_gateway_over_bare"] = numbers["instr_gateway"] / numbers["instr_bare"]
+    if "instr_before" in numbers:
+        numbers["instr_gateway_over_before"] = numbers["instr_gateway"] / numbers["instr_before"]
+    numbers["instr_not_200"] = sum(value for key, value in numbers.items() if key.endswith("_not_200"))
+    return numbers
