@@ -114,7 +114,8 @@ def measure(
     with processes.fake_upstream(workdir, 1, 0.0, name="counted upstream") as upstream:
         out_file = workdir / "callgrind-bare.out"
         with processes.bare_forwarder(workdir, upstream.url, wrapper=callgrind(out_file)) as bare:
-            numbers["instr_bare"], numbers["instr_bare_not_200"] = count(bare, [None], requests, out_file)
+            per_request, not_200 = count(bare, [None], requests, out_file)
+            numbers["instr_bare"], numbers["instr_bare_not_200"] = per_request, float(not_200)
         builds = {"gateway": None} | ({"before": before_python_path} if before_python_path else {})
         for name, python_path in builds.items():
             out_file = workdir / f"callgrind-{name}.out"
@@ -129,11 +130,11 @@ def measure(
                 wrapper=callgrind(out_file),
             ) as gateway:
                 keys = processes.create_member_keys(gateway.url, 10)
-                numbers[f"instr_{name}"], numbers[f"instr_{name}_not_200"] = count(
-                    gateway, keys, requests, out_file
-                )
+                per_request, not_200 = count(gateway, keys, requests, out_file)
+                numbers[f"instr_{name}"], numbers[f"instr_{name}_not_200"] = per_request, float(not_200)
     numbers["instr_gateway_over_bare"] = numbers["instr_gateway"] / numbers["instr_bare"]
     if "instr_before" in numbers:
         numbers["instr_gateway_over_before"] = numbers["instr_gateway"] / numbers["instr_before"]
-    numbers["instr_not_200"] = sum(value for key, value in numbers.items() if key.endswith("_not_200"))
+    # The table's values are floats, counts included.
+    numbers["instr_not_200"] = float(sum(value for key, value in numbers.items() if key.endswith("_not_200")))
     return numbers
