@@ -6,7 +6,7 @@ instructions does not. Each process under test (the bare forwarder, the gateway,
 gateway built from REV) runs under `valgrind --tool=callgrind --instr-atstart=no`, which counts nothing
 until told to. After a warm-up, counting is switched on (`callgrind_control -i on`) for `requests`
 requests sent one after another on one keep-alive connection, switched off, and dumped; the count per
-request is the dump's total over `requests`. The same code counts the same to within about 1%.
+request is the dump's total over `requests`. The same code counts the same to within about 2%.
 Under valgrind a process runs tens of times slower, so the counts are of few requests, at one connection:
 they say what a request costs, not how requests interleave under load.
 """
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import processes
-from bench.load_client import GATEWAY_BODY
+from bench.load_client import GATEWAY_BODY, _content_length, _status_of, build_request
 from bench.processes import Child
 
 Numbers = dict[str, float]
@@ -41,13 +41,6 @@ def callgrind(out_file: Path) -> list[str]:
     return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}"]
 
 
-def _request(key: str | None) -> bytes:
-    head = f"POST /chat HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {len(GATEWAY_BODY)}\r\n"
-    if key is not None:
-        head += f"X-API-Key: {key}\r\n"
-    return (head + "\r\n").encode() + GATEWAY_BODY
-
-
 def _exchange(connection: socket.socket, request: bytes) -> int:
     """One request on `connection`: its answer's status, once the whole answer is in."""
     connection.sendall(request)
@@ -57,20 +50,20 @@ def _exchange(connection: socket.socket, request: bytes) -> int:
         if not chunk:
             raise RuntimeError("the connection closed before an answer")
         received += chunk
-    head = received[:end].lower()
-    length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+    head = received[:end]
+    length = _content_length(head) or 0
     while len(received) < end + 4 + length:
         chunk = connection.recv(65536)
         if not chunk:
             raise RuntimeError("the connection closed within an answer")
         received += chunk
-    return int(head.split(b" ", 2)[1])
+    return _status_of(head)
 
 
 def count(child: Child, keys: Sequence[str | None], requests: int, out_file: Path) -> tuple[float, int]:
     """Instructions per request of `child` (started under `callgrind(out_file)`), and how many of the
     counted requests were not answered 200."""
-    prepared = [_request(key) for key in keys]
+    prepared = [build_request(processes.HOST, child.port, "/chat", GATEWAY_BODY, key) for key in keys]
     not_200 = 0
     with socket.create_connection((processes.HOST, child.port), timeout=300) as connection:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
