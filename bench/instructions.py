@@ -9,6 +9,16 @@ requests sent one after another on one keep-alive connection, switched off, and 
 request is the dump's total over `requests`. The same code counts the same to within about 2%.
 Under valgrind a process runs tens of times slower, so the counts are of few requests, at one connection:
 they say what a request costs, not how requests interleave under load.
+
+A gateway writes its usage rows in batches, on a timer (every 0.25 s) or at once when 500 wait. Under
+valgrind's slowed clock the timer would write a batch every few requests, each with a transaction's fixed
+cost, where a loaded gateway writes 500 rows at a time: the count would then say more about valgrind's
+speed than about a request. So the gateway is counted with its timer pushed out
+(OLLAMA_GATE_USAGE_FLUSH_SECONDS=60), and warmed up and counted with as many requests as a full batch
+(`requests` should be the gateway's batch size, 500): the warm-up's rows are one batch, written before
+counting starts, and the counted requests' rows are exactly one more, whose write is counted (it is
+theirs). A build from before that setting (a --compare REV) flushes on its own timer: its count includes
+that.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ from bench.load_client import GATEWAY_BODY, _content_length, _status_of, build_r
 from bench.processes import Child
 
 Numbers = dict[str, float]
-WARM_UP = 200
+# The counted gateways' flush timer (see the docstring).
+COUNTED_FLUSH = {"OLLAMA_GATE_USAGE_FLUSH_SECONDS": "60"}
 
 
 def unavailable() -> str | None:
@@ -60,22 +71,44 @@ def _exchange(connection: socket.socket, request: bytes) -> int:
     return _status_of(head)
 
 
-def count(child: Child, keys: Sequence[str | None], requests: int, out_file: Path) -> tuple[float, int]:
+def count(
+    child: Child,
+    keys: Sequence[str | None],
+    requests: int,
+    out_file: Path,
+    usage_database: Path | None = None,
+) -> tuple[float, int]:
     """Instructions per request of `child` (started under `callgrind(out_file)`), and how many of the
-    counted requests were not answered 200."""
+    counted requests were not answered 200. `requests` warm it up first, then `requests` are counted; with
+    `usage_database` (a gateway's SQLite file) each lot's usage rows are waited for, the counted lot's
+    while counting."""
     prepared = [build_request(processes.HOST, child.port, "/chat", GATEWAY_BODY, key) for key in keys]
     not_200 = 0
     with socket.create_connection((processes.HOST, child.port), timeout=300) as connection:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for index in range(WARM_UP):
+        for index in range(requests):
             _exchange(connection, prepared[index % len(prepared)])
-        time.sleep(0.5)  # whatever the warm-up left behind (a usage batch) is written before counting
+        _settle(usage_database, requests)
         _control(child, "-i", "on")
         for index in range(requests):
             not_200 += _exchange(connection, prepared[index % len(prepared)]) != 200
+        _settle(usage_database, 2 * requests)
         _control(child, "-i", "off")
     _control(child, "--dump")
     return _totals(out_file) / requests, not_200
+
+
+def _settle(usage_database: Path | None, rows: int, timeout: float = 300.0) -> None:
+    """Until `rows` usage rows are written (without a database: a moment for whatever a request left
+    behind)."""
+    if usage_database is None:
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + timeout
+    while (written := sum(processes.usage_rows_by_status(usage_database).values())) < rows:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{written} usage rows written in {timeout:g} s, {rows} expected")
+        time.sleep(0.2)
 
 
 def _control(child: Child, *arguments: str) -> None:
@@ -112,18 +145,19 @@ def measure(
         builds = {"gateway": None} | ({"before": before_python_path} if before_python_path else {})
         for name, python_path in builds.items():
             out_file = workdir / f"callgrind-{name}.out"
+            database = workdir / f"counted-{name}.db"
             with processes.gateway(
                 workdir,
                 upstream.url,
-                workdir / f"counted-{name}.db",
+                database,
                 rate_limit,
-                gateway_settings,
+                gateway_settings | COUNTED_FLUSH,
                 name=f"counted {name}",
                 python_path=python_path,
                 wrapper=callgrind(out_file),
             ) as gateway:
                 keys = processes.create_member_keys(gateway.url, 10)
-                per_request, not_200 = count(gateway, keys, requests, out_file)
+                per_request, not_200 = count(gateway, keys, requests, out_file, database)
                 numbers[f"instr_{name}"], numbers[f"instr_{name}_not_200"] = per_request, float(not_200)
     numbers["instr_gateway_over_bare"] = numbers["instr_gateway"] / numbers["instr_bare"]
     if "instr_before" in numbers:

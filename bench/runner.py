@@ -1172,8 +1172,10 @@ def run_bench(
     if profile.instructions:
         print(
             f"  12: bare forwarder and gateway{' and before' if described else ''} each under valgrind --tool=callgrind;"
-            f" {instructions.WARM_UP} requests to warm up, then {profile.instructions} counted, one after"
-            " another on one keep-alive connection (the count does not drift with the machine's speed)"
+            f" {profile.instructions} requests to warm up, then {profile.instructions} counted, one after"
+            " another on one keep-alive connection (the count does not drift with the machine's speed);"
+            " the gateways' usage timer pushed out, so that each lot's rows are one batch, the counted"
+            " lot's written while counting"
         )
     print(
         f"accounting: {bench.ledger.sent:,} inference requests sent, {bench.ledger.answered_200:,} answered 200; "

@@ -22,6 +22,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 MIN_HEADER_BYTES = 1024
 CONSOLE_SECRET_MIN_CHARS = 32
+MAX_USAGE_FLUSH_SECONDS = 60.0
 
 T = TypeVar("T")
 
@@ -82,6 +83,7 @@ class Settings:
     shutdown_timeout: float = 30.0
     console_secret: str | None = field(default=None, repr=False)
     console_session_hours: float = 8.0
+    usage_flush_seconds: float = 0.25
 
     @property
     def ollama_urls(self) -> tuple[str, ...]:
@@ -135,6 +137,7 @@ class Settings:
             "OLLAMA_GATE_KEEPALIVE_TIMEOUT": f"{self.keepalive_timeout:g}",
             "OLLAMA_GATE_MAX_CONNECTIONS": str(self.max_connections),
             "OLLAMA_GATE_SHUTDOWN_TIMEOUT": f"{self.shutdown_timeout:g}",
+            "OLLAMA_GATE_USAGE_FLUSH_SECONDS": f"{self.usage_flush_seconds:g}",
             "OLLAMA_GATE_CONSOLE_SECRET": "(set)"
             if self.console_secret
             else "(not set: generated at start, console sessions end at restart)",
@@ -255,6 +258,14 @@ def _positive_seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _flush_seconds(text: str) -> float:
+    # Rows wait in memory until written: a killed process loses at most this long of them.
+    value = float(text)
+    if not 0 < value <= MAX_USAGE_FLUSH_SECONDS:
+        raise ValueError(f"expected seconds above 0, at most {MAX_USAGE_FLUSH_SECONDS:g}, got {text!r}")
     return value
 
 
@@ -388,4 +399,5 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         shutdown_timeout=get("SHUTDOWN_TIMEOUT", _non_negative_seconds, defaults.shutdown_timeout),
         console_secret=get("CONSOLE_SECRET", _console_secret, defaults.console_secret),
         console_session_hours=get("CONSOLE_SESSION_HOURS", _session_hours, defaults.console_session_hours),
+        usage_flush_seconds=get("USAGE_FLUSH_SECONDS", _flush_seconds, defaults.usage_flush_seconds),
     )

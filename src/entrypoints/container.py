@@ -239,7 +239,13 @@ class Container(containers.DeclarativeContainer):
     # One telemetry per process; its model labels are bounded by what the servers list.
     telemetry = providers.Singleton(PrometheusTelemetry, known_models=llm.provided.known_models)
     metrics_exposition = telemetry
-    usage_recorder = providers.Singleton(UsageRecorder, usage_store, clock, telemetry=telemetry)
+    usage_recorder = providers.Singleton(
+        UsageRecorder,
+        usage_store,
+        clock,
+        flush_interval=settings.provided.usage_flush_seconds,
+        telemetry=telemetry,
+    )
     authenticator = providers.Singleton(
         Authenticator, key_store, clock, lookup_timeout=settings.provided.database_timeout
     )

@@ -132,6 +132,7 @@ def test_serve_prints_its_url_and_effective_configuration_without_secrets(tmp_pa
         "OLLAMA_GATE_KEEPALIVE_TIMEOUT=5",
         "OLLAMA_GATE_MAX_CONNECTIONS=4096",
         "OLLAMA_GATE_SHUTDOWN_TIMEOUT=30",
+        "OLLAMA_GATE_USAGE_FLUSH_SECONDS=0.25",
     ):
         assert shown in banner
     assert ADMIN_TOKEN not in banner

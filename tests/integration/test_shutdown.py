@@ -307,3 +307,25 @@ async def test_ctrl_c_with_workers_drains_rather_than_stopping_at_once(
     assert exit_code == 0, gate.log()[-3000:]
     assert "Traceback" not in gate.log()
     assert usage_rows_in_database(tmp_path) == [("/chat/stream", 200, "ok")]
+
+
+# -- the usage timer -------------------------------------------------------------------------------------
+
+
+async def test_rows_wait_for_the_usage_timer_and_a_stop_writes_them(
+    tmp_path: Path, fake_ollama: FakeOllama
+) -> None:
+    gate = GatewayProcess(tmp_path, ollama_url=fake_ollama.url, env={"USAGE_FLUSH_SECONDS": "60"}).start()
+    try:
+        answers = [gate.chat(f"timer {index}").status_code for index in range(3)]
+        # Well past the default interval (0.25 s): with a 60 s timer and no full batch, nothing is written.
+        await asyncio.sleep(1.5)
+        written_before_stop = usage_rows_in_database(tmp_path)
+        exit_code = gate.terminate()
+    finally:
+        gate.kill()
+
+    assert answers == [200, 200, 200]
+    assert written_before_stop == []
+    assert exit_code == 0, gate.log()[-3000:]
+    assert usage_rows_in_database(tmp_path) == [("/chat", 200, "ok")] * 3

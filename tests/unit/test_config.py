@@ -24,6 +24,7 @@ VARIABLES = [
     "LOG_LEVEL",
     "LOG_FORMAT",
     "ADMIN_TOKEN",
+    "USAGE_FLUSH_SECONDS",
     "ANON_RATE_LIMIT",
     "MEMBER_RATE_LIMIT",
     "TRUSTED_PROXIES",
@@ -79,6 +80,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "OLLAMA_GATE_KEEPALIVE_TIMEOUT": "75",
         "OLLAMA_GATE_MAX_CONNECTIONS": "50",
         "OLLAMA_GATE_SHUTDOWN_TIMEOUT": "0",
+        "OLLAMA_GATE_USAGE_FLUSH_SECONDS": "2",
         "UNRELATED": "ignored",
     }
     loaded = load_settings(environ=environ, env_file=tmp_path / "missing.env")
@@ -98,6 +100,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert (loaded.header_timeout, loaded.body_timeout, loaded.keepalive_timeout) == (2.5, 20.0, 75.0)
     assert loaded.max_connections == 50
     assert loaded.shutdown_timeout == 0.0
+    assert loaded.usage_flush_seconds == 2.0
 
 
 def test_the_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
@@ -194,6 +197,9 @@ INVALID = [
     ("SHUTDOWN_TIMEOUT", "-1"),
     ("SHUTDOWN_TIMEOUT", "nan"),
     ("SHUTDOWN_TIMEOUT", "30s"),
+    ("USAGE_FLUSH_SECONDS", "0"),
+    ("USAGE_FLUSH_SECONDS", "inf"),
+    ("USAGE_FLUSH_SECONDS", "61"),
 ]
 
 
