@@ -9,6 +9,7 @@ add up (`livesum`), a configured number or a health is the same everywhere (`liv
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -139,11 +140,14 @@ class PrometheusTelemetry:
         self.rows_pending.set(0)
         self.rows_dropped.set(0)
         self._known: set[tuple[str, ...]] = set()
-        # `labels()` hashes and locks on every call; a request's children are looked up once per
-        # distinct label set (bounded, as the labels are) and then reused.
+        # `labels()` hashes and locks on every call, and a child's own inc/observe check on every call
+        # what cannot change: each label set's cells are looked up once (bounded, as the labels are)
+        # and then updated directly.
         self._labels_for: frozenset[str] = frozenset()
         self._model_labels: dict[str | None, str] = {}
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._answers: dict[tuple[str, str, str, int], _AnswerCells] = {}
+        self._counters: dict[tuple[Any, ...], Callable[[float], None]] = {}
+        self._histograms: dict[tuple[Any, ...], _HistogramCells] = {}
 
     # -- Telemetry ------------------------------------------------------------------------------------
 
@@ -161,12 +165,19 @@ class PrometheusTelemetry:
             self._model_labels[model] = label
         return label
 
-    def _child(self, metric: Any, *labels: str) -> Any:
+    def _counter(self, metric: Counter, *labels: str) -> Callable[[float], None]:
         key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        add = self._counters.get(key)
+        if add is None:
+            add = self._counters[key] = _counter_cell(metric.labels(*labels))
+        return add
+
+    def _histogram(self, metric: Histogram, *labels: str) -> _HistogramCells:
+        key = (metric, *labels)
+        cells = self._histograms.get(key)
+        if cells is None:
+            cells = self._histograms[key] = _HistogramCells(metric.labels(*labels))
+        return cells
 
     def request_done(
         self,
@@ -178,23 +189,34 @@ class PrometheusTelemetry:
         first_byte: float | None,
     ) -> None:
         model = self._model(model)
-        self._child(self.requests, endpoint, model, plan, str(status)).inc()
-        self._child(self.duration, endpoint, model).observe(seconds)
+        key = (endpoint, model, plan, status)
+        cells = self._answers.get(key)
+        if cells is None:
+            cells = self._answers[key] = _AnswerCells(
+                self._counter(self.requests, endpoint, model, plan, str(status)),
+                self._histogram(self.duration, endpoint, model),
+            )
+        cells.count(1)
+        cells.duration.observe(seconds)
         if first_byte is not None:
-            self._child(self.first_byte, endpoint, model).observe(first_byte)
+            # Made at the first answer that has one: a label set with none shows no such series.
+            if cells.first_byte is None:
+                cells.first_byte = self._histogram(self.first_byte, endpoint, model)
+            cells.first_byte.observe(first_byte)
 
     def tokens(self, model: str | None, plan: str, prompt: int, completion: int) -> None:
         model = self._model(model)
-        if prompt:
-            self._child(self.token_count, model, plan, "prompt").inc(prompt)
-        if completion:
-            self._child(self.token_count, model, plan, "completion").inc(completion)
+        # A counter only grows: a negative count from a confused upstream is not a token.
+        if prompt > 0:
+            self._counter(self.token_count, model, plan, "prompt")(prompt)
+        if completion > 0:
+            self._counter(self.token_count, model, plan, "completion")(completion)
 
     def rejected(self, reason: str) -> None:
-        self._child(self.rejections, reason).inc()
+        self._counter(self.rejections, reason)(1)
 
     def queue_waited(self, model: str | None, plan: str, seconds: float) -> None:
-        self._child(self.queue_wait, self._model(model), plan).observe(seconds)
+        self._histogram(self.queue_wait, self._model(model), plan).observe(seconds)
 
     def sample(self, snapshot: GaugeSnapshot) -> None:
         seen: set[tuple[str, ...]] = set()
@@ -228,6 +250,44 @@ class PrometheusTelemetry:
         registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
+
+
+# The cells below are prometheus_client's own value objects (what its exposition and multiprocess files
+# read), reached through its children's private attributes: tests/unit/test_prometheus_telemetry.py
+# checks that updating them shows exactly what the children's public inc/observe would.
+
+
+def _counter_cell(child: Any) -> Callable[[float], None]:
+    """What `child.inc(amount)` adds to, for amounts the caller knows are not negative."""
+    add: Callable[[float], None] = child._value.inc
+    return add
+
+
+class _HistogramCells:
+    """What `child.observe(amount)` updates: its sum and the first bucket whose bound holds `amount`."""
+
+    __slots__ = ("_add_to_sum", "_bounds", "_buckets")
+
+    def __init__(self, child: Any) -> None:
+        self._add_to_sum: Callable[[float], None] = child._sum.inc
+        self._bounds: tuple[float, ...] = tuple(child._upper_bounds)
+        self._buckets: tuple[Callable[[float], None], ...] = tuple(bucket.inc for bucket in child._buckets)
+
+    def observe(self, amount: float) -> None:
+        self._add_to_sum(amount)
+        # The last bound is +Inf: some bucket holds every amount (amounts are durations, never NaN).
+        self._buckets[bisect_left(self._bounds, amount)](1)
+
+
+class _AnswerCells:
+    """One label set of answers: its request count and its two latency histograms."""
+
+    __slots__ = ("count", "duration", "first_byte")
+
+    def __init__(self, count: Callable[[float], None], duration: _HistogramCells) -> None:
+        self.count = count
+        self.duration = duration
+        self.first_byte: _HistogramCells | None = None
 
 
 def worker_exited(pid: int) -> None:
