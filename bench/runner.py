@@ -272,11 +272,13 @@ class Bench:
         bare_cpu_us = bare_cpu / max(bare.requests, 1) * 1e6
         queue_on, queue_off = self._queue_pair(index, CONNECTIONS, total)
         if "before" in self.others:
-            # Section 11: this tree's twin (started with the before gateway, given the same loads) right
-            # before it, so the two have the same history: section 1's gateway has taken every section's
-            # load by now, and holds their rows.
-            twin, twin_cpu_us = self._json_load_with_cpu("twin", total)
-            before, before_cpu_us = self._json_load_with_cpu("before", total)
+            # Section 11: this tree's twin (started with the before gateway, given the same loads) next to
+            # it, so the two have the same history: section 1's gateway has taken every section's load by
+            # now, and holds their rows. Which goes first alternates by run, as in section 7.
+            first, second = _in_turn(index, ("twin", "before"))
+            loaded = {first: self._json_load_with_cpu(first, total)}
+            loaded[second] = self._json_load_with_cpu(second, total)
+            (twin, twin_cpu_us), (before, before_cpu_us) = loaded["twin"], loaded["before"]
             run.update(
                 twin_rps=twin.requests_per_s,
                 before_rps=before.requests_per_s,
@@ -311,11 +313,10 @@ class Bench:
         """Section 7: the same load on two gateways that differ only in the queue (on, off), started together
         and given the same loads, so that neither carries the other sections' history (section 1's gateway
         holds every section's rows and has served the bursts); which goes first alternates by run."""
-        if index % 2:
-            off = self.json_load("queue_off", connections, total)
-            return self.json_load("queue_on", connections, total), off
-        on = self.json_load("queue_on", connections, total)
-        return on, self.json_load("queue_off", connections, total)
+        first, second = _in_turn(index, ("queue_on", "queue_off"))
+        loaded = {first: self.json_load(first, connections, total)}
+        loaded[second] = self.json_load(second, connections, total)
+        return loaded["queue_on"], loaded["queue_off"]
 
     def _json_load_with_cpu(self, target: Target, total: int) -> tuple[LoadResult, float]:
         """`total` requests at CONNECTIONS to one of the other gateways, and its CPU per request [us]."""
@@ -333,8 +334,10 @@ class Bench:
         gateway = self.json_load("gateway", 1, total)
         queue_on, queue_off = self._queue_pair(index, 1, total)
         if "before" in self.others:
-            twin = self.json_load("twin", 1, total)
-            before = self.json_load("before", 1, total)
+            first, second = _in_turn(index, ("twin", "before"))
+            loaded = {first: self.json_load(first, 1, total)}
+            loaded[second] = self.json_load(second, 1, total)
+            twin, before = loaded["twin"], loaded["before"]
             run.update(
                 twin_added_p50_ms=twin.p50_ms - direct.p50_ms,
                 before_added_p50_ms=before.p50_ms - direct.p50_ms,
@@ -855,6 +858,12 @@ def _hide(url: str) -> str:
     return f"{scheme}//{user_password.split(':', 1)[0]}:***@{tail}"
 
 
+def _in_turn(index: int, pair: tuple[Target, Target]) -> tuple[Target, Target]:
+    """The pair in the order run `index` loads them: the first one first in even runs, last in odd ones
+    (whatever a load leaves behind, a warmer cache or a busier machine, falls on each in turn)."""
+    return (pair[1], pair[0]) if index % 2 else pair
+
+
 def _hot_path(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {"OLLAMA_GATE_SLOTS": str(HOT_PATH_SLOTS), **(extra or {})}
 
@@ -1166,8 +1175,8 @@ def run_bench(
     if described:
         print(
             f"  11: a gateway built from {described} (git worktree, imported through PYTHONPATH) and a twin of "
-            "this tree's, both started together with the same settings and given the same loads (the twin "
-            "first): the same history, unlike section 1's gateway"
+            "this tree's, both started together with the same settings and given the same loads (in turns: "
+            "the twin first in even runs): the same history, unlike section 1's gateway"
         )
     if profile.instructions:
         print(
