@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 
 from ollama_gate.domain.client_address import parse_ip
 from ollama_gate.domain.errors import Forbidden, InvalidRequest
 from ollama_gate.domain.identity import Tier, tier_of_user
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.keys import bearer_token, is_key_shaped, validate_user_id
 
 ADMIN_HELP = (
@@ -17,7 +17,7 @@ ADMIN_HELP = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Principal:
     """Who is asking for a management operation. `user_id` is set for a member acting with its own key."""
 
@@ -102,7 +102,7 @@ def scope_user(principal: Principal, user_id: str | None, *, required_for_admin:
     return principal.user_id
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class UsageScope:
     """Whose usage rows a query may return: one user of one tier, or (None) everyone."""
 

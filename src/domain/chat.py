@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ollama_gate.domain.errors import (
@@ -12,9 +11,10 @@ from ollama_gate.domain.errors import (
     UpstreamError,
     UpstreamRejected,
 )
+from ollama_gate.domain.immutable import immutable
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ChatRequest:
     message: str
     model: str | None = None

@@ -18,10 +18,10 @@ import hmac
 import json
 import math
 import secrets
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ollama_gate.domain.errors import InvalidRequest
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.keys import MAX_KEY_ID, validate_member_id
 
 COOKIE_NAME = "ollama_gate_console"
@@ -32,7 +32,7 @@ _VERSION = b"v1"
 _MAX_COOKIE_CHARS = 1024
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ConsoleSession:
     """Who a valid cookie says is signed in: the admin (no user), or a member with the key it used."""
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+
+from ollama_gate.domain.immutable import immutable
 
 ANONYMOUS_USER = "anonymous"
 ADMIN_USER = "admin"
@@ -27,7 +28,7 @@ def tier_of_user(user_id: str) -> Tier:
     return Tier.MEMBER
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Caller:
     """The resolved identity of one request: who, from where, on which plan, counted as whom.
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
 from datetime import datetime
 
 from ollama_gate.domain.errors import InvalidRequest, NotFound, Unauthorized
 from ollama_gate.domain.identity import RESERVED_USERS
+from ollama_gate.domain.immutable import immutable
 
 KEY_PREFIX = "oa-"
 # token_urlsafe(32) gives 43 characters (256 bits); the format accepts any 32+ URL-safe characters.
@@ -29,7 +29,7 @@ class InvalidCredentials(Unauthorized):
     """A key header is present but cannot be a valid key, or names no active key."""
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ApiKey:
     """A stored key: everything but the secret, which is only ever kept as a hash."""
 
@@ -47,7 +47,7 @@ class ApiKey:
         return self.revoked_at is None
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class IssuedKey:
     """A key at the one moment its secret is known: right after creation."""
 

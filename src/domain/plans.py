@@ -11,11 +11,11 @@ import fnmatch
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ollama_gate.domain.errors import InvalidRequest
 from ollama_gate.domain.identity import ADMIN_USER, ANONYMOUS_USER
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.model_names import model_key
 
 ANONYMOUS_PLAN = ANONYMOUS_USER
@@ -37,7 +37,7 @@ MAX_PRIORITY = 1000
 MAX_COUNT = 2**53  # plain integers in JSON, SQL and Lua alike
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Window:
     """At most `limit` (requests, tokens) in any `seconds`."""
 
@@ -60,7 +60,7 @@ class Window:
         return f"{self.limit}/{self.seconds:g}"
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Plan:
     name: str
     requests: Window | None = None

@@ -14,10 +14,10 @@ records it; when one is full, none records anything. Time comes in as seconds; n
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from enum import StrEnum
 
 from ollama_gate.domain.errors import GatewayError
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.plans import Plan, Window
 
 # A refused concurrent request may retry this soon: a slot frees whenever any request ends.
@@ -31,7 +31,7 @@ class LimitKind(StrEnum):
     CONCURRENCY = "concurrency"
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Limits:
     """The counted part of a plan (named `plan`), as a limiter enforces it for one identity."""
 
@@ -57,7 +57,7 @@ class Limits:
         return self.tokens is not None or self.daily is not None or self.concurrency is not None
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class LimitState:
     """One limit after a decision: what the RateLimit headers and a 429 say."""
 
@@ -68,7 +68,7 @@ class LimitState:
     reset_after: float  # seconds until room frees (0: there is room and nothing to wait for)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Admission:
     """A decision. When admitted, `mark` and `lease` identify what it recorded, to finish or refund it."""
 

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.model_names import model_key
 
 DEFAULT_HALF_LIFE = 60.0
@@ -37,7 +38,7 @@ _NEGLIGIBLE = 0.001  # seconds of decayed GPU time that no longer set an identit
 _ESTIMATE_SMOOTHING = 0.3
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Job:
     """A request that needs a slot."""
 
@@ -199,7 +200,7 @@ class GpuTime:
 # -- the queue -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Running:
     """A job that holds a slot: what its end must give back and correct."""
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ollama_gate.domain.immutable import immutable
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ModelInfo:
     name: str
     size_bytes: int

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from ollama_gate.domain.identity import Tier
+from ollama_gate.domain.immutable import immutable
 
 
 class Outcome(StrEnum):
@@ -15,7 +15,7 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class TokenCounts:
     prompt: int | None = None
     completion: int | None = None
@@ -26,7 +26,7 @@ class TokenCounts:
         return (self.prompt or 0) + (self.completion or 0)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class UsageRecord:
     timestamp: datetime
     user: str

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
 from ollama_gate.domain.access import UsageScope
 from ollama_gate.domain.errors import InvalidRequest
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.usage import Outcome, UsageRecord
 
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (and SQLite's INTEGER) holds
@@ -38,7 +38,7 @@ class GroupBy(StrEnum):
         return self in (GroupBy.DAY, GroupBy.HOUR)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class UsageFilter:
     """What narrows the rows beyond whose they are (that is the `UsageScope`).
 
@@ -71,7 +71,7 @@ def in_scope(record: UsageRecord, scope: UsageScope | None) -> bool:
     return scope is None or (record.user == scope.user and record.tier is scope.tier)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class UsageGroup:
     """The totals of one group of rows. `key` is the user, model, plan (None for rows without one), day
     or hour the rows share. Latency percentiles interpolate linearly between the closest ranks (SQL's

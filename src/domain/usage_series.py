@@ -8,13 +8,13 @@ per minute, so an hour (one-minute buckets) and a day (five-minute buckets) read
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from enum import StrEnum
 
 from ollama_gate.domain.errors import InvalidRequest
+from ollama_gate.domain.immutable import immutable
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class BucketCount:
     """The rows of one bucket: `bucket` is its start in seconds since the epoch divided by its length."""
 
@@ -23,7 +23,7 @@ class BucketCount:
     tokens: int
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class UserTotals:
     """One user's requests, tokens (prompt + completion) and upstream errors over a range."""
 
@@ -68,7 +68,7 @@ def parse_range(text: str | None) -> SeriesRange:
         raise InvalidRequest("range must be hour or day") from None
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class SeriesWindow:
     """The buckets a chart shows: `count` of `bucket_seconds`, the last one holding `now`."""
 
@@ -92,7 +92,7 @@ class SeriesWindow:
         return float((self.first_bucket + self.count) * self.bucket_seconds)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Series:
     """Aligned columns, as uPlot takes them: bucket starts (seconds), requests and tokens per minute."""
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ollama_gate.domain.immutable import immutable
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class UserRecord:
     user_id: str
     plan: str  # the assigned plan, or the member plan when none is assigned

@@ -16,7 +16,6 @@ Then `complete_document(app)`, run once by the app factory on the document Lites
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Annotated, Any, TypedDict
 
@@ -37,6 +36,7 @@ from litestar.openapi.spec import (
 from litestar.params import Parameter
 from litestar.routes import HTTPRoute
 
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.keys import KEY_NAME_MAX_LENGTH, MAX_KEY_ID, USER_ID_PATTERN
 from ollama_gate.domain.plans import PLAN_NAME_PATTERN
 from ollama_gate.entrypoints.asgi_answers import JSON
@@ -161,7 +161,7 @@ PlanQuery = Annotated[str | None, _documented_as("A plan of the key's own (admin
 # -- what handlers read and send themselves ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Documented:
     body: Schema | Mapping[str, Schema] | None = None
     body_type: str = JSON

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.status import ModelInfo
 
 
@@ -86,7 +86,7 @@ class ProxyBackend(LLMBackend, Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class UpstreamState:
     """One Ollama server as the gateway sees it: reachable or not, requests in flight, models it lists."""
 

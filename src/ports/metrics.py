@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
+from ollama_gate.domain.immutable import immutable
 
-@dataclass(frozen=True, slots=True)
+
+@immutable
 class SystemSnapshot:
     ram_total_gb: float
     ram_used_gb: float

@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
+
+from ollama_gate.domain.immutable import immutable
 
 
 class SharedSlotsUnavailable(Exception):
     """The shared store of slots cannot be reached: the caller decides alone, for now."""
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Claim:
     """A request asking for a slot, with what ranks it against every instance's next in line: higher
     `priority` first, then less GPU time (`usage`, the FairQueue's key), then the earlier `arrived`."""

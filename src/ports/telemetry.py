@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Protocol
+
+from ollama_gate.domain.immutable import immutable
 
 # Why a request was turned away, as the metrics name it.
 REJECTION_REASONS = (
@@ -45,7 +47,7 @@ class Telemetry(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class GaugeSnapshot:
     """What the gauges show at one moment."""
 

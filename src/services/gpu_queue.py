@@ -16,11 +16,11 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
 from ollama_gate.domain.errors import QueueFull, QueueTimeout, TooManyQueued, UpstreamUnavailable
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.plans import Plan
 from ollama_gate.domain.scheduler import (
     FairQueue,
@@ -87,7 +87,7 @@ class Reservation:
         return owned
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ModelQueue:
     """One model as the status shows it, summed over the upstreams that have it."""
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
 
 from ollama_gate.domain.ceilings import BodyKind, lower_to_ceilings, needs_lowering
 from ollama_gate.domain.errors import GatewayError, InvalidRequest, QueueRefused, UpstreamUnavailable
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.json_depth import check_nesting
 from ollama_gate.domain.plans import Plan
 from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
@@ -199,7 +199,7 @@ def ceilinged(body: bytes, kind: BodyKind, plan: Plan) -> bytes:
     return _encode(document)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Relayed:
     """An upstream answer for the client: a whole body, or a stream (then `body` is empty).
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from ollama_gate.domain.errors import GatewayError, StoreUnavailable
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.plans import ANONYMOUS_PLAN, BUILTIN_PLANS, MEMBER_PLAN, Window
 from ollama_gate.domain.status import ModelInfo, humanize_uptime
 from ollama_gate.ports.clock import Clock
@@ -21,7 +21,7 @@ from ollama_gate.services.usage_recorder import UsageRecorder
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class OllamaProbe:
     online: bool
     models: list[ModelInfo]

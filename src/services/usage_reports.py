@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 
 from ollama_gate.domain.access import Principal, usage_scope
 from ollama_gate.domain.errors import InvalidRequest
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.usage import UsageRecord
 from ollama_gate.domain.usage_query import ALL_ROWS, GroupBy, UsageFilter, UsageGroup
 from ollama_gate.ports.stores import UsageStore
@@ -15,7 +15,7 @@ from ollama_gate.ports.stores import UsageStore
 MAX_USAGE_LIMIT = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class UsagePage:
     """One page of rows, newest first; `next_cursor` is where the next page starts (None: no more)."""
 

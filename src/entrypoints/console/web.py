@@ -8,7 +8,6 @@ own origin and carry the session's form token.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from ollama_gate.domain.access import Principal
 from ollama_gate.domain.client_address import parse_ip
 from ollama_gate.domain.console_session import COOKIE_NAME, CSRF_FIELD, ConsoleSession, same_origin_request
 from ollama_gate.domain.errors import Forbidden, GatewayError
+from ollama_gate.domain.immutable import immutable
 from ollama_gate.entrypoints.request_context import container_of, is_relayed, peer_of
 from ollama_gate.services.console import ConsoleSessions
 
@@ -52,7 +52,7 @@ class SignInRequired(Exception):
     """No valid session: the visitor goes to the sign-in page."""
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Visitor:
     """A signed-in visitor: the session, what it may do, and the token its forms carry."""
 
