@@ -62,5 +62,10 @@ class CoalescingTransport:
         self._pending = None
         self._transport.abort()
 
+    def is_closing(self) -> bool:
+        # Asked at every response's end: here rather than through __getattr__, which Python reaches only
+        # after a failed lookup has built an AttributeError.
+        return self._transport.is_closing()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

@@ -24,7 +24,9 @@ AnyConnection = ASGIConnection[Any, Any, Any, Any]
 
 
 def container_of(connection: AnyConnection) -> Container:
-    container: Container = connection.app.state.container
+    # `state["container"]`, not `state.container`: State's attributes are found by `__getattr__`, which
+    # Python calls only after a failed lookup has built an AttributeError (3 times a request).
+    container: Container = connection.app.state["container"]
     return container
 
 
