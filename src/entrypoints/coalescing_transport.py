@@ -15,7 +15,7 @@ from typing import Any
 
 class CoalescingTransport:
     """Wraps a transport: `write` collects until the loop's next turn; whatever must happen after the
-    bytes (close, write_eof) sends them first; everything else is the wrapped transport's."""
+    bytes (close, write_eof) sends them first; the rest of the transport's API is the wrapped one's."""
 
     __slots__ = ("_loop", "_pending", "_transport")
 
@@ -62,10 +62,36 @@ class CoalescingTransport:
         self._pending = None
         self._transport.abort()
 
+    # The rest of asyncio.Transport, passed on. Spelled out rather than one `__getattr__`: a class with
+    # `__getattr__` pays for it on every attribute read, its own included (34 a request, 17,000
+    # instructions by callgrind's count).
+
     def is_closing(self) -> bool:
-        # Asked at every response's end: here rather than through __getattr__, which Python reaches only
-        # after a failed lookup has built an AttributeError.
         return self._transport.is_closing()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()

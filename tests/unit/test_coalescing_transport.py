@@ -14,6 +14,7 @@ class RecordingTransport:
         self.closed = False
         self.eof = False
         self.aborted = False
+        self.reading: list[str] = []
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "a write after close"
@@ -34,8 +35,14 @@ class RecordingTransport:
     def get_write_buffer_size(self) -> int:
         return 0
 
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 1234) if name == "peername" else None
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1234) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        self.reading.append("paused")
+
+    def resume_reading(self) -> None:
+        self.reading.append("resumed")
 
 
 def wrapped() -> tuple[CoalescingTransport, RecordingTransport]:
@@ -80,4 +87,15 @@ async def test_eof_follows_the_bytes_and_abort_drops_them() -> None:
 async def test_everything_else_is_the_wrapped_transports() -> None:
     transport, inner = wrapped()
     assert transport.get_extra_info("peername") == ("127.0.0.1", 1234)
+    assert transport.get_extra_info("sslcontext", "none") == "none"
+    transport.pause_reading()
+    transport.resume_reading()
+    assert inner.reading == ["paused", "resumed"]
     assert transport.wrapped is inner  # type: ignore[comparison-overlap]
+
+
+def test_it_answers_all_of_asyncio_s_transport_api() -> None:
+    # No `__getattr__` passes unknown names on: every public method of a transport is its own.
+    public = {name for name in dir(asyncio.Transport) if not name.startswith("_")}
+    assert public <= set(dir(CoalescingTransport))
+    assert not hasattr(CoalescingTransport, "__getattr__")
