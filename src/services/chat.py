@@ -24,6 +24,30 @@ STATUS_CLIENT_CLOSED = 499
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
+# Ollama's last answer of a generation, each field kept as the JSON it came as: relayed as it is, and its
+# `context` (the token ids of the whole exchange, thousands of them for a long one) is never turned into
+# Python ints only to be dropped.
+_decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_TOKEN_FIELDS = ("prompt_eval_count", "eval_count")
+
+
+class _NotAnObject(ValueError):
+    """Ollama's answer is JSON, but not an object."""
+
+
+def _final_fields(data: bytes) -> tuple[dict[str, msgspec.Raw], TokenCounts]:
+    """Ollama's final answer (or chunk) without its `context`, its fields as raw JSON, and its token counts.
+    Raises msgspec.DecodeError or UnicodeDecodeError for what is not JSON, _NotAnObject for other JSON."""
+    try:
+        fields = _decode_fields(data)
+    except msgspec.ValidationError as error:
+        raise _NotAnObject() from error
+    # Raw fields are skipped, not read: their strings' UTF-8 is checked here, once.
+    if not data.isascii():
+        data.decode()
+    fields.pop("context", None)
+    counts = {name: _decode(fields[name]) for name in _TOKEN_FIELDS if name in fields}
+    return fields, tokens_from_final_chunk(counts)
 
 
 def error_text(body: bytes) -> str:
@@ -46,14 +70,6 @@ def error_line(message: str) -> bytes:
 def _is_final_chunk(line: bytes) -> bool:
     # Quotes inside JSON strings are escaped, so these bytes can only be the `done` key itself.
     return b'"done":true' in line or b'"done": true' in line
-
-
-def _decode_object(line: bytes) -> dict[str, Any] | None:
-    try:
-        decoded = _decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
-    return decoded if isinstance(decoded, dict) else None
 
 
 def _error_message(line: bytes) -> str | None:
@@ -105,12 +121,11 @@ class StreamRelay:
         try:
             async for line in self._upstream.lines():
                 if _is_final_chunk(line):
-                    chunk = _decode_object(line)
-                    if chunk is None:
+                    try:
+                        chunk, tokens = _final_fields(line)
+                    except (msgspec.DecodeError, UnicodeDecodeError, _NotAnObject):
                         yield error_line("Ollama sent an unreadable chunk")
                         break
-                    chunk.pop("context", None)
-                    tokens = tokens_from_final_chunk(chunk)
                     outcome = Outcome.OK
                     yield _encode(chunk) + b"\n"
                     break
@@ -171,13 +186,11 @@ class ChatService:
                 raise await _failure(upstream, model)
             body = await upstream.read()
             try:
-                answer = _decode(body)
+                answer, tokens = _final_fields(body)
+            except _NotAnObject as error:
+                raise UpstreamError("Ollama sent an unexpected answer") from error
             except (msgspec.DecodeError, UnicodeDecodeError) as error:
                 raise UpstreamError("Ollama sent an unreadable answer") from error
-            if not isinstance(answer, dict):
-                raise UpstreamError("Ollama sent an unexpected answer")
-            answer.pop("context", None)
-            tokens = tokens_from_final_chunk(answer)
             status, outcome = 200, Outcome.OK
             return _encode(
                 {"user": caller.user, "tier": caller.tier.value, "plan": ticket.plan.name, "response": answer}

@@ -8,6 +8,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ollama_gate.adapters.memory_stores import InMemoryUsageStore
 from ollama_gate.domain.chat import ChatRequest
@@ -98,6 +100,41 @@ async def test_the_json_answer_names_the_caller_and_drops_context() -> None:
     assert set(body) == {"user", "tier", "plan", "response"}
     assert (body["user"], body["tier"], body["plan"]) == ("alice", "member", "member")
     assert body["response"] == {k: v for k, v in answer.items() if k != "context"}
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=6),
+    st.none() | st.integers(0, 10**6),
+    st.none() | st.integers(0, 10**6),
+    st.lists(st.integers(0, 200_000), max_size=50),
+)
+async def test_every_field_of_the_answer_is_relayed_as_it_came_but_context(
+    extra: dict[str, Any], prompt: int | None, completion: int | None, context: list[int]
+) -> None:
+    answer = {**extra, "context": context}
+    answer |= {"prompt_eval_count": prompt} if prompt is not None else {}
+    answer |= {"eval_count": completion} if completion is not None else {}
+    harness = Harness(ScriptedResponse(200, [json.dumps(answer, ensure_ascii=False).encode()]))
+    body = json.loads(await harness.service.complete(ticket(ALICE), ChatRequest("hi"), "/chat"))
+    assert body["response"] == {k: v for k, v in answer.items() if k != "context"}
+    [row] = await harness.rows()
+    assert (row.prompt_tokens, row.completion_tokens) == (prompt, completion)
+
+
+async def test_an_answer_whose_text_is_not_utf8_is_502() -> None:
+    harness = Harness(ScriptedResponse(200, [b'{"response":"caf\xe9","done":true}']))
+    with pytest.raises(UpstreamError, match="unreadable"):
+        await harness.service.complete(ticket(ANONYMOUS), ChatRequest("hi"), "/chat")
+    [row] = await harness.rows()
+    assert (row.status, row.outcome) == (502, Outcome.UPSTREAM_ERROR)
 
 
 async def test_the_request_sent_to_ollama() -> None:
@@ -239,6 +276,20 @@ async def test_a_stream_relays_every_chunk_and_strips_context_from_the_last() ->
     [row] = await harness.rows()
     assert (row.status, row.outcome, row.endpoint) == (200, Outcome.OK, "/chat/stream")
     assert (row.prompt_tokens, row.completion_tokens) == (4, 3)
+
+
+async def test_a_final_chunk_whose_text_is_not_utf8_ends_the_stream_with_an_error_line() -> None:
+    upstream = ScriptedResponse(200, [*words("Hello"), b'{"response":"caf\xe9","done":true}'])
+    harness = Harness(upstream)
+    chunks = await collect(
+        (await harness.service.open_stream(ticket(ALICE), ChatRequest("hi"), "/chat/stream")).lines()
+    )
+    assert chunks == [
+        {"model": MODEL, "response": "Hello", "done": False},
+        {"error": "Ollama sent an unreadable chunk", "done": True},
+    ]
+    [row] = await harness.rows()
+    assert (row.status, row.outcome) == (200, Outcome.UPSTREAM_ERROR)
 
 
 async def test_nothing_after_the_final_chunk_is_relayed() -> None:
