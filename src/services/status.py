@@ -97,9 +97,12 @@ class StatusService:
             return OllamaProbe(False, [])
         return OllamaProbe(True, models)
 
-    async def _stored_requests(self) -> int | None:
+    async def _usage_total(self) -> int | None:
+        """Rows in the store plus rows on their way there, or None when the store cannot be counted."""
         try:
-            return await asyncio.wait_for(self._usage_store.count(), self._dependency_timeout)
+            return await asyncio.wait_for(
+                self._recorder.total(self._usage_store.count), self._dependency_timeout
+            )
         except (StoreUnavailable, TimeoutError):
             return None
 
@@ -117,8 +120,8 @@ class StatusService:
         """The status document; `include_upstreams` (for admins) adds each server with its address."""
         uptime = self._clock.monotonic() - self._started
         system = self._metrics.snapshot()
-        probe, stored, (active, rejections) = await asyncio.gather(
-            self.ollama(), self._stored_requests(), self._shared()
+        probe, total, (active, rejections) = await asyncio.gather(
+            self.ollama(), self._usage_total(), self._shared()
         )
         gatekeeper = self._gatekeeper
         limiter = gatekeeper.limiter_health
@@ -136,15 +139,14 @@ class StatusService:
             },
             "usage": {
                 # Rows in the store plus rows still on their way there; since start if the store is down.
-                "total_requests": (stored if stored is not None else self._recorder.recorded)
-                + (self._recorder.unsaved if stored is not None else 0),
+                "total_requests": total if total is not None else self._recorder.recorded,
                 "active_anonymous_ips": active,
                 "anon_rate_limit": describe_requests(gatekeeper.plans.plan(ANONYMOUS_PLAN).requests),
                 "member_rate_limit": describe_requests(gatekeeper.plans.plan(MEMBER_PLAN).requests),
                 **rejections,
                 "usage_rows_pending": self._recorder.unsaved,
                 "usage_rows_dropped": self._recorder.dropped,
-                "database_online": stored is not None,
+                "database_online": total is not None,
             },
             "rate_limiter": limiter,
             # The built-in plans as in force, and whether the environment or a stored edit set them.
@@ -153,7 +155,7 @@ class StatusService:
                 for plan in (gatekeeper.plans.plan(name) for name in BUILTIN_PLANS)
             },
             "dependencies": {
-                "database": {"online": stored is not None},
+                "database": {"online": total is not None},
                 "redis": {"online": bool(limiter["healthy"]) and active is not None}
                 if self._shares_state
                 else None,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from ollama_gate.domain.errors import StoreUnavailable
 from ollama_gate.domain.usage import Outcome, TokenCounts, UsageRecord
@@ -56,6 +57,13 @@ class UsageRecorder:
     def unsaved(self) -> int:
         """Rows recorded but not yet in the store (waiting or being written)."""
         return len(self._pending) + self._writing
+
+    async def total(self, stored: Callable[[], Awaitable[int]]) -> int:
+        """The rows in the store, as `stored()` counts them, plus the rows not yet there. Counted while no
+        batch is on its way: a count taken during a write may or may not hold its batch, while `unsaved`
+        still has it or no longer does, and the sum would miss the batch or count it twice."""
+        async with self._lock:
+            return await stored() + self.unsaved
 
     def record(self, record: UsageRecord) -> None:
         self._pending.append(record)

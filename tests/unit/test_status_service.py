@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -191,6 +192,75 @@ async def test_total_requests_is_stored_plus_unsaved(
         recorder.record(usage_row())
     assert (await status_service.status())["usage"]["total_requests"] == 5
     assert len(usage_store.rows) == 3
+
+
+class SlowCountStore(InMemoryUsageStore):
+    """Its count reads the rows, then takes a while to answer, when `held` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: asyncio.Event | None = None
+        self.counting = asyncio.Event()
+
+    async def count(self) -> int:
+        seen = len(self.rows)
+        if self.held is not None:
+            self.counting.set()
+            await self.held.wait()
+            self.held = None
+        return seen
+
+
+class SlowWriteStore(InMemoryUsageStore):
+    """Its rows are in (and counted) before add_many returns, when `held` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: asyncio.Event | None = None
+        self.stored = asyncio.Event()
+
+    async def add_many(self, records: Sequence[UsageRecord]) -> None:
+        await super().add_many(records)
+        if self.held is not None:
+            self.stored.set()
+            await self.held.wait()
+
+
+def status_of(store: InMemoryUsageStore, recorder: UsageRecorder, gatekeeper: Gatekeeper) -> StatusService:
+    return StatusService(
+        FakeLLM(), FakeMetrics(), store, recorder, gatekeeper, FakeClock(), probe_timeout=0.01
+    )
+
+
+async def test_a_batch_written_while_the_store_is_counted_is_counted_once(gatekeeper: Gatekeeper) -> None:
+    store = SlowCountStore()
+    recorder = UsageRecorder(store, FakeClock())
+    for _ in range(3):
+        recorder.record(usage_row())
+    store.held = asyncio.Event()
+    document = asyncio.create_task(status_of(store, recorder, gatekeeper).status())
+    await store.counting.wait()  # the count has seen no row yet
+    flushing = asyncio.create_task(recorder.flush())  # the three would land now
+    await asyncio.sleep(0.01)
+    store.held.set()
+    assert (await document)["usage"]["total_requests"] == 3
+    assert await flushing
+    assert len(store.rows) == 3
+
+
+async def test_a_batch_stored_but_not_yet_marked_written_is_counted_once(gatekeeper: Gatekeeper) -> None:
+    store = SlowWriteStore()
+    recorder = UsageRecorder(store, FakeClock())
+    for _ in range(3):
+        recorder.record(usage_row())
+    store.held = asyncio.Event()
+    flushing = asyncio.create_task(recorder.flush())
+    await store.stored.wait()  # in the store, and still unsaved to the recorder
+    document = asyncio.create_task(status_of(store, recorder, gatekeeper).status())
+    await asyncio.sleep(0.01)
+    store.held.set()
+    assert await flushing
+    assert (await document)["usage"]["total_requests"] == 3
 
 
 async def test_total_requests_while_the_store_is_down(
