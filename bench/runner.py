@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -51,6 +51,7 @@ REFERENCE_BARE_ADDED_P50_MS = 0.26
 # What a load is sent to, in the order each scenario measures them: the bare forwarder right before the
 # gateway, so the two see the machine in the same state.
 Target = Literal["direct", "bare", "gateway", "queue_on", "queue_off", "scaled", "workers", "twin", "before"]
+Loaded = TypeVar("Loaded")  # what a load of a target gives back (see _in_turn)
 TARGETS: tuple[Target, ...] = ("direct", "bare", "gateway")
 # The gateway's slots in the hot-path runs: at least the connections and the burst, so sections 1-3
 # measure the hot path with the scheduler on and never waiting (the default 4 slots would queue them).
@@ -275,10 +276,9 @@ class Bench:
             # Section 11: this tree's twin (started with the before gateway, given the same loads) next to
             # it, so the two have the same history: section 1's gateway has taken every section's load by
             # now, and holds their rows. Which goes first alternates by run, as in section 7.
-            first, second = _in_turn(index, ("twin", "before"))
-            loaded = {first: self._json_load_with_cpu(first, total)}
-            loaded[second] = self._json_load_with_cpu(second, total)
-            (twin, twin_cpu_us), (before, before_cpu_us) = loaded["twin"], loaded["before"]
+            (twin, twin_cpu_us), (before, before_cpu_us) = _in_turn(
+                index, ("twin", "before"), lambda target: self._json_load_with_cpu(target, total)
+            )
             run.update(
                 twin_rps=twin.requests_per_s,
                 before_rps=before.requests_per_s,
@@ -313,10 +313,9 @@ class Bench:
         """Section 7: the same load on two gateways that differ only in the queue (on, off), started together
         and given the same loads, so that neither carries the other sections' history (section 1's gateway
         holds every section's rows and has served the bursts); which goes first alternates by run."""
-        first, second = _in_turn(index, ("queue_on", "queue_off"))
-        loaded = {first: self.json_load(first, connections, total)}
-        loaded[second] = self.json_load(second, connections, total)
-        return loaded["queue_on"], loaded["queue_off"]
+        return _in_turn(
+            index, ("queue_on", "queue_off"), lambda target: self.json_load(target, connections, total)
+        )
 
     def _json_load_with_cpu(self, target: Target, total: int) -> tuple[LoadResult, float]:
         """`total` requests at CONNECTIONS to one of the other gateways, and its CPU per request [us]."""
@@ -334,10 +333,9 @@ class Bench:
         gateway = self.json_load("gateway", 1, total)
         queue_on, queue_off = self._queue_pair(index, 1, total)
         if "before" in self.others:
-            first, second = _in_turn(index, ("twin", "before"))
-            loaded = {first: self.json_load(first, 1, total)}
-            loaded[second] = self.json_load(second, 1, total)
-            twin, before = loaded["twin"], loaded["before"]
+            twin, before = _in_turn(
+                index, ("twin", "before"), lambda target: self.json_load(target, 1, total)
+            )
             run.update(
                 twin_added_p50_ms=twin.p50_ms - direct.p50_ms,
                 before_added_p50_ms=before.p50_ms - direct.p50_ms,
@@ -858,10 +856,16 @@ def _hide(url: str) -> str:
     return f"{scheme}//{user_password.split(':', 1)[0]}:***@{tail}"
 
 
-def _in_turn(index: int, pair: tuple[Target, Target]) -> tuple[Target, Target]:
-    """The pair in the order run `index` loads them: the first one first in even runs, last in odd ones
-    (whatever a load leaves behind, a warmer cache or a busier machine, falls on each in turn)."""
-    return (pair[1], pair[0]) if index % 2 else pair
+def _in_turn(
+    index: int, pair: tuple[Target, Target], load: Callable[[Target], Loaded]
+) -> tuple[Loaded, Loaded]:
+    """`load` of each of the pair, in the pair's order; run `index` loads the first one first in even runs,
+    last in odd ones (whatever a load leaves behind, a warmer cache or a busier machine, falls on each in
+    turn)."""
+    first, second = (pair[1], pair[0]) if index % 2 else pair
+    loaded = {first: load(first)}
+    loaded[second] = load(second)
+    return loaded[pair[0]], loaded[pair[1]]
 
 
 def _hot_path(extra: dict[str, str] | None = None) -> dict[str, str]:
