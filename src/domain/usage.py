@@ -46,10 +46,16 @@ class UsageRecord:
     request_id: str | None = None
 
 
+# Where Ollama's final chunk counts prompt tokens and output tokens.
+PROMPT_TOKENS_FIELD = "prompt_eval_count"
+COMPLETION_TOKENS_FIELD = "eval_count"
+TOKEN_COUNT_FIELDS = (PROMPT_TOKENS_FIELD, COMPLETION_TOKENS_FIELD)
+
+
 def tokens_from_final_chunk(chunk: dict[str, object]) -> TokenCounts:
-    """Ollama's final chunk counts prompt tokens in prompt_eval_count and output tokens in eval_count."""
-    prompt = chunk.get("prompt_eval_count")
-    completion = chunk.get("eval_count")
+    """The token counts of Ollama's final chunk (its TOKEN_COUNT_FIELDS)."""
+    prompt = chunk.get(PROMPT_TOKENS_FIELD)
+    completion = chunk.get(COMPLETION_TOKENS_FIELD)
     return TokenCounts(
         prompt if isinstance(prompt, int) else None,
         completion if isinstance(completion, int) else None,

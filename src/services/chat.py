@@ -11,7 +11,7 @@ import msgspec
 from ollama_gate.domain.ceilings import BodyKind, lower_to_ceilings
 from ollama_gate.domain.chat import ChatRequest, upstream_failure
 from ollama_gate.domain.errors import GatewayError, QueueRefused, UpstreamError
-from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
+from ollama_gate.domain.usage import TOKEN_COUNT_FIELDS, Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMBackend, UpstreamResponse
 from ollama_gate.services.gatekeeper import Ticket
@@ -28,7 +28,6 @@ _decode = msgspec.json.decode
 # `context` (the token ids of the whole exchange, thousands of them for a long one) is never turned into
 # Python ints only to be dropped.
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-_TOKEN_FIELDS = ("prompt_eval_count", "eval_count")
 
 
 class _NotAnObject(ValueError):
@@ -46,7 +45,7 @@ def _final_fields(data: bytes) -> tuple[dict[str, msgspec.Raw], TokenCounts]:
     if not data.isascii():
         data.decode()
     fields.pop("context", None)
-    counts = {name: _decode(fields[name]) for name in _TOKEN_FIELDS if name in fields}
+    counts = {name: _decode(fields[name]) for name in TOKEN_COUNT_FIELDS if name in fields}
     return fields, tokens_from_final_chunk(counts)
 
 
