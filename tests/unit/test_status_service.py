@@ -226,6 +226,13 @@ class SlowWriteStore(InMemoryUsageStore):
             await self.held.wait()
 
 
+def three_rows_recorded(store: InMemoryUsageStore) -> UsageRecorder:
+    recorder = UsageRecorder(store, FakeClock())
+    for _ in range(3):
+        recorder.record(usage_row())
+    return recorder
+
+
 def status_of(store: InMemoryUsageStore, recorder: UsageRecorder, gatekeeper: Gatekeeper) -> StatusService:
     return StatusService(
         FakeLLM(), FakeMetrics(), store, recorder, gatekeeper, FakeClock(), probe_timeout=0.01
@@ -234,9 +241,7 @@ def status_of(store: InMemoryUsageStore, recorder: UsageRecorder, gatekeeper: Ga
 
 async def test_a_batch_written_while_the_store_is_counted_is_counted_once(gatekeeper: Gatekeeper) -> None:
     store = SlowCountStore()
-    recorder = UsageRecorder(store, FakeClock())
-    for _ in range(3):
-        recorder.record(usage_row())
+    recorder = three_rows_recorded(store)
     store.held = asyncio.Event()
     document = asyncio.create_task(status_of(store, recorder, gatekeeper).status())
     await store.counting.wait()  # the count has seen no row yet
@@ -248,11 +253,9 @@ async def test_a_batch_written_while_the_store_is_counted_is_counted_once(gateke
     assert len(store.rows) == 3
 
 
-async def test_a_batch_stored_but_not_yet_marked_written_is_counted_once(gatekeeper: Gatekeeper) -> None:
+async def test_a_batch_in_the_store_before_its_write_returns_is_counted_once(gatekeeper: Gatekeeper) -> None:
     store = SlowWriteStore()
-    recorder = UsageRecorder(store, FakeClock())
-    for _ in range(3):
-        recorder.record(usage_row())
+    recorder = three_rows_recorded(store)
     store.held = asyncio.Event()
     flushing = asyncio.create_task(recorder.flush())
     await store.stored.wait()  # in the store, and still unsaved to the recorder
