@@ -147,41 +147,73 @@ class SlotTable:
 # -- GPU time --------------------------------------------------------------------------------------------
 
 
+class _Account:
+    """One identity's GPU time: `value` seconds as of `at` (decaying from then on), and its usual request
+    duration. Mutable, one per identity: a request's start and end each update it with one lookup."""
+
+    __slots__ = ("at", "estimate", "value")
+
+    def __init__(self, at: float) -> None:
+        self.value = 0.0
+        self.at = at
+        self.estimate: float | None = None  # None until a request of the identity has ended
+
+    def decayed(self, now: float, half_life: float) -> float:
+        value = self.value
+        # Most reads come at the moment of the last change (a request's start and end on an idle GPU
+        # are charged at once): no power to compute then.
+        return value * 2.0 ** ((self.at - now) / half_life) if value and now != self.at else value
+
+
 class GpuTime:
     """Each identity's recent GPU time, decayed with `half_life`, and its usual request duration."""
 
-    __slots__ = ("_estimates", "_next_sweep", "_used", "half_life")
+    __slots__ = ("_accounts", "_next_sweep", "half_life")
 
     def __init__(self, half_life: float = DEFAULT_HALF_LIFE) -> None:
         self.half_life = half_life
-        self._used: dict[str, tuple[float, float]] = {}  # identity -> (value, at)
-        self._estimates: dict[str, float] = {}
+        self._accounts: dict[str, _Account] = {}
         self._next_sweep = -math.inf
 
     def decayed(self, identity: str, now: float) -> float:
-        value, at = self._used.get(identity, (0.0, now))
-        return value * math.pow(2.0, -(now - at) / self.half_life)
+        account = self._accounts.get(identity)
+        return account.decayed(now, self.half_life) if account is not None else 0.0
 
-    def charge(self, identity: str, seconds: float, now: float) -> None:
-        self._used[identity] = (max(0.0, self.decayed(identity, now) + seconds), now)
+    def start(self, identity: str, now: float) -> float:
+        """A request of `identity` starts: its usual duration is charged now (and returned), so that the
+        identity is behind others while it runs."""
+        account = self._accounts.get(identity)
+        if account is None:
+            account = self._accounts[identity] = _Account(now)
+        estimate = account.estimate if account.estimate is not None else DEFAULT_ESTIMATE
+        account.value = account.decayed(now, self.half_life) + estimate
+        account.at = now
+        return estimate
+
+    def settle(self, identity: str, started: float, charged: float, now: float) -> None:
+        """The request that `start` charged `charged` for at `started` ended: the time it took replaces
+        that estimate, and becomes part of the next one."""
+        account = self._accounts.get(identity)
+        if account is None:  # forgotten while it ran (idle for 30 half-lives): starts from nothing
+            account = self._accounts[identity] = _Account(now)
+        half_life = self.half_life
+        spent = now - started if now > started else 0.0
+        value = account.decayed(now, half_life) + spent - charged * 2.0 ** (-spent / half_life)
+        account.value = value if value > 0.0 else 0.0
+        account.at = now
+        old = account.estimate
+        account.estimate = spent if old is None else old + _ESTIMATE_SMOOTHING * (spent - old)
 
     def key(self, identity: str, weight: float, now: float) -> float:
         """Orders identities as their decayed GPU time per weight does, at any moment from `now` on. What
         has decayed below a millisecond counts as nothing: those identities go by arrival."""
-        value, at = self._used.get(identity, (0.0, now))
-        if self.decayed(identity, now) < _NEGLIGIBLE:
+        account = self._accounts.get(identity)
+        if account is None or account.decayed(now, self.half_life) < _NEGLIGIBLE:
             return -math.inf
-        return math.log2(value / weight) + at / self.half_life
+        return math.log2(account.value / weight) + account.at / self.half_life
 
     def remembers(self, identity: str) -> bool:
-        return identity in self._used
-
-    def estimate(self, identity: str) -> float:
-        return self._estimates.get(identity, DEFAULT_ESTIMATE)
-
-    def learn(self, identity: str, seconds: float) -> None:
-        old = self._estimates.get(identity)
-        self._estimates[identity] = seconds if old is None else old + _ESTIMATE_SMOOTHING * (seconds - old)
+        return identity in self._accounts
 
     def forget_idle(self, now: float) -> None:
         """Drop identities whose GPU time has decayed to nothing (bounded memory). A sweep visits every
@@ -192,9 +224,8 @@ class GpuTime:
             return
         self._next_sweep = now + self.half_life
         horizon = 30 * self.half_life
-        for identity in [i for i, (_, at) in self._used.items() if now - at > horizon]:
-            del self._used[identity]
-            self._estimates.pop(identity, None)
+        for identity in [i for i, account in self._accounts.items() if now - account.at > horizon]:
+            del self._accounts[identity]
 
 
 # -- the queue -------------------------------------------------------------------------------------------
@@ -291,20 +322,18 @@ class FairQueue:
             self._forget(job)
             if not jobs:
                 del self._waiting[(job.model, job.identity)]
-        estimate = self.gpu.estimate(job.identity)
-        self.gpu.charge(job.identity, estimate, now)
-        self._refresh(job.identity, now)
-        return Running(job, upstream, now, estimate)
+        charged = self.gpu.start(job.identity, now)
+        if self.waiting:
+            self._refresh(job.identity, now)
+        return Running(job, upstream, now, charged)
 
     def finish(self, running: Running, now: float) -> None:
         """The job's request ended: its GPU time replaces the estimate charged when it started."""
-        job = running.job
-        spent = max(0.0, now - running.started)
-        decay = math.pow(2.0, -(now - running.started) / self.gpu.half_life)
-        self.gpu.charge(job.identity, spent - running.charged * decay, now)
-        self.gpu.learn(job.identity, spent)
-        self._refresh(job.identity, now)
-        if self.waiting == 0:
+        identity = running.job.identity
+        self.gpu.settle(identity, running.started, running.charged, now)
+        if self.waiting:
+            self._refresh(identity, now)
+        else:
             self.gpu.forget_idle(now)
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -332,9 +361,8 @@ class FairQueue:
         heapq.heappush(self._heaps.setdefault(model, []), entry)
 
     def _refresh(self, identity: str, now: float) -> None:
-        """The identity's GPU time changed: re-rank its heads wherever it waits."""
-        if not self.waiting:
-            return
+        """The identity's GPU time changed: re-rank its heads wherever it waits (called only while some
+        job waits)."""
         for model in self._per_model:  # only models with jobs waiting (counts of 0 are deleted)
             if (model, identity) in self._waiting:
                 self._push(model, identity, now)

@@ -6,7 +6,7 @@ waiting request, its plan's `queue_timeout`, its client leaving (the request's t
 leaves the queue at once and never reaches Ollama), and the slots themselves: counted here (one
 instance), or shared by every instance through a `SharedSlots` port (Redis).
 
-With slots free, a request takes one at once: no future, no task, no I/O (in one instance).
+With slots free, a request takes one at once: no future, no task, no coroutine, no I/O (in one instance).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from enum import Enum, auto
 from functools import partial
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from ollama_gate.domain.errors import QueueFull, QueueTimeout, TooManyQueued, UpstreamUnavailable
 from ollama_gate.domain.immutable import immutable
@@ -44,6 +45,12 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 # Servers a request may fail over to when the one it had a slot on cannot be connected to.
 _FAILOVER_ATTEMPTS = 2
+
+
+class _InTurn(Enum):
+    """What `GpuQueue._at_once` answers when the request cannot have its slot without awaiting."""
+
+    LATER = auto()
 
 
 class Hold:
@@ -134,7 +141,9 @@ class GpuQueue:
         server that cannot even be connected to (nothing reached it) gives its slot back, and the request
         takes one elsewhere, as the router's own failover does."""
         for attempt in itertools.count():
-            hold = await self.acquire(ticket, model)
+            hold = self._at_once(ticket, model)
+            if hold is _InTurn.LATER:
+                hold = await self._in_turn(ticket, model)
             try:
                 return await send(hold.upstream if hold is not None else None)
             except UpstreamUnavailable:
@@ -176,6 +185,31 @@ class GpuQueue:
         `queue_timeout`; each refunds the ticket (the request consumed nothing). A client that leaves
         while waiting (CancelledError) is out of the queue at once, and refunded too.
         """
+        hold = self._at_once(ticket, model)
+        return await self._in_turn(ticket, model) if hold is _InTurn.LATER else hold
+
+    def _at_once(self, ticket: Ticket, model: str | None) -> Hold | Literal[_InTurn.LATER] | None:
+        """`acquire` when it needs no await: one instance with a slot free and nobody waiting for the
+        model (the common case), or no slot needed; `_InTurn.LATER` when the request must wait or ask the
+        shared slots (then nothing has changed yet)."""
+        if not self.enabled:
+            return None
+        if self._shared is not None:
+            return _InTurn.LATER
+        self._sync()
+        key = job_model(model)
+        if not self.table.serves(key):
+            return None
+        if self.queue.waiting_for(key):
+            return _InTurn.LATER
+        running = self._start_locally(self._job(ticket.caller.counted_as, key, ticket.plan, self._now()))
+        if running is None:
+            return _InTurn.LATER
+        ticket.queue_ms = 0.0  # it started when it arrived
+        return self._held(ticket, running)
+
+    async def _in_turn(self, ticket: Ticket, model: str | None) -> Hold | None:
+        """`acquire` when the request may wait: for its turn in the queue, or for the shared slots."""
         key = job_model(model)
         reserved = self._reserved_for(ticket, key)
         if not self.enabled:
@@ -191,8 +225,6 @@ class GpuQueue:
             running = await self._start_reserved(job, reserved.answer)
         else:
             job = self._job(ticket.caller.counted_as, key, plan, self._now())
-            # A free slot goes at once when nobody waits for the model; one instance takes it without
-            # awaiting anything (the common case: no coroutine).
             if self.queue.waiting_for(key):
                 running = None
             elif self._shared is None:
@@ -215,6 +247,9 @@ class GpuQueue:
                 self._waiters.pop(job.id, None)
             self._waited(job, plan.name, running.started)
         ticket.queue_ms = _ms_since(job.arrived, running.started)
+        return self._held(ticket, running)
+
+    def _held(self, ticket: Ticket, running: Running) -> Hold:
         hold = Hold(self, running)
         ticket.on_end(hold.release)
         return hold
@@ -359,7 +394,8 @@ class GpuQueue:
         self.queue.finish(running, self._now())
         if self._shared is not None:
             self._shared.give_back(running.upstream, running.job.model, _lease(running.job))
-        self._dispatch(running.job.model)
+        if self.queue.waiting:
+            self._dispatch(running.job.model)
 
     def _slot_freed(self, model: str) -> None:
         """Another instance gave a slot back (or one expired): our next in line may take it."""

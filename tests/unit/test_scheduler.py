@@ -12,7 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ollama_gate.domain.scheduler import FairQueue, Job, Running, SlotTable, UpstreamSlots, next_grants
+from ollama_gate.domain.scheduler import (
+    DEFAULT_ESTIMATE,
+    FairQueue,
+    GpuTime,
+    Job,
+    Running,
+    SlotTable,
+    UpstreamSlots,
+    next_grants,
+)
 
 MODELS = ["smollm:latest", "llama3.2:1b"]
 
@@ -273,6 +282,41 @@ def test_identities_whose_gpu_time_decayed_away_are_forgotten() -> None:
     gpu = world.queue.gpu
     assert not any(gpu.remembers(f"old-{index}") for index in range(500))
     assert gpu.remembers("recent") and gpu.remembers("newer")
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    requests=st.lists(
+        st.tuples(st.floats(0.0, 120.0), st.floats(0.0, 600.0)),  # (idle before it, time it ran)
+        min_size=1,
+        max_size=20,
+    ),
+    after=st.floats(0.0, 600.0),
+)
+def test_gpu_time_is_exactly_the_decayed_time_spent_once_requests_end(
+    requests: list[tuple[float, float]], after: float
+) -> None:
+    """The estimate charged when a request starts is taken back in full when it ends: what is left is
+    the time each request ran, decayed from its end."""
+    gpu, now, spent = GpuTime(half_life=60.0), 0.0, []
+    for idle, ran in requests:
+        now += idle
+        charged = gpu.start("alice", now)
+        started, now = now, now + ran
+        gpu.settle("alice", started, charged, now)
+        spent.append((now, ran))
+    now += after
+    expected = sum(ran * 2.0 ** (-(now - ended) / 60.0) for ended, ran in spent)
+    assert gpu.decayed("alice", now) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def test_the_first_estimate_is_the_default_then_follows_the_durations() -> None:
+    gpu = GpuTime()
+    assert gpu.start("bob", 0.0) == DEFAULT_ESTIMATE
+    gpu.settle("bob", 0.0, DEFAULT_ESTIMATE, 4.0)
+    assert gpu.start("bob", 4.0) == 4.0  # the first duration, as it was
+    gpu.settle("bob", 4.0, 4.0, 6.0)
+    assert gpu.start("bob", 6.0) == pytest.approx(4.0 + 0.3 * (2.0 - 4.0))  # smoothed from then on
 
 
 @pytest.mark.parametrize("online", [True, False])
