@@ -26,6 +26,11 @@ class TokenCounts:
         return (self.prompt or 0) + (self.completion or 0)
 
 
+# Unknown counts (nothing answered, an error): one shared value, not an object per request (a request
+# waiting for the GPU holds its default for as long as it waits).
+NO_TOKENS = TokenCounts()
+
+
 @immutable
 class UsageRecord:
     timestamp: datetime

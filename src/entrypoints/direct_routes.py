@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, cast, get_type_hints
 
 from litestar import Litestar, Request
@@ -31,6 +32,9 @@ from ollama_gate.entrypoints.asgi_answers import Answer
 from ollama_gate.entrypoints.inline_middleware import InlineMiddleware, enter_all
 
 OPT_KEY = "direct"
+# The direct routes have no path parameters: one read-only mapping for all of them, not a dict per request
+# (a request waiting for the GPU holds it for as long as it waits).
+_NO_PATH_PARAMS = cast(dict[str, Any], MappingProxyType({}))
 ErrorHandlers = Mapping[type[BaseException], Callable[[Request[Any, Any, Any], Any], Any]]
 
 
@@ -66,7 +70,7 @@ class DirectRoutes:
                 # What Litestar's router leaves on the scope, for the middleware and the handler to read.
                 scope["route_handler"] = handler
                 scope["path_template"] = path
-                scope["path_params"] = {}
+                scope["path_params"] = _NO_PATH_PARAMS
                 return stacked(scope, receive, send)
         return self._inner(scope, receive, send)
 

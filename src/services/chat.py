@@ -11,7 +11,13 @@ import msgspec
 from ollama_gate.domain.ceilings import BodyKind, lower_to_ceilings
 from ollama_gate.domain.chat import ChatRequest, upstream_failure
 from ollama_gate.domain.errors import GatewayError, QueueRefused, UpstreamError
-from ollama_gate.domain.usage import TOKEN_COUNT_FIELDS, Outcome, TokenCounts, tokens_from_final_chunk
+from ollama_gate.domain.usage import (
+    NO_TOKENS,
+    TOKEN_COUNT_FIELDS,
+    Outcome,
+    TokenCounts,
+    tokens_from_final_chunk,
+)
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMBackend, UpstreamResponse
 from ollama_gate.services.gatekeeper import Ticket
@@ -116,7 +122,7 @@ class StreamRelay:
         self.end.abandon()
 
     async def lines(self) -> AsyncGenerator[bytes, None]:
-        outcome, tokens, relayed = Outcome.UPSTREAM_ERROR, TokenCounts(), 0
+        outcome, tokens, relayed = Outcome.UPSTREAM_ERROR, NO_TOKENS, 0
         try:
             async for line in self._upstream.lines():
                 if _is_final_chunk(line):
@@ -178,7 +184,7 @@ class ChatService:
         started = self._clock.monotonic()
         caller, model = ticket.caller, self.model_of(request)
         status: int | None = STATUS_CLIENT_CLOSED
-        outcome, tokens = Outcome.CANCELLED, TokenCounts()
+        outcome, tokens = Outcome.CANCELLED, NO_TOKENS
         try:
             upstream = await self._send(ticket, self._payload(ticket, request, stream=False), model)
             if upstream.status != 200:
@@ -220,12 +226,12 @@ class ChatService:
             raise
         except GatewayError as error:
             self._recorder.request_ended(
-                ticket, endpoint, model, error.status, Outcome.UPSTREAM_ERROR, started, TokenCounts()
+                ticket, endpoint, model, error.status, Outcome.UPSTREAM_ERROR, started, NO_TOKENS
             )
             raise
         except asyncio.CancelledError:
             self._recorder.request_ended(
-                ticket, endpoint, model, STATUS_CLIENT_CLOSED, Outcome.CANCELLED, started, TokenCounts()
+                ticket, endpoint, model, STATUS_CLIENT_CLOSED, Outcome.CANCELLED, started, NO_TOKENS
             )
             raise
 

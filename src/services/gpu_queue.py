@@ -15,10 +15,10 @@ import asyncio
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum, auto
 from functools import partial
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ollama_gate.domain.errors import QueueFull, QueueTimeout, TooManyQueued, UpstreamUnavailable
 from ollama_gate.domain.immutable import immutable
@@ -74,7 +74,7 @@ class Hold:
 
 class Reservation:
     """A shared slot asked for before the request's admission was awaited, so that one Redis round trip
-    carries both: taken over by `acquire`, or given back once, when the request ends before it."""
+    carries both: taken over by `send`, or given back once, when the request ends before it."""
 
     __slots__ = ("_queue", "answer", "job")
 
@@ -128,7 +128,7 @@ class GpuQueue:
         self._synced = -1
         self._ids = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[Running]] = {}
-        self._reserved: dict[Ticket, Reservation] = {}  # slots asked for ahead, until acquire or the end
+        self._reserved: dict[Ticket, Reservation] = {}  # slots asked for ahead, until sent or the end
         self._dispatching: set[str] = set()
         self._deadlines: Deadlines | None = None  # made on the first wait, in the running loop
         if shared is not None:
@@ -137,20 +137,48 @@ class GpuQueue:
     # -- taking a slot -------------------------------------------------------------------------------
 
     async def send(self, ticket: Ticket, model: str | None, send: Callable[[str | None], Awaitable[R]]) -> R:
-        """`send(upstream)` once `ticket`'s request holds a slot on `upstream` (None: it needs none). A
-        server that cannot even be connected to (nothing reached it) gives its slot back, and the request
-        takes one elsewhere, as the router's own failover does."""
-        for attempt in itertools.count():
+        """`send(upstream)` once `ticket`'s request holds a slot on `upstream` (None: it needs none); the
+        slot is given back when the ticket ends. None means the request needs no slot: the queue is off,
+        or no online upstream has the model (Ollama's own answer comes at once).
+
+        Raises TooManyQueued (429) or QueueFull (503) at once, QueueTimeout (503) after the plan's
+        `queue_timeout`; each refunds the ticket (the request consumed nothing). A client that leaves
+        while waiting (CancelledError) is out of the queue at once, and refunded too. A server that
+        cannot even be connected to (nothing reached it) gives its slot back, and the request takes one
+        elsewhere, as the router's own failover does.
+        """
+        attempt = 0
+        while True:
             hold = self._at_once(ticket, model)
             if hold is _InTurn.LATER:
-                hold = await self._in_turn(ticket, model)
+                taken = await self._in_turn(ticket, model)
+                if isinstance(taken, Job):
+                    # Its turn is awaited here, not in a coroutine of its own: a waiting request holds
+                    # every frame of its chain (about 300 bytes each, for as long as it waits).
+                    waiter = self._waiters[taken.id]
+                    try:
+                        running = await waiter
+                    except TimeoutError:
+                        raise self._timed_out(ticket, taken, waiter) from None
+                    except asyncio.CancelledError:
+                        self._left(ticket, taken, waiter)
+                        raise
+                    finally:
+                        self._waiters.pop(taken.id, None)
+                    taken = self._granted(ticket, taken, running)
+                hold = taken
             try:
                 return await send(hold.upstream if hold is not None else None)
             except UpstreamUnavailable:
                 if hold is None or attempt >= _FAILOVER_ATTEMPTS:
                     raise
                 hold.release()  # the router marked that server down: the next slot is elsewhere
-        raise AssertionError("unreachable")
+                attempt += 1
+
+    def acquire(self, ticket: Ticket, model: str | None) -> Coroutine[Any, Any, str | None]:
+        """The upstream on which `ticket`'s request holds a slot until the ticket ends, as `send` takes it
+        (None: it needs none)."""
+        return self.send(ticket, model, _upstream_itself)
 
     def reserve(self, identity: str, plan: Plan, model: str | None) -> Reservation | None:
         """With slots shared, ask now for a slot for a request of `identity` that is about to be admitted,
@@ -167,7 +195,7 @@ class GpuQueue:
         return Reservation(self, job, self._ask_shared(job))
 
     def keep(self, reservation: Reservation, ticket: Ticket) -> None:
-        """`ticket`'s request holds `reservation` until `acquire` takes it over, or its end gives it back."""
+        """`ticket`'s request holds `reservation` until `send` takes it over, or its end gives it back."""
         self._reserved[ticket] = reservation
         ticket.on_end(partial(self._drop_reservation, ticket))
 
@@ -176,20 +204,8 @@ class GpuQueue:
         if reserved is not None:
             reserved.cancel()
 
-    async def acquire(self, ticket: Ticket, model: str | None) -> Hold | None:
-        """A slot for `ticket`'s request, on the upstream it names, given back when the ticket ends (or
-        the hold is released); None when the request needs no slot (the queue is off, or no online
-        upstream has the model: Ollama's own answer comes at once).
-
-        Raises TooManyQueued (429) or QueueFull (503) at once, QueueTimeout (503) after the plan's
-        `queue_timeout`; each refunds the ticket (the request consumed nothing). A client that leaves
-        while waiting (CancelledError) is out of the queue at once, and refunded too.
-        """
-        hold = self._at_once(ticket, model)
-        return await self._in_turn(ticket, model) if hold is _InTurn.LATER else hold
-
     def _at_once(self, ticket: Ticket, model: str | None) -> Hold | Literal[_InTurn.LATER] | None:
-        """`acquire` when it needs no await: one instance with a slot free and nobody waiting for the
+        """`send`'s slot when it needs no await: one instance with a slot free and nobody waiting for the
         model (the common case), or no slot needed; `_InTurn.LATER` when the request must wait or ask the
         shared slots (then nothing has changed yet)."""
         if not self.enabled:
@@ -208,8 +224,9 @@ class GpuQueue:
         ticket.queue_ms = 0.0  # it started when it arrived
         return self._held(ticket, running)
 
-    async def _in_turn(self, ticket: Ticket, model: str | None) -> Hold | None:
-        """`acquire` when the request may wait: for its turn in the queue, or for the shared slots."""
+    async def _in_turn(self, ticket: Ticket, model: str | None) -> Hold | Job | None:
+        """`send`'s slot when the request may wait: taken at once (after asking the shared slots, when
+        they are), or its job queued, for `send` to await its turn (`_waiters[job.id]`)."""
         key = job_model(model)
         reserved = self._reserved_for(ticket, key)
         if not self.enabled:
@@ -219,12 +236,11 @@ class GpuQueue:
             if reserved is not None:
                 reserved.cancel()
             return None
-        plan = ticket.plan
         if reserved is not None and reserved.take_over():
             job = reserved.job
             running = await self._start_reserved(job, reserved.answer)
         else:
-            job = self._job(ticket.caller.counted_as, key, plan, self._now())
+            job = self._job(ticket.caller.counted_as, key, ticket.plan, self._now())
             if self.queue.waiting_for(key):
                 running = None
             elif self._shared is None:
@@ -232,20 +248,14 @@ class GpuQueue:
             else:
                 running = await self._start_reserved(job, self._ask_shared(job))
         if running is None:
-            # Awaited here, not in a coroutine of its own: a waiting request holds every frame of its
-            # chain (about 300 bytes each, for as long as it waits).
-            timeout = plan.effective_queue_timeout
-            waiter = self._enqueue(ticket, job, timeout)
-            try:
-                running = await waiter
-            except TimeoutError:
-                raise self._timed_out(ticket, job, waiter, timeout) from None
-            except asyncio.CancelledError:
-                self._left(ticket, job, waiter)
-                raise
-            finally:
-                self._waiters.pop(job.id, None)
-            self._waited(job, plan.name, running.started)
+            self._enqueue(ticket, job)
+            return job
+        ticket.queue_ms = _ms_since(job.arrived, running.started)
+        return self._held(ticket, running)
+
+    def _granted(self, ticket: Ticket, job: Job, running: Running) -> Hold:
+        """The slot a waiting `job` was handed."""
+        self._waited(job, ticket.plan.name, running.started)
         ticket.queue_ms = _ms_since(job.arrived, running.started)
         return self._held(ticket, running)
 
@@ -313,9 +323,9 @@ class GpuQueue:
             self._shared.give_back(upstream, model, _lease(reservation.job))
             self._slot_freed(model)
 
-    def _enqueue(self, ticket: Ticket, job: Job, timeout: float) -> asyncio.Future[Running]:
-        """`job` waits: the future its grant (or its deadline's TimeoutError) ends. Raises QueueFull and
-        TooManyQueued at once, the ticket refunded."""
+    def _enqueue(self, ticket: Ticket, job: Job) -> None:
+        """`job` waits, for the future `_waiters[job.id]` that its grant (or its deadline's TimeoutError)
+        ends. Raises QueueFull and TooManyQueued at once, the ticket refunded."""
         refusal = self.queue.refusal(job.identity)
         if refusal is not None:
             self._rejected("queue_full")
@@ -331,20 +341,18 @@ class GpuQueue:
         # a cancellation of the task; not a loop timer each either, see services/deadlines.py): whichever
         # of a grant and the deadline comes first is the future's result, and a grant that races the
         # client leaving is handed on by `_leave`. Set first: nothing is queued if it cannot be.
-        self._deadlines_in(loop).add(job.id, timeout, len(self._waiters))
+        self._deadlines_in(loop).add(job.id, ticket.plan.effective_queue_timeout, len(self._waiters))
         self._waiters[job.id] = waiter
         self.queue.enqueue(job)
         self._advertise(job.model)
         self._dispatch(job.model)
-        return waiter
 
-    def _timed_out(
-        self, ticket: Ticket, job: Job, waiter: asyncio.Future[Running], timeout: float
-    ) -> QueueTimeout:
+    def _timed_out(self, ticket: Ticket, job: Job, waiter: asyncio.Future[Running]) -> QueueTimeout:
         self._leave(job, waiter)
         self._rejected("queue_timeout")
         self._waited(job, ticket.plan.name, self._now())
         ticket.refund()
+        timeout = ticket.plan.effective_queue_timeout
         return QueueTimeout(
             f"no GPU slot for {job.model or 'the model'} within {timeout:g}s: try again shortly",
             retry_after=max(1.0, math.ceil(timeout / 4)),
@@ -523,6 +531,10 @@ class GpuQueue:
 
 def _ms_since(start: float, end: float) -> float:
     return round(max(0.0, end - start) * 1000, 3)
+
+
+async def _upstream_itself(upstream: str | None) -> str | None:
+    return upstream
 
 
 def _lease(job: Job) -> str:

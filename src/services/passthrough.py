@@ -18,7 +18,7 @@ from ollama_gate.domain.errors import GatewayError, InvalidRequest, QueueRefused
 from ollama_gate.domain.immutable import immutable
 from ollama_gate.domain.json_depth import check_nesting
 from ollama_gate.domain.plans import Plan
-from ollama_gate.domain.usage import Outcome, TokenCounts, tokens_from_final_chunk
+from ollama_gate.domain.usage import NO_TOKENS, Outcome, TokenCounts, tokens_from_final_chunk
 from ollama_gate.ports.clock import Clock
 from ollama_gate.ports.llm import LLMRouter, ProxyResponse, RequestBody
 from ollama_gate.services.gatekeeper import Ticket
@@ -135,7 +135,7 @@ class OllamaDialect:
         final = _document(tail.last) if b'"done"' in tail.last else None
         if final is not None and final.get("done") is True and "error" not in final:
             return Outcome.OK, self.tokens(final)
-        return Outcome.UPSTREAM_ERROR, TokenCounts()
+        return Outcome.UPSTREAM_ERROR, NO_TOKENS
 
     def error_event(self, message: str, mid_line: bool) -> bytes:
         return (b"\n" if mid_line else b"") + _encode({"error": message}) + b"\n"
@@ -150,7 +150,7 @@ class OpenAIDialect:
     def tokens(self, answer: dict[str, Any]) -> TokenCounts:
         usage = answer.get("usage")
         if not isinstance(usage, dict):
-            return TokenCounts()
+            return NO_TOKENS
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         return TokenCounts(
             prompt if isinstance(prompt, int) else None,
@@ -159,10 +159,10 @@ class OpenAIDialect:
 
     def outcome(self, tail: StreamTail) -> tuple[Outcome, TokenCounts]:
         if tail.last != b"data: [DONE]":
-            return Outcome.UPSTREAM_ERROR, TokenCounts()
+            return Outcome.UPSTREAM_ERROR, NO_TOKENS
         before = tail.previous
         event = _document(before[5:]) if before.startswith(b"data:") and b'"usage"' in before else None
-        return Outcome.OK, self.tokens(event) if event is not None else TokenCounts()
+        return Outcome.OK, self.tokens(event) if event is not None else NO_TOKENS
 
     def error_event(self, message: str, mid_line: bool) -> bytes:
         error = {"message": message, "type": "server_error", "param": None, "code": None}
@@ -309,10 +309,10 @@ class PassthroughService:
         except QueueRefused:
             raise  # turned away before it reached Ollama: a refusal, no usage row
         except GatewayError as error:
-            record(error.status, Outcome.UPSTREAM_ERROR, TokenCounts())
+            record(error.status, Outcome.UPSTREAM_ERROR, NO_TOKENS)
             raise
         except asyncio.CancelledError:
-            record(STATUS_CLIENT_CLOSED, Outcome.CANCELLED, TokenCounts())
+            record(STATUS_CLIENT_CLOSED, Outcome.CANCELLED, NO_TOKENS)
             raise
         if upstream.status == 200 and is_streamed(upstream.content_type):
             return self._relayed_stream(
@@ -323,7 +323,7 @@ class PassthroughService:
     async def _whole(
         self, upstream: ProxyResponse, dialect: Dialect, record: Callable[[int, Outcome, TokenCounts], None]
     ) -> Relayed:
-        status, outcome, tokens = STATUS_CLIENT_CLOSED, Outcome.CANCELLED, TokenCounts()
+        status, outcome, tokens = STATUS_CLIENT_CLOSED, Outcome.CANCELLED, NO_TOKENS
         try:
             body = await upstream.read()
             status = upstream.status
@@ -347,7 +347,7 @@ class PassthroughService:
         self, upstream: ProxyResponse, dialect: Dialect, end: StreamEnd
     ) -> AsyncIterator[bytes]:
         tail = StreamTail()
-        outcome, tokens, relayed = Outcome.UPSTREAM_ERROR, TokenCounts(), 0
+        outcome, tokens, relayed = Outcome.UPSTREAM_ERROR, NO_TOKENS, 0
         try:
             async for data in upstream.chunks():
                 tail.feed(data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ollama_gate.domain.usage import Outcome, TokenCounts
+from ollama_gate.domain.usage import NO_TOKENS, Outcome, TokenCounts
 from ollama_gate.ports.llm import UpstreamResponse
 
 
@@ -33,4 +33,4 @@ class StreamEnd:
 
     def abandon(self) -> None:
         """Ends the stream as cancelled, unless it has already ended."""
-        self(Outcome.CANCELLED, TokenCounts())
+        self(Outcome.CANCELLED, NO_TOKENS)
