@@ -182,9 +182,7 @@ class GpuTime:
     def start(self, identity: str, now: float) -> float:
         """A request of `identity` starts: its usual duration is charged now (and returned), so that the
         identity is behind others while it runs."""
-        account = self._accounts.get(identity)
-        if account is None:
-            account = self._accounts[identity] = _Account(now)
+        account = self._account(identity, now)
         estimate = account.estimate if account.estimate is not None else DEFAULT_ESTIMATE
         account.value = account.decayed(now, self.half_life) + estimate
         account.at = now
@@ -193,9 +191,7 @@ class GpuTime:
     def settle(self, identity: str, started: float, charged: float, now: float) -> None:
         """The request that `start` charged `charged` for at `started` ended: the time it took replaces
         that estimate, and becomes part of the next one."""
-        account = self._accounts.get(identity)
-        if account is None:  # forgotten while it ran (idle for 30 half-lives): starts from nothing
-            account = self._accounts[identity] = _Account(now)
+        account = self._account(identity, now)
         half_life = self.half_life
         spent = now - started if now > started else 0.0
         value = account.decayed(now, half_life) + spent - charged * 2.0 ** (-spent / half_life)
@@ -203,6 +199,14 @@ class GpuTime:
         account.at = now
         old = account.estimate
         account.estimate = spent if old is None else old + _ESTIMATE_SMOOTHING * (spent - old)
+
+    def _account(self, identity: str, now: float) -> _Account:
+        """The identity's account; a new one (nothing used) for an identity never seen, or forgotten
+        (idle for 30 half-lives, possibly while its last request ran)."""
+        account = self._accounts.get(identity)
+        if account is None:
+            account = self._accounts[identity] = _Account(now)
+        return account
 
     def key(self, identity: str, weight: float, now: float) -> float:
         """Orders identities as their decayed GPU time per weight does, at any moment from `now` on. What

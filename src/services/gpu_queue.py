@@ -221,16 +221,14 @@ class GpuQueue:
         running = self._start_locally(self._job(ticket.caller.counted_as, key, ticket.plan, self._now()))
         if running is None:
             return _InTurn.LATER
-        ticket.queue_ms = 0.0  # it started when it arrived
         return self._held(ticket, running)
 
     async def _in_turn(self, ticket: Ticket, model: str | None) -> Hold | Job | None:
-        """`send`'s slot when the request may wait: taken at once (after asking the shared slots, when
-        they are), or its job queued, for `send` to await its turn (`_waiters[job.id]`)."""
+        """`send`'s slot once `_at_once` said it cannot be had without awaiting: with slots shared, asked
+        for (or taken over from the request's reservation); else, or when none is free, its job queued
+        for `send` to await its turn (`_waiters[job.id]`)."""
         key = job_model(model)
         reserved = self._reserved_for(ticket, key)
-        if not self.enabled:
-            return None
         self._sync()
         if not self.table.serves(key):
             if reserved is not None:
@@ -241,25 +239,24 @@ class GpuQueue:
             running = await self._start_reserved(job, reserved.answer)
         else:
             job = self._job(ticket.caller.counted_as, key, ticket.plan, self._now())
-            if self.queue.waiting_for(key):
+            # One instance: `_at_once` found the slots busy or others waiting, and nothing has run since.
+            if self._shared is None or self.queue.waiting_for(key):
                 running = None
-            elif self._shared is None:
-                running = self._start_locally(job)
             else:
                 running = await self._start_reserved(job, self._ask_shared(job))
         if running is None:
             self._enqueue(ticket, job)
             return job
-        ticket.queue_ms = _ms_since(job.arrived, running.started)
         return self._held(ticket, running)
 
     def _granted(self, ticket: Ticket, job: Job, running: Running) -> Hold:
         """The slot a waiting `job` was handed."""
         self._waited(job, ticket.plan.name, running.started)
-        ticket.queue_ms = _ms_since(job.arrived, running.started)
         return self._held(ticket, running)
 
     def _held(self, ticket: Ticket, running: Running) -> Hold:
+        """`running`'s slot, held by `ticket`'s request until it ends (its wait on its usage row)."""
+        ticket.queue_ms = _ms_since(running.job.arrived, running.started)
         hold = Hold(self, running)
         ticket.on_end(hold.release)
         return hold
