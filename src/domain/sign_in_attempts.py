@@ -54,7 +54,9 @@ class FailedSignIns:
         if not times:
             del self._seen[address]
         elif len(times) >= self._failures:
-            raise TooManySignIns(times[0] + self._window - now)
+            # The window less the time since the oldest failure: `oldest + window - now` can round to
+            # just above the window when the oldest failure is now (hypothesis found 60.00000000000001).
+            raise TooManySignIns(self._window - (now - times[0]))
 
     def failed(self, address: str, now: float) -> None:
         times = self._seen.pop(address, None) or deque()
