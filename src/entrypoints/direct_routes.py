@@ -22,11 +22,12 @@ from types import MappingProxyType
 from typing import Any, cast, get_type_hints
 
 from litestar import Litestar, Request
-from litestar.enums import ScopeType
+from litestar.enums import ASGIExtension, ScopeType
 from litestar.exceptions import ImproperlyConfiguredException
 from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Empty, HTTPScope, Receive, Scope, Send
+from litestar.utils.scope.state import ScopeState
 
 from ollama_gate.entrypoints.asgi_answers import Answer
 from ollama_gate.entrypoints.inline_middleware import InlineMiddleware, enter_all
@@ -35,12 +36,47 @@ OPT_KEY = "direct"
 # The direct routes have no path parameters: one read-only mapping for all of them, not a dict per request
 # (a request waiting for the GPU holds it for as long as it waits).
 _NO_PATH_PARAMS = cast(dict[str, Any], MappingProxyType({}))
+_NO_EXTENSIONS = cast(dict[str, Any], MappingProxyType({}))
 ErrorHandlers = Mapping[type[BaseException], Callable[[Request[Any, Any, Any], Any], Any]]
 
 
 def direct() -> dict[str, Any]:
     """`opt=` of a handler that `DirectRoutes` may call itself (merge it with other `opt` entries)."""
     return {OPT_KEY: True}
+
+
+class DirectRequest(Request[Any, Any, Any]):
+    """Litestar's `Request` as the direct routes make it: the same object, except that its per-request
+    state (Litestar's `ScopeState` and the three containers it makes at once, about 450 bytes with the
+    scope's entry for it) is made when something first reads it. The metered routes read only the scope,
+    `receive` and the route handler, so a request that waits for the GPU never makes it; an error answer or
+    a header lookup does, and gets what `Request` would have given it."""
+
+    __slots__ = ("_lazy_state",)
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Request.__init__ without the state: the attributes it sets, in its order, with their values.
+        self.scope = cast(HTTPScope, scope)
+        self.receive = receive
+        self.send = send
+        self._lazy_state: ScopeState | None = None
+        self._base_url = self._url = self._parsed_query = self._cookies = Empty
+        self._server_extensions = scope.get("extensions") or _NO_EXTENSIONS
+        self.is_connected = True
+        self._body = self._form = self._json = self._msgpack = Empty
+        self._content_type = self._accept = self._content_length = Empty
+        self.supports_push_promise = ASGIExtension.SERVER_PUSH in self._server_extensions
+
+    @property
+    def _connection_state(self) -> ScopeState:
+        state = self._lazy_state
+        if state is None:
+            state = self._lazy_state = ScopeState.from_scope(self.scope)
+        return state
+
+    @_connection_state.setter
+    def _connection_state(self, state: ScopeState) -> None:
+        self._lazy_state = state
 
 
 class DirectRoutes:
@@ -77,7 +113,6 @@ class DirectRoutes:
     def _serve(self, handler: HTTPRouteHandler) -> ASGIApp:
         call: Callable[[Request[Any, Any, Any]], Awaitable[Answer]] = handler.fn
         hook = handler.resolve_before_request()
-        request_class = handler.resolve_request_class()
         error_answer = self._error_answer
         # Litestar's order: the app's middleware outside the route's own (the list is innermost first).
         middleware: list[Any] = handler.resolve_middleware()
@@ -90,7 +125,7 @@ class DirectRoutes:
         async def serve(scope: Scope, receive: Receive, send: Send) -> None:
             receive, send, entered = enter_all(inline, scope, receive, send)
             with entered:
-                request = request_class(scope, receive, send)
+                request = DirectRequest(scope, receive, send)
                 try:
                     if hook is not None:
                         await hook(request)
@@ -125,11 +160,13 @@ def _check_shape(route: HTTPRoute, handler: HTTPRouteHandler) -> None:
         and not route.path_parameters
         and not handler.resolve_guards()
         and not handler.resolve_dependencies()
+        and handler.resolve_request_class() is Request
         and isinstance(returns, type)
         and issubclass(returns, Answer)
     )
     if not plain:
         raise ImproperlyConfiguredException(
             f"{handler.handler_name} on {route.path} cannot be called directly: it must take only the "
-            "request, have no path parameters, guards or dependencies, and return an Answer"
+            "request (Litestar's own class), have no path parameters, guards or dependencies, and return "
+            "an Answer"
         )

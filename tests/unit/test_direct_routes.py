@@ -9,6 +9,7 @@ import pytest
 from litestar import Litestar, Request, get, post
 from litestar.exceptions import ImproperlyConfiguredException
 from litestar.testing import AsyncTestClient
+from litestar.utils.scope.state import CONNECTION_STATE_KEY
 
 from ollama_gate.domain.errors import Unauthorized
 from ollama_gate.entrypoints.asgi_answers import JSON, BodyAnswer
@@ -38,13 +39,22 @@ async def echo(request: Request[Any, Any, Any]) -> BodyAnswer:
     return BodyAnswer(await request.body(), JSON, {"X-Echo": "1"})
 
 
+@post("/lazy", opt=direct())
+async def lazy(request: Request[Any, Any, Any]) -> BodyAnswer:
+    # Litestar's per-request state is made by the first read that needs it, not before.
+    seen.append(f"state before {CONNECTION_STATE_KEY in request.scope['state']}")
+    described = f"{request.method} {request.url.path} {request.headers.get('x-tag')} {await request.body()!r}"
+    seen.append(f"state after {CONNECTION_STATE_KEY in request.scope['state']}")
+    return BodyAnswer(described.encode(), JSON)
+
+
 @get("/plain")
 async def plain() -> dict[str, str]:
     return {"via": "litestar"}
 
 
 def app_with_spy() -> tuple[Litestar, list[str]]:
-    app = Litestar([echo, plain], exception_handlers=exception_handlers)
+    app = Litestar([echo, lazy, plain], exception_handlers=exception_handlers)
     through_litestar: list[str] = []
     inner = app.asgi_handler
 
@@ -68,6 +78,14 @@ async def test_a_marked_route_is_served_directly_with_its_hook_and_middleware() 
     assert (response.status_code, response.content, response.headers["x-echo"]) == (200, b'{"a": 1}', "1")
     assert seen == ["middleware /echo", "hook", "handler"]
     assert through_litestar == []
+
+
+async def test_the_request_is_litestars_and_makes_its_state_only_when_it_is_read() -> None:
+    app, _ = app_with_spy()
+    async with AsyncTestClient(app) as client:
+        response = await client.post("/lazy", content=b"body", headers={"X-Tag": "t"})
+    assert response.content == b"POST /lazy t b'body'"
+    assert seen == ["state before False", "state after True"]
 
 
 async def test_what_a_hook_raises_is_answered_by_the_apps_exception_handlers() -> None:
@@ -97,4 +115,17 @@ def test_a_handler_litestar_must_prepare_cannot_be_marked() -> None:
 
     app = Litestar([typed])
     with pytest.raises(ImproperlyConfiguredException, match="cannot be called directly"):
+        DirectRoutes(app, app.asgi_handler, exception_handlers)
+
+
+def test_a_handler_with_a_request_class_of_its_own_cannot_be_marked() -> None:
+    class OwnRequest(Request[Any, Any, Any]):
+        pass
+
+    @post("/own", opt=direct(), request_class=OwnRequest)
+    async def own(request: Request[Any, Any, Any]) -> BodyAnswer:
+        return BodyAnswer(b"", JSON)
+
+    app = Litestar([own])
+    with pytest.raises(ImproperlyConfiguredException, match="Litestar's own class"):
         DirectRoutes(app, app.asgi_handler, exception_handlers)
