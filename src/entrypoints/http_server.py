@@ -33,11 +33,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from types import FrameType
+from types import FrameType, MappingProxyType
 from typing import Any, ClassVar, cast
 
 import msgspec
 from uvicorn import Config, Server
+from uvicorn._types import ASGIVersions
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import HANDLED_SIGNALS, ServerState
@@ -76,6 +77,15 @@ TIMER_SLACK = 0.01
 _known_addresses: dict[tuple[str, int | None], tuple[str, int | None]] = {}
 _known_hosts: dict[str, str] = {}
 _KNOWN_HOSTS_KEPT = 4096
+# Lower-cased header names, one object per name however many requests carry it (a waiting request keeps
+# its headers: 45 bytes a name); names past this many are lowered per request, as uvicorn does.
+_known_header_names: dict[bytes, bytes] = {}
+_HEADER_NAMES_KEPT = 256
+# The scope's `asgi` entry, one read-only mapping for every request (uvicorn makes a dict each, 184 bytes).
+_ASGI_ENTRIES = {
+    version: cast(ASGIVersions, MappingProxyType({"version": version, "spec_version": "2.3"}))
+    for version in ("2.0", "3.0")
+}
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # uvicorn's own attributes (28) stay in the instance dict; with ours there too it would pass the 30
     # keys a dict can share with the other instances of the class, and cost 1.5 KB per connection.
     __slots__ = (
+        "_asgi",
         "_bodiless_bytes",
         "_body_heard_at",
         "_body_in_read",
@@ -209,6 +220,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.pipeline = cast(deque[tuple[RequestResponseCycle, Any]], Pipeline())
+        self._asgi = _ASGI_ENTRIES[self.asgi_version]
         limits = cast(GatewayConfig, config).limits
         self._max_head_bytes = limits.max_header_bytes
         self._head_timeout = limits.header_timeout
@@ -230,8 +242,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_heard_at = 0.0
         self._body_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        # Each request's ClientGone (see client_presence) with its cycle, until its response is complete.
-        self._gone: list[tuple[ClientGone, RequestResponseCycle]] = []
+        # Each request's cycle until its response is complete: its ClientGone (see client_presence) is on
+        # its scope.
+        self._gone: list[RequestResponseCycle] = []
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -275,9 +288,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_pending = False
         super().connection_lost(exc)
         gone, self._gone = self._gone, []
-        for client_gone, cycle in gone:
+        for cycle in gone:
             if not cycle.response_complete:
-                client_gone.fire()
+                cast(ClientGone, cycle.scope[CLIENT_GONE]).fire()  # type: ignore[literal-required]
 
     def handle_websocket_upgrade(self) -> None:
         # The connection now belongs to the websocket protocol: none of our timers may close it.
@@ -343,6 +356,34 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- parser callbacks --------------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        """uvicorn's, with the scope's `asgi` entry shared (see `_ASGI_ENTRIES`)."""
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": self._asgi,
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """uvicorn's, with the lower-cased names shared (see `_known_header_names`)."""
+        lowered = _known_header_names.get(name)
+        if lowered is None:
+            lowered = name.lower()
+            if len(_known_header_names) < _HEADER_NAMES_KEPT:
+                _known_header_names[name] = lowered
+        if lowered == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((lowered, value))
+
     def on_headers_complete(self) -> None:
         self._reading_head = False
         if self._head_timer is not None:
@@ -360,9 +401,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.scope is self.scope:
             # Nothing has waited on or set the cycle's event yet: its task has not run.
             self.cycle.message_event = cast(asyncio.Event, LeanEvent())
-            # Pipelined requests answer in order: those whose responses completed are done with.
-            self._gone = [(s, c) for s, c in self._gone if not c.response_complete]
-            self._gone.append((client_gone, self.cycle))
+            gone = self._gone
+            if gone and gone[0].response_complete:
+                # Pipelined requests answer in order: those whose responses completed are done with. (The
+                # list is the connection's own, kept: not a new one per request.)
+                gone[:] = [cycle for cycle in gone if not cycle.response_complete]
+            gone.append(self.cycle)
 
     def on_body(self, body: bytes) -> None:
         self._body_in_read = True
