@@ -30,6 +30,8 @@ _REASONS = {
     LimitKind.DAILY_TOKENS: "tokens",
     LimitKind.CONCURRENCY: "concurrency",
 }
+# Member callers kept for reuse (see Gatekeeper._member); past this many, the kept ones are forgotten.
+_MEMBERS_KEPT = 4096
 
 
 @dataclass(slots=True)
@@ -62,12 +64,15 @@ class Ticket:
         self.request_id = request_id  # the id the request is answered with, for its usage row
         self.ended = False
         self.queue_ms: float | None = None  # how long it waited for a GPU slot (None: it did not queue)
-        self._on_end: list[Callable[[], None]] = []
+        # Made by the first `on_end`: a request waiting for its slot has none yet (and thousands wait).
+        self._on_end: list[Callable[[], None]] | None = None
 
     def on_end(self, callback: Callable[[], None]) -> None:
         """Run `callback` when the ticket ends (at once if it already has)."""
         if self.ended:
             callback()
+        elif self._on_end is None:
+            self._on_end = [callback]
         else:
             self._on_end.append(callback)
 
@@ -83,8 +88,9 @@ class Ticket:
         if self.ended:
             return False
         self.ended = True
-        for callback in self._on_end:
-            callback()
+        if self._on_end is not None:
+            for callback in self._on_end:
+                callback()
         return True
 
 
@@ -117,6 +123,10 @@ class Gatekeeper:
         self._ipv6_prefix = ipv6_prefix
         self._telemetry = telemetry
         self._in_flight: dict[str, int] = {}
+        # Per plan name: the plan last seen under it and its limits (one object for every request of the
+        # plan, not one each; an edited plan is a new object, and replaces its entry).
+        self._limits: dict[str, tuple[Plan, Limits]] = {}
+        self._members: dict[tuple[int, str, str, bool], Caller] = {}
 
     # -- who -----------------------------------------------------------------------------------------
 
@@ -141,9 +151,21 @@ class Gatekeeper:
         except Unauthorized:
             self._count_rejection(REJECTED_UNAUTHORIZED, "unauthorized")
             raise
-        if key.plan is not None and self.plans.exists(key.plan):
-            return Caller.member(key.user_id, key.id, client_ip, key.plan, per_key=True)
-        return Caller.member(key.user_id, key.id, client_ip, self.plans.plan_of_user(key.user_id))
+        per_key = key.plan is not None and self.plans.exists(key.plan)
+        plan = key.plan if per_key and key.plan is not None else self.plans.plan_of_user(key.user_id)
+        return self._member(key.user_id, key.id, client_ip, plan, per_key)
+
+    def _member(self, user_id: str, key_id: int, client_ip: str, plan: str, per_key: bool) -> Caller:
+        """The member caller of a key from an address on a plan: one object for all their requests (every
+        request holds its caller, a waiting one as long as it waits), made again when any of them changes.
+        A key's user never changes."""
+        made_of = (key_id, client_ip, plan, per_key)
+        caller = self._members.get(made_of)
+        if caller is None:
+            if len(self._members) >= _MEMBERS_KEPT:
+                self._members.clear()
+            caller = self._members[made_of] = Caller.member(user_id, key_id, client_ip, plan, per_key)
+        return caller
 
     def plan_of(self, caller: Caller) -> Plan:
         return self.plans.plan(caller.plan)
@@ -164,7 +186,7 @@ class Gatekeeper:
         """Take one admission under every limit of the caller's plan; raises QuotaExceeded (429, counted)
         when one is used up. `request_id` rides on the ticket to the request's usage row."""
         plan = plan or self.plan_of(caller)
-        limits = Limits.of(plan)
+        limits = self._limits_of(plan)
         if limits.empty:
             admission = Admission(True, limits, ())
         else:
@@ -175,6 +197,14 @@ class Gatekeeper:
         identity = caller.counted_as
         self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
         return Ticket(self, caller, plan, admission, request_id)
+
+    def _limits_of(self, plan: Plan) -> Limits:
+        known = self._limits.get(plan.name)
+        if known is not None and known[0] is plan:
+            return known[1]
+        limits = Limits.of(plan)
+        self._limits[plan.name] = (plan, limits)
+        return limits
 
     async def admit_listing(self, caller: Caller) -> Admission | None:
         """The listing paths' own generous quota (`/api/tags`, `/api/show`, ...), so they cannot be used to
@@ -207,7 +237,7 @@ class Gatekeeper:
     async def remaining(self, caller: Caller) -> tuple[tuple[LimitState, ...], int]:
         """What the caller has left under its plan, and its requests in flight (across instances when
         the plan limits concurrency, else on this instance)."""
-        limits = Limits.of(self.plan_of(caller))
+        limits = self._limits_of(self.plan_of(caller))
         states = () if limits.empty else await self._limiter.states(caller.counted_as, limits)
         concurrency = next((s for s in states if s.kind is LimitKind.CONCURRENCY), None)
         in_flight = (

@@ -75,6 +75,20 @@ async def test_a_user_plan_and_a_key_plan(
     assert await admitted(gatekeeper, own, 5) == 5  # the bot's budget is not its owner's
 
 
+async def test_a_keys_requests_share_one_caller_until_its_address_or_its_plan_changes(
+    gatekeeper: Gatekeeper, key_service: KeyService, plans: PlanBook
+) -> None:
+    issued = await key_service.create("alice", None)
+    first = await gatekeeper.identify(issued.secret, None, "10.0.0.1")
+    assert await gatekeeper.identify(issued.secret, None, "10.0.0.1") is first
+    elsewhere = await gatekeeper.identify(issued.secret, None, "10.0.0.2")
+    assert (elsewhere.client_ip, first.client_ip) == ("10.0.0.2", "10.0.0.1")
+    await plans.put("gold", {"requests": "100/60"})
+    await plans.assign("alice", "gold")
+    moved = await gatekeeper.identify(issued.secret, None, "10.0.0.1")
+    assert (moved.plan, moved.counted_as, first.plan) == ("gold", "user:alice", "member")
+
+
 @pytest.mark.parametrize(
     ("x_api_key", "authorization"),
     [("oa-" + "u" * 43, None), ("garbage", None), (None, "Bearer "), (None, "Basic abc"), ("", None)],
