@@ -30,16 +30,19 @@ import signal
 import socket
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import FrameType, MappingProxyType
 from typing import Any, ClassVar, cast
 
+import httptools
 import msgspec
 from uvicorn import Config, Server
 from uvicorn._types import ASGIVersions
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import HANDLED_SIGNALS, ServerState
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
@@ -47,14 +50,13 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 from ollama_gate.entrypoints.client_presence import CLIENT_GONE, ClientGone
 from ollama_gate.entrypoints.coalescing_transport import CoalescingTransport
 from ollama_gate.entrypoints.litestar_entry import entry_of
-from ollama_gate.entrypoints.uvicorn_parts import LeanEvent, LeanFlowControl, Pipeline
+from ollama_gate.entrypoints.uvicorn_parts import GatewayCycle, LeanEvent, LeanFlowControl, Pipeline
 
 log = logging.getLogger(__name__)
 
 # The base class's callbacks, called directly on the per-read and per-request path: on Python 3.11 each
 # `super()` builds a proxy object, and these run for every read and every request.
 _base_data_received = HttpToolsProtocol.data_received
-_base_on_headers_complete = HttpToolsProtocol.on_headers_complete
 _base_on_body = HttpToolsProtocol.on_body
 _base_on_message_complete = HttpToolsProtocol.on_message_complete
 
@@ -385,6 +387,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.headers.append((lowered, value))
 
     def on_headers_complete(self) -> None:
+        """uvicorn's, with the gateway's cycle (`GatewayCycle`, with a lean event), the request's
+        `ClientGone`, and the end of the head's deadline."""
         self._reading_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -392,21 +396,57 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Until on_message_complete a body is awaited; the end of the head counts as its first sign of life.
         self._body_pending = True
         self._body_in_read = True
-        client_gone = ClientGone()
+        scope = self.scope
         # A key of the scope itself rather than of an `extensions` dict made for it: that dict lives as long
         # as the request (172 bytes; without it Litestar's Request makes an empty one, 64), and a waiting
         # request lives long.
-        cast(dict[str, object], self.scope)[CLIENT_GONE] = client_gone
-        _base_on_headers_complete(self)
-        if self.cycle is not None and self.cycle.scope is self.scope:
-            # Nothing has waited on or set the cycle's event yet: its task has not run.
-            self.cycle.message_event = cast(asyncio.Event, LeanEvent())
-            gone = self._gone
-            if gone and gone[0].response_complete:
-                # Pipelined requests answer in order: those whose responses completed are done with. (The
-                # list is the connection's own, kept: not a new one per request.)
-                gone[:] = [cycle for cycle in gone if not cycle.response_complete]
-            gone.append(self.cycle)
+        cast(dict[str, object], scope)[CLIENT_GONE] = ClientGone()
+        parser = self.parser
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+        app: Any = self.app
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        existing_cycle = self.cycle
+        self.cycle = cycle = GatewayCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=cast(asyncio.Event, LeanEvent()),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        gone = self._gone
+        if gone and gone[0].response_complete:
+            # Pipelined requests answer in order: those whose responses completed are done with. (The list
+            # is the connection's own, kept: not a new one per request.)
+            gone[:] = [each for each in gone if not each.response_complete]
+        gone.append(cycle)
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
 
     def on_body(self, body: bytes) -> None:
         self._body_in_read = True

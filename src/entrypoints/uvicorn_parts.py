@@ -1,18 +1,29 @@
-"""Smaller stand-ins for the parts uvicorn's httptools protocol allocates for every connection and request.
+"""Smaller or cheaper stand-ins for the parts uvicorn's httptools protocol makes for every connection and
+request.
 
 A request waiting for the GPU keeps its connection, and everything uvicorn made for it, for as long as it
 waits: thousands of them hold these parts at once. uvicorn's own versions each carry a `collections.deque`
 (624 bytes, allocated whether or not anything is ever queued in it); these behave the same for the
-operations uvicorn 0.54 uses (see `BoundedHttpToolsProtocol`, which puts them in place).
+operations uvicorn 0.54 uses (see `BoundedHttpToolsProtocol`, which puts them in place). `GatewayCycle`
+is uvicorn's request cycle with a cheaper response head.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Generator
 from typing import Any, cast
 
+from uvicorn._types import ASGISendEvent, HTTPResponseStartEvent
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    RequestResponseCycle,
+)
+
+_base_send = RequestResponseCycle.send
 
 
 class LeanEvent:
@@ -73,3 +84,72 @@ class LeanFlowControl(FlowControl):
     def __init__(self, transport: asyncio.Transport) -> None:
         super().__init__(transport)
         self._is_writable_event = cast(asyncio.Event, LeanEvent(True))
+
+
+class _Written:
+    """What `GatewayCycle.send` answers for a head it wrote at once: awaiting it returns at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_WRITTEN = _Written()
+
+
+class GatewayCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, with the response head written as its `send` is called (no
+    coroutine) and its header names and values checked by one search each over all of them: uvicorn's
+    searches twice per header, 36 searches for a /chat answer, 22,600 of its 1,009,000 instructions
+    (callgrind). Whatever else is sent, and a head that must wait (writing paused, a disconnected client,
+    uvicorn's access log on), goes through uvicorn's own `send`."""
+
+    __slots__ = ()
+
+    def send(self, message: ASGISendEvent) -> Awaitable[None]:  # type: ignore[override]
+        if (
+            message["type"] == "http.response.start"
+            and not self.response_started
+            and not self.disconnected
+            and not self.flow.write_paused
+            and not self.access_log
+        ):
+            self._write_head(message)
+            return _WRITTEN
+        return _base_send(self, message)
+
+    def _write_head(self, message: HTTPResponseStartEvent) -> None:
+        """uvicorn's head, as it writes it (the same checks, in the same order of effects)."""
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status_code = message["status"]
+        headers = self.default_headers + list(message.get("headers", []))
+        # A name (or value) is valid iff their concatenation has none of the invalid bytes.
+        if HEADER_RE.search(b"".join([name for name, _ in headers])):
+            raise RuntimeError("Invalid HTTP header name.")
+        if HEADER_VALUE_RE.search(b"".join([value for _, value in headers])):
+            raise RuntimeError("Invalid HTTP header value.")
+        content = [STATUS_LINE[status_code]]
+        has_connection_close = False
+        for name, value in headers:
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection":
+                connection = [token.lower().strip() for token in value.split(b",")]
+                if b"close" in connection:
+                    self.keep_alive = False
+                    has_connection_close = True
+            content.extend([name, b": ", value, b"\r\n"])
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status_code not in (204, 304):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        self.transport.write(b"".join(content))

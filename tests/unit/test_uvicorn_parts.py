@@ -1,14 +1,19 @@
-"""The lean stand-ins behave as the asyncio.Event and deque they replace, for what uvicorn does with them."""
+"""The stand-ins behave as uvicorn's parts they replace, for what uvicorn does with them: the lean event and
+pipeline as asyncio.Event and deque, the gateway's cycle as uvicorn's own (the same bytes, the same
+state, the same refusals)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+import logging
+from typing import Any, cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from ollama_gate.entrypoints.uvicorn_parts import LeanEvent, Pipeline
+from ollama_gate.entrypoints.uvicorn_parts import GatewayCycle, LeanEvent, Pipeline
 
 
 async def test_an_event_wakes_every_waiter_and_later_waits_return_at_once() -> None:
@@ -56,3 +61,94 @@ def test_the_pipeline_hands_requests_out_first_in_first_out() -> None:
         pipeline.appendleft((cycle, None))
     assert [pipeline.pop()[0] for _ in range(3)] == cycles
     assert not pipeline
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class OpenFlow:
+    write_paused = False
+
+
+def cycle_of(kind: type[RequestResponseCycle], method: str, keep_alive: bool) -> RequestResponseCycle:
+    return kind(
+        scope=cast(Any, {"method": method}),
+        transport=cast(Any, RecordingTransport()),
+        flow=cast(Any, OpenFlow()),
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[(b"server", b"x")],
+        message_event=cast(asyncio.Event, LeanEvent()),
+        expect_100_continue=False,
+        keep_alive=keep_alive,
+        on_response=lambda: None,
+    )
+
+
+async def outcome(cycle: RequestResponseCycle, message: Any) -> tuple[Any, ...]:
+    """What sending `message` did: the bytes written and the cycle's state after; for a refused head, that
+    it was refused, what was written (nothing) and that the response counts as started (uvicorn then closes
+    the connection: the rest of the state no longer matters, nor which of two faults was seen first)."""
+    written = cast(RecordingTransport, cycle.transport).written
+    try:
+        await cycle.send(message)
+    except (RuntimeError, ValueError):  # a forbidden byte; a content-length that is no number
+        return ("refused", written, cycle.response_started)
+    return (
+        written,
+        cycle.response_started,
+        cycle.keep_alive,
+        cycle.chunked_encoding,
+        cycle.expected_content_length,
+    )
+
+
+TOKEN = st.sampled_from([b"content-length", b"Transfer-Encoding", b"connection", b"x-a", b"RateLimit", b"b"])
+NAME = st.one_of(TOKEN, st.binary(max_size=6))
+VALUE = st.one_of(
+    st.sampled_from([b"12", b"chunked", b"CHUNKED", b"close", b"keep-alive, Close", b"v"]),
+    st.binary(max_size=6),
+)
+
+
+@given(
+    headers=st.lists(st.tuples(NAME, VALUE), max_size=6),
+    status=st.sampled_from([200, 204, 304, 404, 500]),
+    method=st.sampled_from(["GET", "HEAD", "POST"]),
+    keep_alive=st.booleans(),
+)
+async def test_the_gateways_cycle_writes_a_head_as_uvicorns_does(
+    headers: list[tuple[bytes, bytes]], status: int, method: str, keep_alive: bool
+) -> None:
+    """Byte for byte, state for state, refusal for refusal (a name or value with a forbidden byte, such as
+    a CR or LF that would split the head, is refused by both)."""
+    message = {"type": "http.response.start", "status": status, "headers": headers}
+    ours = await outcome(cycle_of(GatewayCycle, method, keep_alive), message)
+    uvicorns = await outcome(cycle_of(RequestResponseCycle, method, keep_alive), message)
+    assert ours == uvicorns
+
+
+async def test_the_gateways_cycle_refuses_a_value_that_would_split_the_head() -> None:
+    message = {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"ok\r\nx-b: injected")]}
+    cycle = cycle_of(GatewayCycle, "GET", True)
+    with pytest.raises(RuntimeError, match="Invalid HTTP header value"):
+        await cycle.send(cast(Any, message))
+    assert cast(RecordingTransport, cycle.transport).written == []
+
+
+async def test_the_gateways_cycle_sends_the_body_through_uvicorns_send() -> None:
+    cycle = cycle_of(GatewayCycle, "GET", True)
+    await cycle.send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await cycle.send({"type": "http.response.body", "body": b"ok", "more_body": False})
+    written = cast(RecordingTransport, cycle.transport).written
+    assert written[-1] == b"ok" and written[0].endswith(b"content-length: 2\r\n\r\n")
+    assert cycle.response_complete
