@@ -33,10 +33,9 @@ from ollama_gate.entrypoints.asgi_answers import Answer
 from ollama_gate.entrypoints.inline_middleware import InlineMiddleware, enter_all
 
 OPT_KEY = "direct"
-# The direct routes have no path parameters: one read-only mapping for all of them, not a dict per request
-# (a request waiting for the GPU holds it for as long as it waits).
-_NO_PATH_PARAMS = cast(dict[str, Any], MappingProxyType({}))
-_NO_EXTENSIONS = cast(dict[str, Any], MappingProxyType({}))
+# The direct routes have no path parameters, and uvicorn offers no extensions: one read-only empty mapping
+# for both, not a dict per request (a request waiting for the GPU holds it for as long as it waits).
+_NOTHING = cast(dict[str, Any], MappingProxyType({}))
 ErrorHandlers = Mapping[type[BaseException], Callable[[Request[Any, Any, Any], Any], Any]]
 
 
@@ -61,7 +60,7 @@ class DirectRequest(Request[Any, Any, Any]):
         self.send = send
         self._lazy_state: ScopeState | None = None
         self._base_url = self._url = self._parsed_query = self._cookies = Empty
-        self._server_extensions = scope.get("extensions") or _NO_EXTENSIONS
+        self._server_extensions = scope.get("extensions") or _NOTHING
         self.is_connected = True
         self._body = self._form = self._json = self._msgpack = Empty
         self._content_type = self._accept = self._content_length = Empty
@@ -106,7 +105,7 @@ class DirectRoutes:
                 # What Litestar's router leaves on the scope, for the middleware and the handler to read.
                 scope["route_handler"] = handler
                 scope["path_template"] = path
-                scope["path_params"] = _NO_PATH_PARAMS
+                scope["path_params"] = _NOTHING
                 return stacked(scope, receive, send)
         return self._inner(scope, receive, send)
 

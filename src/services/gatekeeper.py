@@ -9,7 +9,7 @@ from ollama_gate.domain.access import AdminToken, presented_admin_token
 from ollama_gate.domain.client_address import DEFAULT_IPV6_PREFIX, quota_address
 from ollama_gate.domain.errors import ModelNotAllowed, Unauthorized
 from ollama_gate.domain.identity import Caller, Tier
-from ollama_gate.domain.keys import InvalidCredentials, parse_key_headers
+from ollama_gate.domain.keys import ApiKey, InvalidCredentials, parse_key_headers
 from ollama_gate.domain.plans import ANONYMOUS_PLAN, Plan, Window
 from ollama_gate.domain.quota import Admission, LimitKind, Limits, LimitState, QuotaExceeded
 from ollama_gate.domain.usage import TokenCounts
@@ -151,20 +151,20 @@ class Gatekeeper:
         except Unauthorized:
             self._count_rejection(REJECTED_UNAUTHORIZED, "unauthorized")
             raise
-        per_key = key.plan is not None and self.plans.exists(key.plan)
-        plan = key.plan if per_key and key.plan is not None else self.plans.plan_of_user(key.user_id)
-        return self._member(key.user_id, key.id, client_ip, plan, per_key)
+        if key.plan is not None and self.plans.exists(key.plan):
+            return self._member(key, client_ip, key.plan, per_key=True)
+        return self._member(key, client_ip, self.plans.plan_of_user(key.user_id), per_key=False)
 
-    def _member(self, user_id: str, key_id: int, client_ip: str, plan: str, per_key: bool) -> Caller:
+    def _member(self, key: ApiKey, client_ip: str, plan: str, per_key: bool) -> Caller:
         """The member caller of a key from an address on a plan: one object for all their requests (every
         request holds its caller, a waiting one as long as it waits), made again when any of them changes.
         A key's user never changes."""
-        made_of = (key_id, client_ip, plan, per_key)
+        made_of = (key.id, client_ip, plan, per_key)
         caller = self._members.get(made_of)
         if caller is None:
             if len(self._members) >= _MEMBERS_KEPT:
                 self._members.clear()
-            caller = self._members[made_of] = Caller.member(user_id, key_id, client_ip, plan, per_key)
+            caller = self._members[made_of] = Caller.member(key.user_id, key.id, client_ip, plan, per_key)
         return caller
 
     def plan_of(self, caller: Caller) -> Plan:
