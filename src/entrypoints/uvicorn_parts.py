@@ -11,6 +11,7 @@ is uvicorn's request cycle with a cheaper response head.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Generator
 from typing import Any, cast
 
@@ -24,6 +25,18 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 _base_send = RequestResponseCycle.send
+
+
+def _matched_by(pattern: re.Pattern[bytes]) -> bytes:
+    """The bytes a one-byte class such as uvicorn's header patterns matches, for `bytes.translate`."""
+    return bytes(byte for byte in range(256) if pattern.fullmatch(bytes([byte])))
+
+
+# The bytes uvicorn refuses in a header name and in a value. A joined string keeps its length through
+# `translate(None, these)` iff it holds none: one pass of C over a table, where re tests each byte against
+# its class (10,000 of a /chat answer's 1,027,000 instructions, callgrind).
+_NAME_REFUSED = _matched_by(HEADER_RE)
+_VALUE_REFUSED = _matched_by(HEADER_VALUE_RE)
 
 
 class LeanEvent:
@@ -100,7 +113,7 @@ _WRITTEN = _Written()
 
 class GatewayCycle(RequestResponseCycle):
     """uvicorn's request-response cycle, with the response head written as its `send` is called (no
-    coroutine) and its header names and values checked by one search each over all of them: uvicorn's
+    coroutine) and its header names and values checked by one pass each over all of them: uvicorn's
     searches twice per header, 36 searches for a /chat answer, 22,600 of its 1,009,000 instructions
     (callgrind). Whatever else is sent, and a head that must wait (writing paused, a disconnected client,
     uvicorn's access log on), goes through uvicorn's own `send`."""
@@ -125,10 +138,12 @@ class GatewayCycle(RequestResponseCycle):
         self.waiting_for_100_continue = False
         status_code = message["status"]
         headers = self.default_headers + list(message.get("headers", []))
-        # A name (or value) is valid iff their concatenation has none of the invalid bytes.
-        if HEADER_RE.search(b"".join([name for name, _ in headers])):
+        # A name (or value) is valid iff their concatenation has none of the refused bytes.
+        names = b"".join([name for name, _ in headers])
+        if len(names.translate(None, _NAME_REFUSED)) != len(names):
             raise RuntimeError("Invalid HTTP header name.")
-        if HEADER_VALUE_RE.search(b"".join([value for _, value in headers])):
+        values = b"".join([value for _, value in headers])
+        if len(values.translate(None, _VALUE_REFUSED)) != len(values):
             raise RuntimeError("Invalid HTTP header value.")
         content = [STATUS_LINE[status_code]]
         has_connection_close = False
