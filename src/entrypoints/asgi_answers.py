@@ -9,25 +9,23 @@ Content types go out as given: an upstream's `text/event-stream; charset=utf-8` 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
+
+from ollama_gate.entrypoints.rate_limit_headers import EncodedHeaders
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 
-EncodedHeaders = list[tuple[bytes, bytes]]
+
+Header = tuple[bytes, bytes]
 
 
-def _encode_headers(headers: Mapping[str, str]) -> EncodedHeaders:
-    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-
-
-def _head(content_type: str, headers: Mapping[str, str] | None) -> EncodedHeaders:
+def _head(content_type: str, headers: Sequence[Header]) -> EncodedHeaders:
     """The response's headers; no content type when it is "" (an empty body that is no document)."""
     head = [(b"content-type", content_type.encode("latin-1"))] if content_type else []
-    if headers:
-        head += _encode_headers(headers)
+    head += headers
     return head
 
 
@@ -41,12 +39,12 @@ class Answer:
 
 
 class BodyAnswer(Answer):
-    """A whole body with its status, content type and extra headers."""
+    """A whole body with its status, content type and extra headers (encoded, their names in lower case)."""
 
     __slots__ = ("_body", "_headers", "_status")
 
     def __init__(
-        self, body: bytes, content_type: str, headers: Mapping[str, str] | None = None, status: int = 200
+        self, body: bytes, content_type: str, headers: Sequence[Header] = (), status: int = 200
     ) -> None:
         self._body = body
         self._status = status
@@ -79,7 +77,7 @@ class StreamAnswer(Answer):
         self,
         chunks: AsyncIterator[bytes],
         content_type: str,
-        headers: Mapping[str, str] | None,
+        headers: Sequence[Header],
         on_end: Callable[[], None],
     ) -> None:
         self._chunks = chunks

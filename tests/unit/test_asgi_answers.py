@@ -56,9 +56,7 @@ class Ends:
 
 async def test_an_upstream_content_type_goes_out_as_it_came() -> None:
     client = Client()
-    await BodyAnswer(b"oops", "text/plain; charset=utf-8", None, status=502)(
-        SCOPE, client.receive, client.send
-    )
+    await BodyAnswer(b"oops", "text/plain; charset=utf-8", status=502)(SCOPE, client.receive, client.send)
     start = client.sent[0]
     assert start["status"] == 502
     assert start["headers"] == [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"4")]
@@ -66,7 +64,7 @@ async def test_an_upstream_content_type_goes_out_as_it_came() -> None:
 
 async def test_a_json_answer_sends_its_status_headers_and_whole_body() -> None:
     client = Client()
-    await BodyAnswer(b'{"ok":true}', JSON, {"X-RateLimit-Remaining": "9"}, status=200)(
+    await BodyAnswer(b'{"ok":true}', JSON, [(b"x-ratelimit-remaining", b"9")], status=200)(
         SCOPE, client.receive, client.send
     )
     start, body = client.sent
@@ -83,7 +81,7 @@ async def test_a_stream_sends_every_line_then_ends_once() -> None:
             yield b'{"n":%d}\n' % number
 
     client, ends = Client(), Ends()
-    await StreamAnswer(lines(), NDJSON, {"RateLimit": "r=1"}, ends)(SCOPE, client.receive, client.send)
+    await StreamAnswer(lines(), NDJSON, [(b"ratelimit", b"r=1")], ends)(SCOPE, client.receive, client.send)
     start = client.sent[0]
     assert start["status"] == 200
     assert (b"content-type", b"application/x-ndjson") in start["headers"]
@@ -123,7 +121,7 @@ async def test_a_client_that_leaves_cancels_the_lines_and_the_stream_ends_quietl
             raise
 
     client, ends = Client(), Ends()
-    app = cancel_on_disconnect(read_body_then(StreamAnswer(lines(), NDJSON, {}, ends)))
+    app = cancel_on_disconnect(read_body_then(StreamAnswer(lines(), NDJSON, (), ends)))
     streaming = asyncio.create_task(run(app, client))
     await first_sent.wait()
     client.leave()
@@ -144,7 +142,7 @@ async def test_a_server_cancelling_the_request_still_cancels_it_and_ends_the_str
 
     client, ends = Client(), Ends()
     streaming = asyncio.create_task(
-        StreamAnswer(lines(), NDJSON, {}, ends)(SCOPE, client.receive, client.send)
+        StreamAnswer(lines(), NDJSON, (), ends)(SCOPE, client.receive, client.send)
     )
     await started.wait()
     streaming.cancel()

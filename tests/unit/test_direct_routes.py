@@ -36,7 +36,7 @@ def recording(app: Any) -> Any:
 @post("/echo", before_request=check_key, middleware=[recording], opt=direct())
 async def echo(request: Request[Any, Any, Any]) -> BodyAnswer:
     seen.append("handler")
-    return BodyAnswer(await request.body(), JSON, {"X-Echo": "1"})
+    return BodyAnswer(await request.body(), JSON, [(b"x-echo", b"1")])
 
 
 @post("/lazy", opt=direct())

@@ -12,7 +12,7 @@ from ollama_gate.entrypoints.asgi_answers import JSON, NDJSON, BodyAnswer, Strea
 from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
 from ollama_gate.entrypoints.direct_routes import direct
 from ollama_gate.entrypoints.openapi_contract import GATEWAY_SHAPE, answer, documented, errors, struct_body
-from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
+from ollama_gate.entrypoints.rate_limit_headers import rate_limit_head
 from ollama_gate.entrypoints.request_body import json_body
 from ollama_gate.entrypoints.request_context import admit, container_of, identify_caller
 
@@ -56,7 +56,7 @@ async def chat(request: Request[Any, Any, Any]) -> BodyAnswer:
     asked = (await json_body(request, ChatBody)).to_request()
     ticket = await admit(request, service.model_of(asked))
     body = await service.complete(ticket, asked, "/chat")
-    return BodyAnswer(body, JSON, rate_limit_headers(ticket.admission))
+    return BodyAnswer(body, JSON, rate_limit_head(ticket.admission))
 
 
 @post(
@@ -74,4 +74,4 @@ async def chat_stream(request: Request[Any, Any, Any]) -> StreamAnswer:
     asked = (await json_body(request, ChatBody)).to_request()
     ticket = await admit(request, service.model_of(asked))
     relay = await service.open_stream(ticket, asked, "/chat/stream")
-    return StreamAnswer(relay.lines(), NDJSON, rate_limit_headers(ticket.admission), relay.abandon)
+    return StreamAnswer(relay.lines(), NDJSON, rate_limit_head(ticket.admission), relay.abandon)

@@ -7,12 +7,13 @@ listings are not; model management is for admins only. Gateway errors on these p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from litestar import Request, Response, delete, get, head, post
 
 from ollama_gate.domain.errors import Forbidden
-from ollama_gate.entrypoints.asgi_answers import JSON, Answer, BodyAnswer, StreamAnswer
+from ollama_gate.entrypoints.asgi_answers import JSON, Answer, BodyAnswer, Header, StreamAnswer
 from ollama_gate.entrypoints.client_presence import cancel_on_disconnect
 from ollama_gate.entrypoints.direct_routes import direct
 from ollama_gate.entrypoints.openapi_contract import (
@@ -27,7 +28,7 @@ from ollama_gate.entrypoints.openapi_contract import (
     documented,
     errors,
 )
-from ollama_gate.entrypoints.rate_limit_headers import rate_limit_headers
+from ollama_gate.entrypoints.rate_limit_headers import rate_limit_head
 from ollama_gate.entrypoints.request_body import read_body
 from ollama_gate.entrypoints.request_context import (
     admit,
@@ -69,7 +70,7 @@ class Version(TypedDict):
     version: str
 
 
-def as_response(relayed: Relayed, headers: dict[str, str] | None = None) -> Answer:
+def as_response(relayed: Relayed, headers: Sequence[Header] = ()) -> Answer:
     """The upstream's status, content type and body (or stream) as they came. A body without a content
     type is taken for JSON, but an empty one stays without: it is no JSON document (a copy's 200)."""
     content_type = relayed.content_type or (JSON if relayed.body or relayed.stream else "")
@@ -86,7 +87,7 @@ async def relay_inference(request: Request[Any, Any, Any], dialect: Dialect) -> 
     relayed = (
         await container_of(request).passthrough().infer(ticket, dialect, request.scope["path"], body, model)
     )
-    return as_response(relayed, rate_limit_headers(ticket.admission))
+    return as_response(relayed, rate_limit_head(ticket.admission))
 
 
 async def listing(
