@@ -66,9 +66,13 @@ def test_the_pipeline_hands_requests_out_first_in_first_out() -> None:
 class RecordingTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
+        self.closed = False
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
 
     def is_closing(self) -> bool:
         return False
@@ -78,7 +82,17 @@ class OpenFlow:
     write_paused = False
 
 
-def cycle_of(kind: type[RequestResponseCycle], method: str, keep_alive: bool) -> RequestResponseCycle:
+class Ends:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def cycle_of(
+    kind: type[RequestResponseCycle], method: str, keep_alive: bool, ends: Ends | None = None
+) -> RequestResponseCycle:
     return kind(
         scope=cast(Any, {"method": method}),
         transport=cast(Any, RecordingTransport()),
@@ -90,7 +104,7 @@ def cycle_of(kind: type[RequestResponseCycle], method: str, keep_alive: bool) ->
         message_event=cast(asyncio.Event, LeanEvent()),
         expect_100_continue=False,
         keep_alive=keep_alive,
-        on_response=lambda: None,
+        on_response=ends or Ends(),
     )
 
 
@@ -152,3 +166,65 @@ async def test_the_gateways_cycle_sends_the_body_through_uvicorns_send() -> None
     written = cast(RecordingTransport, cycle.transport).written
     assert written[-1] == b"ok" and written[0].endswith(b"content-length: 2\r\n\r\n")
     assert cycle.response_complete
+
+
+def start(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": 200, "headers": list(headers)}
+
+
+def body(data: bytes, more_body: bool) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": more_body}
+
+
+HEADS = st.sampled_from(
+    [
+        start(),
+        start((b"content-length", b"0")),
+        start((b"content-length", b"5")),
+        start((b"transfer-encoding", b"chunked")),
+        start((b"content-length", b"3"), (b"connection", b"close")),
+    ]
+)
+LATER = st.one_of(
+    st.builds(body, st.binary(max_size=6), st.booleans()),
+    st.just("disconnect"),
+    HEADS,  # a second head: out of order
+    st.just({"type": "http.response.body"}),  # no body, no more_body: the end
+)
+
+
+async def replay(cycle: RequestResponseCycle, ends: Ends, messages: list[Any]) -> list[Any]:
+    """Each message's effect on the cycle, until one is refused (uvicorn then closes the connection)."""
+    transport = cast(RecordingTransport, cycle.transport)
+    seen: list[Any] = []
+    for message in messages:
+        if message == "disconnect":
+            cycle.disconnected = True
+            continue
+        try:
+            await cycle.send(message)
+        except RuntimeError as error:
+            seen.append(("refused", str(error)))
+            break
+        seen.append((list(transport.written), cycle.response_complete, cycle.expected_content_length))
+    return [*seen, transport.closed, ends.count, cycle.message_event.is_set()]
+
+
+@given(
+    head=HEADS,
+    later=st.lists(LATER, max_size=6),
+    method=st.sampled_from(["GET", "HEAD"]),
+    keep_alive=st.booleans(),
+)
+async def test_the_gateways_cycle_sends_a_whole_response_as_uvicorns_does(
+    head: dict[str, Any], later: list[Any], method: str, keep_alive: bool
+) -> None:
+    """Head, chunks and end, byte for byte: chunked or counted, a HEAD's body dropped, a body longer or
+    shorter than its length refused, nothing after a disconnect, messages out of order refused, and the
+    end of the response (its event, its callback, a closed connection without keep-alive) once."""
+    ours_ends, uvicorns_ends = Ends(), Ends()
+    ours = await replay(cycle_of(GatewayCycle, method, keep_alive, ours_ends), ours_ends, [head, *later])
+    uvicorns = await replay(
+        cycle_of(RequestResponseCycle, method, keep_alive, uvicorns_ends), uvicorns_ends, [head, *later]
+    )
+    assert ours == uvicorns
