@@ -13,13 +13,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-from ollama_gate.entrypoints.rate_limit_headers import EncodedHeaders
-
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 
-
-Header = tuple[bytes, bytes]
+Header = tuple[bytes, bytes]  # as ASGI sends it: the name in lower case, both encoded
+EncodedHeaders = list[Header]
 
 
 def _head(content_type: str, headers: Sequence[Header]) -> EncodedHeaders:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 from ollama_gate.domain.quota import Admission, LimitKind, Limits
-
-EncodedHeaders = list[tuple[bytes, bytes]]
+from ollama_gate.entrypoints.asgi_answers import EncodedHeaders
 
 _POLICY_SUFFIX = {
     LimitKind.REQUESTS: "",
@@ -51,8 +50,8 @@ def _policies_of(admission: Admission) -> tuple[tuple[str, ...], bytes]:
 def rate_limit_head(admission: Admission | None) -> EncodedHeaders:
     """The headers for a decision, encoded for an ASGI answer: a `RateLimit-Policy` / `RateLimit` item per
     windowed limit of the plan (the requests one is named after the plan, the token ones `<plan>-tokens`,
-    `<plan>-daily-tokens`), and X-RateLimit-* for the first of them. None without a decision or for a plan
-    without windowed limits (the admin's)."""
+    `<plan>-daily-tokens`), and X-RateLimit-* for the first of them. None at all without a decision or for
+    a plan without windowed limits (the admin's)."""
     if admission is None:
         return []
     names, policy = _policies_of(admission)

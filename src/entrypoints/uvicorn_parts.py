@@ -5,7 +5,7 @@ A request waiting for the GPU keeps its connection, and everything uvicorn made 
 waits: thousands of them hold these parts at once. uvicorn's own versions each carry a `collections.deque`
 (624 bytes, allocated whether or not anything is ever queued in it); these behave the same for the
 operations uvicorn 0.54 uses (see `BoundedHttpToolsProtocol`, which puts them in place). `GatewayCycle`
-is uvicorn's request cycle with a cheaper response head.
+is uvicorn's request cycle with cheaper writes of a response.
 """
 
 from __future__ import annotations
