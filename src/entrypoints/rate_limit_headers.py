@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
-from ollama_gate.domain.quota import Admission, LimitKind, Limits
+from ollama_gate.domain.quota import Admission, Limits
 from ollama_gate.entrypoints.asgi_answers import EncodedHeaders
 
-_POLICY_SUFFIX = {
-    LimitKind.REQUESTS: "",
-    LimitKind.TOKENS: "-tokens",
-    LimitKind.DAILY_TOKENS: "-daily-tokens",
-}
 # The names as they go out on the ASGI answers (lower case, as HTTP/1.1 allows and uvicorn sends them)
 # and as Litestar's responses are given them.
 _TITLES = {
@@ -21,30 +17,21 @@ _TITLES = {
     b"x-ratelimit-remaining": "X-RateLimit-Remaining",
     b"x-ratelimit-reset": "X-RateLimit-Reset",
 }
-# A plan's policy names and its RateLimit-Policy value depend on its limits alone: made once per Limits
-# (the gatekeeper keeps one per plan, replaced when the plan changes), found by the plan's name and kept
-# while the Limits is the same object. Bounded, as plans come and go while the gateway runs: when full, a
-# new plan's are made per answer.
-_POLICIES_KEPT = 256
-_policies: dict[str, tuple[Limits, tuple[str, ...], bytes]] = {}
 
 
-def _policies_of(admission: Admission) -> tuple[tuple[str, ...], bytes]:
-    """The quoted policy name of each windowed limit, and the RateLimit-Policy value."""
-    limits = admission.limits
-    known = _policies.get(limits.plan)
-    if known is not None and known[0] is limits:
-        return known[1], known[2]
+# Bounded: plans come and go while the gateway runs.
+@functools.lru_cache(maxsize=256)
+def _policies_of(limits: Limits) -> tuple[tuple[str, ...], bytes]:
+    """The quoted policy name of each windowed limit, in the order of an admission's states, and the
+    RateLimit-Policy value: they depend on a plan's limits alone, so they are made once per limits."""
+    windows = ((limits.requests, ""), (limits.tokens, "-tokens"), (limits.daily, "-daily-tokens"))
     names, policies = [], []
-    for state in admission.states:
-        if state.window is not None:
-            name = f'"{limits.plan}{_POLICY_SUFFIX[state.kind]}"'
+    for window, suffix in windows:
+        if window is not None:
+            name = f'"{limits.plan}{suffix}"'
             names.append(name)
-            policies.append(f"{name};q={state.limit};w={state.window:g}")
-    made = (tuple(names), ", ".join(policies).encode("latin-1"))
-    if limits.plan in _policies or len(_policies) < _POLICIES_KEPT:
-        _policies[limits.plan] = (limits, *made)
-    return made
+            policies.append(f"{name};q={window.limit};w={window.seconds:g}")
+    return tuple(names), ", ".join(policies).encode("latin-1")
 
 
 def rate_limit_head(admission: Admission | None) -> EncodedHeaders:
@@ -54,7 +41,7 @@ def rate_limit_head(admission: Admission | None) -> EncodedHeaders:
     a plan without windowed limits (the admin's)."""
     if admission is None:
         return []
-    names, policy = _policies_of(admission)
+    names, policy = _policies_of(admission.limits)
     if not names:
         return []
     windowed = [state for state in admission.states if state.window is not None]
