@@ -82,20 +82,28 @@ def count(
     counted requests were not answered 200. `requests` warm it up first, then `requests` are counted; with
     `usage_database` (a gateway's SQLite file) each lot's usage rows are waited for, the counted lot's
     while counting."""
-    prepared = [build_request(processes.HOST, child.port, "/chat", GATEWAY_BODY, key) for key in keys]
-    not_200 = 0
-    with socket.create_connection((processes.HOST, child.port), timeout=300) as connection:
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for index in range(requests):
-            _exchange(connection, prepared[index % len(prepared)])
+    with connected(child) as connection:
+        exchange_all(child, connection, keys, requests)
         _settle(usage_database, requests)
         _control(child, "-i", "on")
-        for index in range(requests):
-            not_200 += _exchange(connection, prepared[index % len(prepared)]) != 200
+        not_200 = exchange_all(child, connection, keys, requests)
         _settle(usage_database, 2 * requests)
         _control(child, "-i", "off")
     _control(child, "--dump")
     return _totals(out_file) / requests, not_200
+
+
+def connected(child: Child) -> socket.socket:
+    """A keep-alive connection to `child`, its small writes sent at once."""
+    connection = socket.create_connection((processes.HOST, child.port), timeout=300)
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return connection
+
+
+def exchange_all(child: Child, connection: socket.socket, keys: Sequence[str | None], requests: int) -> int:
+    """`requests` `/chat` one after another on `connection`, the keys in turn: how many were not 200."""
+    prepared = [build_request(processes.HOST, child.port, "/chat", GATEWAY_BODY, key) for key in keys]
+    return sum(_exchange(connection, prepared[index % len(prepared)]) != 200 for index in range(requests))
 
 
 def _settle(usage_database: Path | None, rows: int, timeout: float = 300.0) -> None:

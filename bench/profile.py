@@ -22,8 +22,6 @@ import contextlib
 import os
 import pstats
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from bench import compare, instructions, processes, runner, wrk
-from bench.load_client import GATEWAY_BODY, build_request
+from bench.load_client import GATEWAY_BODY
 from bench.processes import Child
 
 STREAM_CHUNKS = 20
@@ -90,14 +88,15 @@ def _target(
 
 
 def _streams(child: Child, keys: list[str], workdir: Path, count: int) -> None:
-    """`count` streams at once (each of STREAM_CHUNKS lines), all answered or an error."""
-    command = [sys.executable, "-m", "bench.load_client", "streams", "--port", str(child.port)]
-    command += ["--path", "/chat/stream", "--count", str(count), "--chunks", str(STREAM_CHUNKS)]
+    """`count` streams at once (each of STREAM_CHUNKS lines), all complete or an error."""
+    extra = ["--count", str(count), "--chunks", str(STREAM_CHUNKS)]
     if keys:
         keys_file = workdir / "profile-keys.txt"
         keys_file.write_text("\n".join(keys))
-        command += ["--keys-file", str(keys_file)]
-    subprocess.run(command, cwd=processes.REPO, check=True, capture_output=True, timeout=600)
+        extra += ["--keys-file", str(keys_file)]
+    result = processes.run_load_client("streams", child.port, "/chat/stream", extra, timeout=600)
+    if result.get("complete") != count:
+        raise SystemExit(f"bench.profile: {result.get('complete')} of {count} streams complete: {result}")
 
 
 def _count_streams(child: Child, keys: list[str], workdir: Path, out_file: Path, lots: int) -> float:
@@ -150,13 +149,6 @@ def count(targets: list[str], rounds: int, stream: bool, streams: int) -> dict[s
     return counts
 
 
-def _exchange_all(child: Child, keys: list[str], requests: int) -> None:
-    prepared = [build_request(processes.HOST, child.port, "/chat", GATEWAY_BODY, key) for key in keys]
-    with socket.create_connection((processes.HOST, child.port), timeout=60) as connection:
-        for index in range(requests):
-            instructions._exchange(connection, prepared[index % len(prepared)])
-
-
 def cprofile(out: Path, requests: int, stream: bool, revision: str | None) -> pstats.Stats:
     """The gateway's profile over `requests` requests (or streams), after as many to warm it up."""
     chunks, delay = (STREAM_CHUNKS, STREAM_CHUNK_MS) if stream else (1, 0.0)
@@ -180,7 +172,8 @@ def cprofile(out: Path, requests: int, stream: bool, revision: str | None) -> ps
                 if stream:
                     _streams(child, keys, workdir, requests)
                 else:
-                    _exchange_all(child, keys, requests)
+                    with instructions.connected(child) as connection:
+                        instructions.exchange_all(child, connection, keys, requests)
 
             load()
             time.sleep(1.0)
