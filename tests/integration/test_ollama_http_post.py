@@ -1,0 +1,156 @@
+"""The Ollama adapter's POST (`lean_post`) against a real socket: the request aiohttp's session would send,
+the session's errors, and the two differences it has on purpose (no cookie kept, a redirect answered)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from ollama_gate.adapters.ollama_http import OllamaHttpBackend, lean_post
+from ollama_gate.domain.errors import UpstreamError, UpstreamUnavailable
+
+BODY = b'{"model":"smollm:latest","prompt":"hi","stream":false}'
+ANSWER = b'{"response":"hello","done":true}'
+
+
+def _answer(head: str, body: bytes = ANSWER) -> bytes:
+    return f"HTTP/1.1 {head}\r\nContent-Length: {len(body)}\r\n".encode() + b"\r\n" + body
+
+
+OK = _answer("200 OK\r\nContent-Type: application/json")
+
+
+@dataclass
+class Upstream:
+    """A raw HTTP/1.1 server that keeps every request's bytes and answers each with `answer()`."""
+
+    answer: Callable[[int], bytes | None] = lambda _index: OK
+    requests: list[bytes] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    port: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                self.requests.append(head + await reader.readexactly(length))
+                answer = self.answer(len(self.requests) - 1)
+                if answer is None:  # hang up without a word
+                    break
+                writer.write(answer)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+            self.closed.set()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream()
+    server = await asyncio.start_server(state.serve, "127.0.0.1", 0)
+    state.port = server.sockets[0].getsockname()[1]
+    yield state
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+async def backend(upstream: Upstream) -> AsyncIterator[OllamaHttpBackend]:
+    ollama = OllamaHttpBackend(f"http://127.0.0.1:{upstream.port}", connect_timeout=2, read_timeout=5)
+    await ollama.start()
+    yield ollama
+    await ollama.close()
+
+
+async def test_it_sends_the_bytes_the_session_sends_and_reads_the_answer(upstream: Upstream) -> None:
+    url = f"http://127.0.0.1:{upstream.port}/api/generate"
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=5)
+    async with aiohttp.ClientSession(auto_decompress=False, timeout=timeout) as session:
+        async with session.post(url, data=BODY, headers={"Content-Type": "application/json"}) as through:
+            assert await through.read() == ANSWER
+        lean = await lean_post(session, URL(url), BODY, timeout, 2**16)
+        assert (lean.status, await lean.read()) == (200, ANSWER)
+        lean.release()
+    assert len(upstream.requests) == 2
+    assert upstream.requests[0] == upstream.requests[1]
+    assert upstream.requests[1].startswith(b"POST /api/generate HTTP/1.1\r\n")
+
+
+async def test_its_connections_are_kept_alive_and_reused(
+    upstream: Upstream, backend: OllamaHttpBackend
+) -> None:
+    for _ in range(3):
+        assert await (await backend.post("/api/generate", BODY)).read() == ANSWER
+    assert len(upstream.requests) == 3
+    assert not upstream.closed.is_set()  # the three went over one connection
+
+
+async def test_a_cookie_the_upstream_sets_never_goes_back(upstream: Upstream) -> None:
+    # By name, not by address: aiohttp's session keeps no cookie from an IP address.
+    ollama = OllamaHttpBackend(f"http://localhost:{upstream.port}", connect_timeout=2, read_timeout=5)
+    await ollama.start()
+    upstream.answer = lambda _index: _answer("200 OK\r\nSet-Cookie: session=alice; Path=/")
+    try:
+        for _ in range(2):
+            assert await (await ollama.post("/api/generate", BODY)).read() == ANSWER
+    finally:
+        await ollama.close()
+    assert len(upstream.requests) == 2
+    assert b"cookie" not in upstream.requests[1].lower()
+
+
+async def test_a_redirect_is_answered_not_followed(upstream: Upstream, backend: OllamaHttpBackend) -> None:
+    upstream.answer = lambda _index: _answer("307 Temporary Redirect\r\nLocation: /elsewhere", b"")
+    response = await backend.post("/api/generate", BODY)
+    assert response.status == 307
+    assert await response.read() == b""
+    assert len(upstream.requests) == 1
+
+
+async def test_an_upstream_that_hangs_up_is_a_lost_connection(
+    upstream: Upstream, backend: OllamaHttpBackend
+) -> None:
+    upstream.answer = lambda _index: None
+    with pytest.raises(UpstreamError, match="connection to Ollama lost"):
+        await backend.post("/api/generate", BODY)
+
+
+async def test_an_upstream_that_is_not_there_is_offline() -> None:
+    server = await asyncio.start_server(lambda _r, _w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    ollama = OllamaHttpBackend(f"http://127.0.0.1:{port}", connect_timeout=2, read_timeout=5, name="gpu-a")
+    await ollama.start()
+    try:
+        with pytest.raises(UpstreamUnavailable, match="cannot connect to gpu-a"):
+            await ollama.post("/api/generate", BODY)
+    finally:
+        await ollama.close()
+
+
+async def test_a_caller_that_leaves_while_it_waits_closes_the_connection(
+    upstream: Upstream, backend: OllamaHttpBackend
+) -> None:
+    upstream.answer = lambda _index: b""  # answers nothing, keeps the connection
+    waiting = asyncio.ensure_future(backend.post("/api/generate", BODY))
+    while not upstream.requests:
+        await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    # The upstream sees the connection end: Ollama stops a generation whose client is gone.
+    await asyncio.wait_for(upstream.closed.wait(), 5)
+    assert len(upstream.requests) == 1
