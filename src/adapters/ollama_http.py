@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from aiohttp.http_writer import StreamWriter
 from yarl import URL
 
 from ollama_gate.domain.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -17,12 +18,71 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 _RAW_HEADERS = {"Content-Type": "application/octet-stream"}
 _READ_BUFSIZE = 2**18
 _CACHED_PATHS = 64
+# A body up to this size goes out with the head in `send` itself (aiohttp's own write buffer limit).
+_INLINE_BODY = 2**16
 
 
 def _raised_as_is(error: OSError) -> bool:
     """Whether `_request` lets this OSError through: aiohttp's own errors and timeouts; it raises any
     other as `ClientOSError`."""
     return isinstance(error, aiohttp.ClientError) or (error.errno is None and isinstance(error, TimeoutError))
+
+
+class _InlineRequest(aiohttp.ClientRequest):
+    """aiohttp's POST request, whose `send` writes a small body with the head at once.
+
+    On Python 3.11 aiohttp writes every body in a task of its own (from 3.12 it starts that task eagerly):
+    a task, a turn of the loop and a coroutine per request, about 38,000 instructions by callgrind. For a
+    body that fits in aiohttp's write buffer, with nothing to wait for (no `Expect: 100-continue`, writing
+    not paused), `send` here writes what that task would have written, as that task would: the head and
+    the body coalesced, the end of the message, then the read timeout started. Anything else is
+    aiohttp's own `send`.
+    """
+
+    def __init__(self, url: URL, body: bytes, session: aiohttp.ClientSession) -> None:
+        super().__init__(
+            "POST",
+            url,
+            headers=_JSON_HEADERS,
+            data=body,
+            loop=asyncio.get_running_loop(),
+            session=session,
+            response_class=aiohttp.ClientResponse,
+        )
+        self._inline_body = body
+
+    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = conn.protocol
+        if (
+            protocol is None
+            or protocol.writing_paused
+            or len(self._inline_body) > _INLINE_BODY
+            or self._continue is not None
+            or self.proxy is not None
+            or self.chunked is not None
+            or self.compress
+            or aiohttp.hdrs.CONNECTION in self.headers
+        ):
+            return await super().send(conn)
+        writer = StreamWriter(protocol, self.loop)
+        await writer.write_headers(f"POST {self.url.raw_path_qs} HTTP/1.1", self.headers)
+        await writer.write(self._inline_body, drain=False)
+        await writer.write_eof()
+        protocol.start_timeout()
+        response = self.response_class(
+            self.method,
+            self.original_url,
+            writer=None,
+            continue100=None,
+            timer=self._timer,
+            request_info=self.request_info,
+            traces=self._traces,
+            loop=self.loop,
+            session=self._session,
+            stream_writer=writer,
+        )
+        self.response = response  # type: ignore[assignment]  # aiohttp types it as its initial None
+        return response
 
 
 async def lean_post(
@@ -44,15 +104,7 @@ async def lean_post(
         raise RuntimeError("Session is closed")
     connector = session.connector
     assert connector is not None, "a session made by this adapter has its connector"
-    request = aiohttp.ClientRequest(
-        "POST",
-        url,
-        headers=_JSON_HEADERS,
-        data=body,
-        loop=asyncio.get_running_loop(),
-        session=session,
-        response_class=aiohttp.ClientResponse,
-    )
+    request = _InlineRequest(url, body, session)
     try:
         connection = await connector.connect(request, [], timeout)
     except TimeoutError as error:
