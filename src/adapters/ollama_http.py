@@ -18,8 +18,10 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 _RAW_HEADERS = {"Content-Type": "application/octet-stream"}
 _READ_BUFSIZE = 2**18
 _CACHED_PATHS = 64
-# A body up to this size goes out with the head in `send` itself (aiohttp's own write buffer limit).
-_INLINE_BODY = 2**16
+# A body up to this size goes out with the head in `send` itself: with the head (a few hundred bytes)
+# it stays under aiohttp's write buffer limit (64 KiB), so aiohttp's own task would not have waited for a
+# drain before starting the read timeout either.
+_INLINE_BODY = 2**15
 
 
 def _raised_as_is(error: OSError) -> bool:
@@ -33,9 +35,8 @@ class _InlineRequest(aiohttp.ClientRequest):
 
     On Python 3.11 aiohttp writes every body in a task of its own (from 3.12 it starts that task eagerly):
     a task, a turn of the loop and a coroutine per request, about 38,000 instructions by callgrind. For a
-    body that fits in aiohttp's write buffer, with nothing to wait for (no `Expect: 100-continue`, writing
-    not paused) and nothing else to add (no proxy, chunking, compression or `Connection` header),
-    `send` here writes what that task would have written, as that task would: the head and the body
+    small body, with nothing to wait for (writing not paused) and a connection kept alive, `send` here
+    writes what that task would have written, as that task would: the head and the body
     coalesced, the end of the message, then the read timeout started. Anything else is aiohttp's own
     `send`. tests/integration/test_ollama_http_post.py compares the bytes with the session's.
     """
@@ -56,16 +57,13 @@ class _InlineRequest(aiohttp.ClientRequest):
 
     async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         protocol = conn.protocol
+        # The constructor leaves nothing else to add (no proxy, chunking, compression, `Expect` or
+        # `Connection` header): only what the connection and the body's size decide is checked here.
         if (
             protocol is None
             or not self._keep_alive
             or protocol.writing_paused
             or len(self._inline_body) > _INLINE_BODY
-            or self._continue is not None
-            or self.proxy is not None
-            or self.chunked is not None
-            or self.compress
-            or aiohttp.hdrs.CONNECTION in self.headers
         ):
             return await super().send(conn)
         writer = StreamWriter(protocol, self.loop)
@@ -98,11 +96,15 @@ async def lean_post(
     `_request` is general: cookies, redirects, auth, proxies, traces, middleware, a retry for idempotent
     methods (a POST is not one), a total-timeout timer. Counted with callgrind against the bench's fake
     upstream, a round trip through it took 344,000 instructions, through this with aiohttp's own `send`
-    272,000, and with `_InlineRequest.send` 232,000; the gateway's whole `/chat` cost about 960,000. What is left is what `_request` itself does for a POST: the same
-    `ClientRequest` (so the same bytes on the wire), the connector's pool and its connect timeout, the
-    response parameters the session would set, and the same exceptions. Two differences, both on purpose:
-    no cookie is kept (one session serves every caller, so an upstream's cookie must never reach another
-    one), and a redirect is answered, not followed (a gateway relays what its upstream says).
+    272,000, and with `_InlineRequest.send` 232,000; the gateway's whole `/chat` cost about 960,000.
+
+    What is left is what `_request` itself does for a POST: the same `ClientRequest` (so the same bytes
+    on the wire), the connector's pool and its connect timeout, the read timeout (`timeout.sock_read`),
+    the response parameters the session would set, and the same exceptions. Two differences, both on
+    purpose: no cookie is kept (one session serves every caller, so an upstream's cookie must never
+    reach another one), and a redirect is answered, not followed (a gateway relays what its upstream
+    says). The session's total timeout, default headers, trace configs, middleware and
+    `raise_for_status` are not applied: the adapter's session has none of them.
     """
     if session.closed:
         raise RuntimeError("Session is closed")
@@ -129,13 +131,10 @@ async def lean_post(
         except BaseException:
             response.close()
             raise
-    except OSError as error:
+    except BaseException as error:
         connection.close()
-        if _raised_as_is(error):
-            raise
-        raise aiohttp.ClientOSError(*error.args) from error
-    except BaseException:
-        connection.close()
+        if isinstance(error, OSError) and not _raised_as_is(error):
+            raise aiohttp.ClientOSError(*error.args) from error
         raise
     return response
 
@@ -321,13 +320,14 @@ class OllamaHttpBackend:
         return self._session
 
     def _url(self, path: str) -> URL:
-        # Parsed once per path (aiohttp parses the string on every request): the paths posted to are a
-        # handful; past the bound, a path is parsed per request as before.
+        # Parsed once per path (aiohttp parses the string on every request). The paths posted to are a
+        # handful, but a pass-through may post to any (a blob's digest): the table is cleared when full,
+        # so those cannot push the inference paths out for good.
         url = self._urls.get(path)
         if url is None:
-            url = URL(self.base_url + path)
-            if len(self._urls) < _CACHED_PATHS:
-                self._urls[path] = url
+            if len(self._urls) >= _CACHED_PATHS:
+                self._urls.clear()
+            url = self._urls[path] = URL(self.base_url + path)
         return url
 
     async def post(self, path: str, body: bytes, upstream: str | None = None) -> AiohttpUpstreamResponse:

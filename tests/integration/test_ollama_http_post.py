@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -32,9 +33,11 @@ class Upstream:
     answer: Callable[[int], bytes | None] = lambda _index: OK
     requests: list[bytes] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    connections: int = 0
     port: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -74,23 +77,48 @@ async def backend(upstream: Upstream) -> AsyncIterator[OllamaHttpBackend]:
     await ollama.close()
 
 
-# Small bodies go out with the head in one write; one past aiohttp's write buffer goes through its own task.
-@pytest.mark.parametrize("body", [BODY, b'{"prompt":"' + b"x" * 2**17 + b'"}'], ids=["small", "large"])
+LARGE = b'{"prompt":"' + b"x" * 2**17 + b'"}'
+
+
+# A small body goes out with the head in `send` itself; a large one, or any body on a connector that closes
+# its connections (aiohttp's send then adds `Connection: close`), through aiohttp's own send.
+@pytest.mark.parametrize(
+    ("body", "force_close", "own_send"),
+    [(BODY, False, False), (LARGE, False, True), (BODY, True, True)],
+    ids=["small", "large", "connection-close"],
+)
 async def test_it_sends_the_bytes_the_session_sends_and_reads_the_answer(
-    upstream: Upstream, body: bytes
+    upstream: Upstream, body: bytes, force_close: bool, own_send: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"http://127.0.0.1:{upstream.port}/api/generate"
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=5)
-    async with aiohttp.ClientSession(auto_decompress=False, timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(force_close=force_close)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False, timeout=timeout) as session:
         async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as through:
             assert await through.read() == ANSWER
+        sends = _count_calls(monkeypatch, aiohttp.ClientRequest, "send")
         lean = await lean_post(session, URL(url), body, timeout, 2**16)
         assert (lean.status, await lean.read()) == (200, ANSWER)
         lean.release()
+    assert sends == [1 if own_send else 0]
     assert len(upstream.requests) == 2
     assert upstream.requests[0] == upstream.requests[1]
     assert upstream.requests[1].startswith(b"POST /api/generate HTTP/1.1\r\n")
     assert upstream.requests[1].endswith(b"\r\n\r\n" + body)
+    assert (b"connection: close" in upstream.requests[1].lower()) is force_close
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[int]:
+    """A one-item list that counts the calls of `owner.name` from now on."""
+    calls = [0]
+    original = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
 
 
 async def test_its_connections_are_kept_alive_and_reused(
@@ -99,7 +127,8 @@ async def test_its_connections_are_kept_alive_and_reused(
     for _ in range(3):
         assert await (await backend.post("/api/generate", BODY)).read() == ANSWER
     assert len(upstream.requests) == 3
-    assert not upstream.closed.is_set()  # the three went over one connection
+    assert upstream.connections == 1
+    assert not upstream.closed.is_set()
 
 
 async def test_a_cookie_the_upstream_sets_never_goes_back(upstream: Upstream) -> None:
