@@ -41,7 +41,7 @@ class _InlineRequest(aiohttp.ClientRequest):
     `send`. tests/integration/test_ollama_http_post.py compares the bytes with the session's.
     """
 
-    def __init__(self, url: URL, body: bytes, session: aiohttp.ClientSession, keep_alive: bool) -> None:
+    def __init__(self, url: URL, body: bytes, session: aiohttp.ClientSession) -> None:
         super().__init__(
             "POST",
             url,
@@ -53,18 +53,14 @@ class _InlineRequest(aiohttp.ClientRequest):
         )
         self._inline_body = body
         # A connector that closes every connection has aiohttp's send add `Connection: close`.
-        self._keep_alive = keep_alive
+        self._keep_alive = session.connector is not None and not session.connector.force_close
 
     async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         protocol = conn.protocol
+        assert protocol is not None, "lean_post sends only on a connection that has its protocol"
         # The constructor leaves nothing else to add (no proxy, chunking, compression, `Expect` or
         # `Connection` header): only what the connection and the body's size decide is checked here.
-        if (
-            protocol is None
-            or not self._keep_alive
-            or protocol.writing_paused
-            or len(self._inline_body) > _INLINE_BODY
-        ):
+        if not self._keep_alive or protocol.writing_paused or len(self._inline_body) > _INLINE_BODY:
             return await super().send(conn)
         writer = StreamWriter(protocol, self.loop)
         await writer.write_headers(f"POST {self.url.raw_path_qs} HTTP/1.1", self.headers)
@@ -110,7 +106,7 @@ async def lean_post(
         raise RuntimeError("Session is closed")
     connector = session.connector
     assert connector is not None, "a session made by this adapter has its connector"
-    request = _InlineRequest(url, body, session, keep_alive=not connector.force_close)
+    request = _InlineRequest(url, body, session)
     try:
         connection = await connector.connect(request, [], timeout)
     except TimeoutError as error:

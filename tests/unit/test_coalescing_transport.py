@@ -3,46 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from ollama_gate.entrypoints.coalescing_transport import CoalescingTransport
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-        self.eof = False
-        self.aborted = False
-        self.reading: list[str] = []
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "a write after close"
-        self.writes.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def abort(self) -> None:
-        self.aborted = self.closed = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1234) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        self.reading.append("paused")
-
-    def resume_reading(self) -> None:
-        self.reading.append("resumed")
+from tests.support.recording_transport import RecordingTransport
 
 
 def wrapped() -> tuple[CoalescingTransport, RecordingTransport]:

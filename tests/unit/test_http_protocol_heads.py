@@ -16,46 +16,7 @@ from uvicorn.server import ServerState
 
 from ollama_gate.entrypoints.client_presence import CLIENT_GONE
 from ollama_gate.entrypoints.http_server import BoundedHttpToolsProtocol, GatewayConfig, HttpLimits
-
-
-class SocketTransport:
-    """What the protocols ask of a TCP transport; it keeps what they write."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closing = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        addresses = {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}
-        return addresses.get(name, default)
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return False
+from tests.support.recording_transport import RecordingTransport
 
 
 class RecordingApp:
@@ -96,7 +57,7 @@ async def serve(kind: str, data: bytes, root_path: str) -> tuple[list[dict[str, 
     state = ServerState()
     protocol_class = BoundedHttpToolsProtocol if kind == "gateway" else HttpToolsProtocol
     protocol = protocol_class(config, state, {}, asyncio.get_running_loop())
-    transport = SocketTransport()
+    transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.data_received(data)
     for _ in range(50):  # the apps' tasks, and each pipelined request after the one before
@@ -106,9 +67,9 @@ async def serve(kind: str, data: bytes, root_path: str) -> tuple[list[dict[str, 
     flush = getattr(protocol.transport, "flush", None)
     if flush is not None:
         flush()  # the gateway's writes wait for the end of the loop's turn (CoalescingTransport)
-    closed = transport.closing
+    closed = transport.closed
     protocol.connection_lost(None)
-    return app.scopes, bytes(transport.written), closed
+    return app.scopes, b"".join(transport.writes), closed
 
 
 SEGMENT = st.text(alphabet="abcXYZ019-._~!$&'()*+,;=:@%20%2F%41%zz", min_size=0, max_size=8)
