@@ -4,135 +4,45 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
-from aiohttp.http_writer import StreamWriter
+from aiohttp.connector import Connection
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ollama_gate.adapters.aiohttp_post import JSON_HEADERS, PostTarget, post
 from ollama_gate.domain.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ollama_gate.domain.status import ModelInfo
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
 _RAW_HEADERS = {"Content-Type": "application/octet-stream"}
 _READ_BUFSIZE = 2**18
 _CACHED_PATHS = 64
-# A body up to this size goes out with the head in `send` itself: with the head (a few hundred bytes)
-# it stays under aiohttp's write buffer limit (64 KiB), so aiohttp's own task would not have waited for a
-# drain before starting the read timeout either.
-_INLINE_BODY = 2**15
 
 
-def _raised_as_is(error: OSError) -> bool:
-    """Whether `_request` lets this OSError through: aiohttp's own errors and timeouts; it raises any
-    other as `ClientOSError`."""
-    return isinstance(error, aiohttp.ClientError) or (error.errno is None and isinstance(error, TimeoutError))
+class _Answer(Protocol):
+    """What the adapter reads of an answer: a `PostResponse` (`post`, adapters/aiohttp_post.py) or, for
+    the pass-through's other requests, the session's `ClientResponse`."""
 
+    @property
+    def status(self) -> int: ...
 
-class _InlineRequest(aiohttp.ClientRequest):
-    """aiohttp's POST request, whose `send` writes a small body with the head at once.
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
 
-    On Python 3.11 aiohttp writes every body in a task of its own (from 3.12 it starts that task eagerly):
-    a task, a turn of the loop and a coroutine per request, about 38,000 instructions by callgrind. For a
-    small body, with nothing to wait for (writing not paused) and a connection kept alive, `send` here
-    writes what that task would have written, as that task would: the head and the body
-    coalesced, the end of the message, then the read timeout started. Anything else is aiohttp's own
-    `send`. tests/integration/test_ollama_http_post.py compares the bytes with the session's.
-    """
+    @property
+    def content(self) -> StreamReader: ...
 
-    def __init__(self, url: URL, body: bytes, session: aiohttp.ClientSession) -> None:
-        super().__init__(
-            "POST",
-            url,
-            headers=_JSON_HEADERS,
-            data=body,
-            loop=asyncio.get_running_loop(),
-            session=session,
-            response_class=aiohttp.ClientResponse,
-        )
-        self._inline_body = body
-        # A connector that closes every connection has aiohttp's send add `Connection: close`.
-        self._keep_alive = session.connector is not None and not session.connector.force_close
+    @property
+    def connection(self) -> Connection | None: ...
 
-    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
-        protocol = conn.protocol
-        assert protocol is not None, "lean_post sends only on a connection that has its protocol"
-        # The constructor leaves nothing else to add (no proxy, chunking, compression, `Expect` or
-        # `Connection` header): only what the connection and the body's size decide is checked here.
-        if not self._keep_alive or protocol.writing_paused or len(self._inline_body) > _INLINE_BODY:
-            return await super().send(conn)
-        writer = StreamWriter(protocol, self.loop)
-        await writer.write_headers(f"POST {self.url.raw_path_qs} HTTP/1.1", self.headers)
-        await writer.write(self._inline_body, drain=False)
-        await writer.write_eof()
-        protocol.start_timeout()
-        response = self.response_class(
-            self.method,
-            self.original_url,
-            writer=None,
-            continue100=None,
-            timer=self._timer,
-            request_info=self.request_info,
-            traces=self._traces,
-            loop=self.loop,
-            session=self._session,
-            stream_writer=writer,
-        )
-        self.response = response  # type: ignore[assignment]  # aiohttp types it as its initial None
-        return response
+    async def read(self) -> bytes: ...
 
+    def release(self) -> object: ...
 
-async def lean_post(
-    session: aiohttp.ClientSession, url: URL, body: bytes, timeout: aiohttp.ClientTimeout, read_bufsize: int
-) -> aiohttp.ClientResponse:
-    """`session.post(url, data=body, headers=_JSON_HEADERS)` as aiohttp's own `_request` sends it, without
-    the parts of `_request` a POST to Ollama never uses.
-
-    `_request` is general: cookies, redirects, auth, proxies, traces, middleware, a retry for idempotent
-    methods (a POST is not one), a total-timeout timer. Counted with callgrind against the bench's fake
-    upstream, a round trip through it took 344,000 instructions, through this with aiohttp's own `send`
-    272,000, and with `_InlineRequest.send` 232,000; the gateway's whole `/chat` cost about 960,000.
-
-    What is left is what `_request` itself does for a POST: the same `ClientRequest` (so the same bytes
-    on the wire), the connector's pool and its connect timeout, the read timeout (`timeout.sock_read`),
-    the response parameters the session would set, and the same exceptions. Two differences, both on
-    purpose: no cookie is kept (one session serves every caller, so an upstream's cookie must never
-    reach another one), and a redirect is answered, not followed (a gateway relays what its upstream
-    says). The session's total timeout, default headers, trace configs, middleware and
-    `raise_for_status` are not applied: the adapter's session has none of them.
-    """
-    if session.closed:
-        raise RuntimeError("Session is closed")
-    connector = session.connector
-    assert connector is not None, "a session made by this adapter has its connector"
-    request = _InlineRequest(url, body, session)
-    try:
-        connection = await connector.connect(request, [], timeout)
-    except TimeoutError as error:
-        raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {url}") from error
-    except OSError as error:
-        if _raised_as_is(error):
-            raise
-        raise aiohttp.ClientOSError(*error.args) from error
-    protocol = connection.protocol
-    assert protocol is not None, "a connection from the pool has its protocol"
-    protocol.set_response_params(
-        read_until_eof=True, auto_decompress=False, read_timeout=timeout.sock_read, read_bufsize=read_bufsize
-    )
-    try:
-        response = await request.send(connection)
-        try:
-            await response.start(connection)
-        except BaseException:
-            response.close()
-            raise
-    except BaseException as error:
-        connection.close()
-        if isinstance(error, OSError) and not _raised_as_is(error):
-            raise aiohttp.ClientOSError(*error.args) from error
-        raise
-    return response
+    def close(self) -> None: ...
 
 
 class _Tags(msgspec.Struct):
@@ -166,7 +76,7 @@ class _SilenceWatch:
 
     __slots__ = ("_content", "_handle", "_loop", "_timeout", "_waiting_since")
 
-    def __init__(self, response: aiohttp.ClientResponse, timeout: float | None) -> None:
+    def __init__(self, response: _Answer, timeout: float | None) -> None:
         self._content = response.content
         self._timeout = timeout or 0.0
         self._loop = asyncio.get_running_loop()
@@ -202,7 +112,7 @@ class _SilenceWatch:
 class AiohttpUpstreamResponse:
     __slots__ = ("_name", "_read_timeout", "_response", "_watch")
 
-    def __init__(self, response: aiohttp.ClientResponse, name: str, read_timeout: float | None) -> None:
+    def __init__(self, response: _Answer, name: str, read_timeout: float | None) -> None:
         self._response = response
         self._name = name
         self._read_timeout = read_timeout
@@ -289,7 +199,7 @@ class OllamaHttpBackend:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
-        self._urls: dict[str, URL] = {}
+        self._targets: dict[str, PostTarget] = {}
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
@@ -315,20 +225,23 @@ class OllamaHttpBackend:
             raise RuntimeError("OllamaHttpBackend.start() was not awaited")
         return self._session
 
-    def _url(self, path: str) -> URL:
-        # Parsed once per path (aiohttp parses the string on every request). The paths posted to are a
-        # handful, but a pass-through may post to any (a blob's digest): the table is cleared when full,
-        # so those cannot push the inference paths out for good.
-        url = self._urls.get(path)
-        if url is None:
-            if len(self._urls) >= _CACHED_PATHS:
-                self._urls.clear()
-            url = self._urls[path] = URL(self.base_url + path)
-        return url
+    def _target(self, path: str) -> PostTarget:
+        # Prepared once per path (the session parses the URL and builds the head on every request). The
+        # paths posted to are a handful, but a pass-through may post to any (a blob's digest): the table
+        # is cleared when full, so those cannot push the inference paths out for good.
+        target = self._targets.get(path)
+        if target is None:
+            if len(self._targets) >= _CACHED_PATHS:
+                self._targets.clear()
+            target = self._targets[path] = PostTarget(URL(self.base_url + path), self.session)
+        return target
 
     async def post(self, path: str, body: bytes, upstream: str | None = None) -> AiohttpUpstreamResponse:
+        session = self.session
+        if session.closed or session.connector is None:
+            raise RuntimeError("Session is closed")
         try:
-            response = await lean_post(self.session, self._url(path), body, self._timeout, _READ_BUFSIZE)
+            response = await post(session.connector, self._target(path), body, self._timeout, _READ_BUFSIZE)
         except (TimeoutError, aiohttp.ClientError) as error:
             raise _translate(self.name, error) from error
         return AiohttpUpstreamResponse(response, self.name, self._timeout.sock_read)
@@ -340,7 +253,7 @@ class OllamaHttpBackend:
         if method == "POST" and isinstance(body, bytes):
             return await self.post(path, body)
         url = self.base_url + path
-        headers = _JSON_HEADERS if isinstance(body, bytes) else _RAW_HEADERS if body is not None else None
+        headers = JSON_HEADERS if isinstance(body, bytes) else _RAW_HEADERS if body is not None else None
         try:
             response = await self.session.request(method, url, data=body, headers=headers)
         except (TimeoutError, aiohttp.ClientError) as error:

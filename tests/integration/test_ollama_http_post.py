@@ -1,5 +1,6 @@
-"""The Ollama adapter's POST (`lean_post`) against a real socket: the request aiohttp's session would send,
-the session's errors, and the two differences it has on purpose (no cookie kept, a redirect answered)."""
+"""The Ollama adapter's POST (`adapters/aiohttp_post.py`) against a real socket: the request aiohttp's
+session would send, the session's errors, and the two differences it has on purpose (no cookie kept, a
+redirect answered)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from ollama_gate.adapters.ollama_http import OllamaHttpBackend, lean_post
-from ollama_gate.domain.errors import UpstreamError, UpstreamUnavailable
+from ollama_gate.adapters import aiohttp_post
+from ollama_gate.adapters.ollama_http import OllamaHttpBackend
+from ollama_gate.domain.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 BODY = b'{"model":"smollm:latest","prompt":"hi","stream":false}'
 ANSWER = b'{"response":"hello","done":true}'
@@ -35,10 +37,12 @@ class Upstream:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     connections: int = 0
     port: int = 0
+    read_delay: float = 0.0  # before it reads a connection's first request
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
+            await asyncio.sleep(self.read_delay)
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
@@ -80,32 +84,35 @@ async def backend(upstream: Upstream) -> AsyncIterator[OllamaHttpBackend]:
 LARGE = b'{"prompt":"' + b"x" * 2**17 + b'"}'
 
 
-# A small body goes out with the head in `send` itself; a large one, or any body on a connector that closes
-# its connections (aiohttp's send then adds `Connection: close`), through aiohttp's own send.
+# The same bytes whatever the body's size, and on a connector that closes its connections (the session's
+# request then says `Connection: close`); aiohttp's request and response objects are never made.
 @pytest.mark.parametrize(
-    ("body", "force_close", "own_send"),
-    [(BODY, False, False), (LARGE, False, True), (BODY, True, True)],
-    ids=["small", "large", "connection-close"],
+    ("body", "force_close"), [(BODY, False), (LARGE, False), (BODY, True)], ids=["small", "large", "close"]
 )
 async def test_it_sends_the_bytes_the_session_sends_and_reads_the_answer(
-    upstream: Upstream, body: bytes, force_close: bool, own_send: bool, monkeypatch: pytest.MonkeyPatch
+    upstream: Upstream, body: bytes, force_close: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"http://127.0.0.1:{upstream.port}/api/generate"
+    url = URL(f"http://127.0.0.1:{upstream.port}/api/generate")
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=5)
     connector = aiohttp.TCPConnector(force_close=force_close)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False, timeout=timeout) as session:
         async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as through:
             assert await through.read() == ANSWER
-        sends = _count_calls(monkeypatch, aiohttp.ClientRequest, "send")
-        lean = await lean_post(session, URL(url), body, timeout, 2**16)
-        assert (lean.status, await lean.read()) == (200, ANSWER)
-        lean.release()
-    assert sends == [1 if own_send else 0]
-    assert len(upstream.requests) == 2
-    assert upstream.requests[0] == upstream.requests[1]
+        target = aiohttp_post.PostTarget(url, session)
+        made = [_count_calls(monkeypatch, aiohttp.ClientRequest, "__init__")]
+        made.append(_count_calls(monkeypatch, aiohttp.ClientResponse, "__init__"))
+        for _ in range(2):
+            lean = await aiohttp_post.post(connector, target, body, timeout, 2**16)
+            assert (lean.status, lean.headers["Content-Type"]) == (200, "application/json")
+            assert await lean.read() == ANSWER
+            lean.release()
+    assert made == [[0], [0]]
+    assert len(upstream.requests) == 3
+    assert upstream.requests[0] == upstream.requests[1] == upstream.requests[2]
     assert upstream.requests[1].startswith(b"POST /api/generate HTTP/1.1\r\n")
     assert upstream.requests[1].endswith(b"\r\n\r\n" + body)
     assert (b"connection: close" in upstream.requests[1].lower()) is force_close
+    assert upstream.connections == (3 if force_close else 1)
 
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[int]:
@@ -188,3 +195,46 @@ async def test_a_caller_that_leaves_while_it_waits_closes_the_connection(
     # The upstream sees the connection end: Ollama stops a generation whose client is gone.
     await asyncio.wait_for(upstream.closed.wait(), 5)
     assert len(upstream.requests) == 1
+
+
+async def test_an_informational_answer_is_passed_over(upstream: Upstream, backend: OllamaHttpBackend) -> None:
+    upstream.answer = lambda _index: b"HTTP/1.1 100 Continue\r\n\r\n" + OK
+    response = await backend.post("/api/generate", BODY)
+    assert (response.status, await response.read()) == (200, ANSWER)
+
+
+async def test_an_answer_that_is_not_http_is_a_lost_connection(
+    upstream: Upstream, backend: OllamaHttpBackend
+) -> None:
+    upstream.answer = lambda _index: b"SSH-2.0-OpenSSH_9.6\r\n\r\n"
+    with pytest.raises(UpstreamError, match=r"connection to Ollama lost \(ClientResponseError\)"):
+        await backend.post("/api/generate", BODY)
+    await asyncio.wait_for(upstream.closed.wait(), 5)
+
+
+async def test_an_upstream_silent_after_the_request_times_out(upstream: Upstream) -> None:
+    upstream.answer = lambda _index: b""  # keeps the connection, answers nothing
+    ollama = OllamaHttpBackend(f"http://127.0.0.1:{upstream.port}", connect_timeout=2, read_timeout=0.2)
+    await ollama.start()
+    try:
+        with pytest.raises(UpstreamTimeout):
+            await asyncio.wait_for(ollama.post("/api/generate", BODY), 5)
+    finally:
+        await ollama.close()
+    await asyncio.wait_for(upstream.closed.wait(), 5)
+
+
+async def test_the_read_timeout_starts_once_a_large_request_is_out(upstream: Upstream) -> None:
+    # 16 MiB fills the socket's buffers, so writing pauses: the upstream takes longer than the read
+    # timeout to start reading it, and that is not silence (the session waits for the same drain).
+    huge = b'{"prompt":"' + b"x" * 2**24 + b'"}'
+    upstream.read_delay = 0.6
+    ollama = OllamaHttpBackend(f"http://127.0.0.1:{upstream.port}", connect_timeout=2, read_timeout=0.3)
+    await ollama.start()
+    try:
+        response = await asyncio.wait_for(ollama.post("/api/generate", huge), 10)
+        assert (response.status, await response.read()) == (200, ANSWER)
+    finally:
+        await ollama.close()
+    assert upstream.requests == [upstream.requests[0]]
+    assert upstream.requests[0].endswith(b"\r\n\r\n" + huge)
