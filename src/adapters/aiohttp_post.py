@@ -10,7 +10,8 @@ and response objects alone it took 302,000, and through this module 180,000.
 What stays aiohttp's: the connector (its pool, keep-alive, connect timeout and DNS cache), the protocol
 and its C response parser, the read timeout (`sock_read`) and the body's `StreamReader`. The bytes on the
 wire are the session's (tests/integration/test_ollama_http_post.py compares them) and so are the
-exceptions. Two differences, both on purpose: no cookie is kept (one session serves every caller, so an
+exceptions. A request larger than the socket's buffers is read for its answer while the rest of it goes
+out, as the session's body-writer task allows. Two differences, both on purpose: no cookie is kept (one session serves every caller, so an
 upstream's cookie must never reach another one), and a redirect is answered, not followed (a gateway
 relays what its upstream says).
 """
@@ -91,14 +92,23 @@ class PostResponse:
     def release(self) -> None:
         """Give the connection back: to the pool when the body was read whole, else it is closed."""
         if self.connection is not None:
+            if not self.content.at_eof():
+                self._end_reading()
             self.connection.release()
             self.connection = None
 
     def close(self) -> None:
         """Close the connection, whatever was read: Ollama stops a generation whose client is gone."""
         if self.connection is not None:
+            self._end_reading()
             self.connection.close()
             self.connection = None
+
+    def _end_reading(self) -> None:
+        # As `ClientResponse` does: a reader still waiting on the body fails rather than waits for ever
+        # (a closed protocol no longer feeds the stream, not even its end).
+        if self.content.exception() is None:
+            self.content.set_exception(aiohttp.ClientConnectionError("Connection closed"))
 
 
 async def post(
@@ -151,10 +161,35 @@ async def _exchange(
     if transport is None or transport.is_closing():
         raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
     transport.write(target.message(body))
-    if protocol.writing_paused:
-        # As the session does, the read timeout starts once the request is out, not while it is queued.
+    if not protocol.writing_paused:
+        protocol.start_timeout()
+        return await _answer(protocol, target)
+    # A request too large for the socket's buffers: as the session does, the answer is read while the rest
+    # goes out (Ollama may answer early, a 413 or a 404, and stop reading), and the read timeout starts
+    # once the request is out, not while it waits to be sent.
+    sending = asyncio.ensure_future(_send_rest(protocol))
+    try:
+        return await _answer(protocol, target)
+    finally:
+        if not sending.done():
+            sending.cancel()
+            # Answered before the request was out: the connection carries unsent bytes and cannot serve
+            # another request.
+            protocol.force_close()
+
+
+async def _send_rest(protocol: ResponseHandler) -> None:
+    try:
         await StreamWriter(protocol, asyncio.get_running_loop()).drain()
+    except OSError:
+        # The connection is lost: the protocol tells the reader (with an answer already in, that answer).
+        return
     protocol.start_timeout()
+
+
+async def _answer(
+    protocol: ResponseHandler, target: PostTarget
+) -> tuple[aiohttp.http.RawResponseMessage, StreamReader]:
     while True:
         try:
             message, payload = await protocol.read()

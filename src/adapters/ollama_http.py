@@ -215,6 +215,7 @@ class OllamaHttpBackend:
             )
 
     async def close(self) -> None:
+        self._targets.clear()  # each holds its session
         if self._session is not None:
             await self._session.close()
             self._session = None

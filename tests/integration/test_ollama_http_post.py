@@ -38,6 +38,9 @@ class Upstream:
     connections: int = 0
     port: int = 0
     read_delay: float = 0.0  # before it reads a connection's first request
+    # Answer as soon as the head is in, without reading the body: then close at once ("close") or read
+    # nothing more until the client ends the connection ("wait").
+    early: str | None = None
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -50,6 +53,13 @@ class Upstream:
                     for line in head.split(b"\r\n")
                     if line.lower().startswith(b"content-length:")
                 )
+                if self.early is not None:
+                    self.requests.append(head)
+                    writer.write(self.answer(len(self.requests) - 1) or b"")
+                    await writer.drain()
+                    if self.early == "wait":
+                        await reader.read()  # until the client closes; the body is never read
+                    break
                 self.requests.append(head + await reader.readexactly(length))
                 answer = self.answer(len(self.requests) - 1)
                 if answer is None:  # hang up without a word
@@ -217,17 +227,40 @@ async def test_an_upstream_silent_after_the_request_times_out(upstream: Upstream
     ollama = OllamaHttpBackend(f"http://127.0.0.1:{upstream.port}", connect_timeout=2, read_timeout=0.2)
     await ollama.start()
     try:
-        with pytest.raises(UpstreamTimeout):
+        with pytest.raises(UpstreamTimeout) as failure:
             await asyncio.wait_for(ollama.post("/api/generate", BODY), 5)
+        # The adapter closed it, not the failure's collection (`failure` holds the frames alive).
+        await asyncio.wait_for(upstream.closed.wait(), 5)
+        assert failure.type is UpstreamTimeout
     finally:
         await ollama.close()
+
+
+HUGE = b'{"prompt":"' + b"x" * 2**24 + b'"}'  # 16 MiB: more than the socket's buffers, so writing pauses
+
+
+@pytest.mark.parametrize("then", ["close", "wait"])
+async def test_an_answer_before_a_large_request_is_out_is_read_and_its_connection_ends(
+    upstream: Upstream, backend: OllamaHttpBackend, then: str
+) -> None:
+    # Ollama may refuse a request from its head (a 413, a 404 for an unknown path) and never read the
+    # body: the answer is the caller's, and the connection, with unsent bytes, never serves another.
+    refusal = b'{"error":"request too large"}'
+    upstream.early = then
+    upstream.answer = lambda _index: _answer("413 Request Entity Too Large", refusal)
+    response = await asyncio.wait_for(backend.post("/api/generate", HUGE), 5)
+    assert (response.status, await asyncio.wait_for(response.read(), 5)) == (413, refusal)
     await asyncio.wait_for(upstream.closed.wait(), 5)
+    upstream.early = None
+    upstream.answer = lambda _index: OK
+    assert await (await asyncio.wait_for(backend.post("/api/generate", BODY), 5)).read() == ANSWER
+    assert upstream.connections == 2
 
 
 async def test_the_read_timeout_starts_once_a_large_request_is_out(upstream: Upstream) -> None:
-    # 16 MiB fills the socket's buffers, so writing pauses: the upstream takes longer than the read
-    # timeout to start reading it, and that is not silence (the session waits for the same drain).
-    huge = b'{"prompt":"' + b"x" * 2**24 + b'"}'
+    # The upstream takes longer than the read timeout to start reading the request, and that is not
+    # silence (the session waits for the same drain).
+    huge = HUGE
     upstream.read_delay = 0.6
     ollama = OllamaHttpBackend(f"http://127.0.0.1:{upstream.port}", connect_timeout=2, read_timeout=0.3)
     await ollama.start()
@@ -238,3 +271,19 @@ async def test_the_read_timeout_starts_once_a_large_request_is_out(upstream: Ups
         await ollama.close()
     assert upstream.requests == [upstream.requests[0]]
     assert upstream.requests[0].endswith(b"\r\n\r\n" + huge)
+
+
+async def test_a_read_still_waiting_when_the_answer_is_closed_fails_at_once(
+    upstream: Upstream, backend: OllamaHttpBackend
+) -> None:
+    # A head and part of its body, then nothing: a closed connection no longer feeds the body's stream,
+    # so without being told the reader would wait for ever.
+    upstream.answer = lambda _index: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+    response = await backend.post("/api/generate", BODY)
+    reading = asyncio.ensure_future(response.read())
+    await asyncio.sleep(0.05)
+    assert not reading.done()
+    response.close()
+    with pytest.raises(UpstreamError, match="connection to Ollama lost"):
+        await asyncio.wait_for(reading, 5)
+    await asyncio.wait_for(upstream.closed.wait(), 5)
